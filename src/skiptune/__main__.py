@@ -1,0 +1,7 @@
+"""``python -m skiptune`` (also the entry point for ``torchrun -m skiptune``)."""
+
+import sys
+
+from skiptune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""Where the skips live: the adapter interface between Skip-Tuning and an architecture.
+
+An adapter finds a network's skip sites (ordered innermost -> outermost) and attaches forward
+pre-hooks that scale the skip part of a join by the current rho. It never replaces a forward
+method; every hook is a ``torch.utils.hooks.RemovableHandle``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+#: current rho for a site: a float, or a 1-D tensor with one value per sample
+ScaleFn = Callable[[], "float | torch.Tensor"]
+
+MODES = ("concat", "residual", "norm")
+MODE_HELP = {
+    "concat": "scale the encoder skip d_i before it is concatenated (seed 003, Def. 3.1)",
+    "residual": "scale the skip channels only in the input of the block's inner residual shortcut "
+                "(seed 003, App. C, the 'orig' variant)",
+    "norm": "scale the skip channels only in the input of the block's first GroupNorm "
+            "(seed 003, App. C, the 'norm0' variant)",
+}
+
+
+@dataclass(frozen=True)
+class SkipSite:
+    """One encoder-to-decoder join. ``index`` 0 is the innermost (lowest resolution, first popped)."""
+
+    index: int
+    name: str
+    resolution: int
+    skip_channels: int
+    main_channels: int
+
+
+class Adapter:
+    """Base adapter; subclasses implement :meth:`matches`, :meth:`sites` and :meth:`attach`."""
+
+    name = "base"
+    modes: tuple[str, ...] = ("concat",)
+
+    @classmethod
+    def matches(cls, net: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def sites(self, net: nn.Module) -> list[SkipSite]:
+        raise NotImplementedError
+
+    def attach(self, net: nn.Module, site: SkipSite, mode: str, scale: ScaleFn) -> list[RemovableHandle]:
+        raise NotImplementedError
+
+
+def scale_tensor(x: torch.Tensor, rho: float | torch.Tensor) -> torch.Tensor:
+    """``rho * x`` with rho a float or one value per sample."""
+    if isinstance(rho, torch.Tensor):
+        rho = rho.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return x * rho
+
+
+def scale_channels(x: torch.Tensor, start: int, rho: float | torch.Tensor) -> torch.Tensor:
+    """x with channels ``start:`` (dim 1) multiplied by rho; the rest unchanged (new tensor)."""
+    return torch.cat([x[:, :start], scale_tensor(x[:, start:], rho)], dim=1)
+
+
+def is_identity(rho: float | torch.Tensor) -> bool:
+    """True when rho is exactly 1 for every sample (then hooks leave tensors untouched)."""
+    if isinstance(rho, torch.Tensor):
+        return bool((rho == 1).all())
+    return rho == 1.0
+
+
+_ADAPTERS: list[type[Adapter]] = []
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make an adapter discoverable by :func:`find_adapter` (first match wins)."""
+    _ADAPTERS.append(cls)
+    return cls
+
+
+def find_adapter(net: nn.Module) -> Adapter:
+    """The adapter for ``net``; ValueError naming the class and the supported architectures."""
+    for cls in _ADAPTERS:
+        if cls.matches(net):
+            return cls()
+    names = ", ".join(c.name for c in _ADAPTERS) or "none registered"
+    raise ValueError(f"no known skip sites in a {type(net).__module__}.{type(net).__qualname__}: Skip-Tuning "
+                     f"supports {names}. Load the model with skiptune.load_model, or write an Adapter "
+                     "(skiptune.adapters.base) for this architecture")

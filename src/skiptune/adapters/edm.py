@@ -1,0 +1,76 @@
+"""Adapter for our EDM-compatible UNets (``SongUNet``, ``DhariwalUNet``), bare or preconditioned."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from skiptune.adapters.base import (
+    MODES,
+    Adapter,
+    ScaleFn,
+    SkipSite,
+    is_identity,
+    register_adapter,
+    scale_channels,
+    scale_tensor,
+)
+from skiptune.nets.unets import _SkipUNet
+
+
+def _unet(net: nn.Module) -> _SkipUNet | None:
+    if isinstance(net, _SkipUNet):
+        return net
+    inner = getattr(net, "model", None)
+    return inner if isinstance(inner, _SkipUNet) else None
+
+
+@register_adapter
+class EDMUNetAdapter(Adapter):
+    """Sites are the decoder's :class:`~skiptune.nets.layers.SkipJoin` modules.
+
+    - ``concat``: pre-hook on the join, ``(u, d) -> (u, rho d)``;
+    - ``residual``: pre-hook on the decoder block's inner shortcut ``skip`` (a 1x1 conv, present
+      because the join widens the block's input), scaling its skip channels only;
+    - ``norm``: pre-hook on the block's ``norm0``, scaling its skip channels only.
+    Because ``norm0`` normalises groups of channels, ``concat`` acts through the shortcut except in
+    a group that straddles the u/d boundary (seed 003, App. C).
+    """
+
+    name = "EDM SongUNet/DhariwalUNet (skiptune.nets)"
+    modes = MODES
+
+    @classmethod
+    def matches(cls, net):
+        return _unet(net) is not None
+
+    def sites(self, net):
+        unet = _unet(net)
+        return [SkipSite(i, f"dec.{name}", j.resolution, j.skip_channels, j.main_channels)
+                for i, (name, j) in enumerate(unet.joins.items())]
+
+    def attach(self, net, site: SkipSite, mode: str, scale: ScaleFn) -> list[RemovableHandle]:
+        unet = _unet(net)
+        block_name = site.name.removeprefix("dec.")
+        if mode == "concat":
+            def concat_hook(module, args):
+                rho = scale()
+                if is_identity(rho):
+                    return None
+                u, d = args
+                return u, scale_tensor(d, rho)
+            return [unet.joins[block_name].register_forward_pre_hook(concat_hook)]
+
+        block = unet.dec[block_name]
+        target = block.skip if mode == "residual" else block.norm0
+        if target is None:
+            raise ValueError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in "
+                             f"mode '{mode}'; use mode 'concat'")
+        start = site.main_channels
+
+        def channel_hook(module, args):
+            rho = scale()
+            if is_identity(rho):
+                return None
+            return (scale_channels(args[0], start, rho),) + tuple(args[1:])
+        return [target.register_forward_pre_hook(channel_hook)]

@@ -1,0 +1,59 @@
+"""``skiptune info``: architecture, parameter count and the table of skip sites with their rho."""
+
+from __future__ import annotations
+
+import json
+
+from skiptune.cli import add_model_options, load_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="show a network's skip sites and the rho a rule gives them",
+                       description="Print the architecture, parameter count and skip sites (innermost first) "
+                                   "of a model, with the rho of --rule at --sigma.")
+    add_model_options(p)
+    p.add_argument("--rule", default="none", help="rule to evaluate, e.g. layer:0.7 (default: none)")
+    p.add_argument("--sigma", type=float, default=None, help="noise level for sigma-dependent rules")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
+    """Everything ``info`` prints, as a dict."""
+    from skiptune.skip import as_rule, skip_sites
+
+    rule = as_rule(rule_text)
+    sites = skip_sites(net)
+    rule.check(len(sites))
+    if rule.sigma_dependent and sigma is None:
+        raise ValueError(f"rule '{rule}' depends on sigma: pass --sigma")
+    cfg = getattr(net, "skiptune_config", {})
+    inner = getattr(net, "model", net)
+    return {
+        "precond": type(net).__name__,
+        "architecture": type(inner).__name__,
+        "config": cfg.get("kwargs", {}),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "rule": str(rule),
+        "sigma": sigma,
+        "sites": [{"index": s.index, "name": s.name, "resolution": s.resolution, "skip_channels": s.skip_channels,
+                   "main_channels": s.main_channels, "rho": float(rule.factor(s.index, len(sites), sigma))}
+                  for s in sites],
+    }
+
+
+def run(args) -> int:
+    info = describe(load_from_args(args), args.rule, args.sigma)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"network     {info['precond']}({info['architecture']})")
+    print(f"parameters  {info['parameters']:,}")
+    print(f"skip sites  {len(info['sites'])} (innermost first)")
+    print(f"rule        {info['rule']}" + (f" at sigma={info['sigma']:g}" if info["sigma"] is not None else ""))
+    print()
+    print(f"{'index':>5}  {'site':<22} {'res':>5} {'skip ch':>8} {'main ch':>8} {'rho':>8}")
+    for s in info["sites"]:
+        print(f"{s['index']:>5}  {s['name']:<22} {s['resolution']:>5} {s['skip_channels']:>8} "
+              f"{s['main_channels']:>8} {s['rho']:>8.4f}")
+    return 0

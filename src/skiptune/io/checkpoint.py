@@ -1,0 +1,135 @@
+"""Our checkpoint format, and :func:`load_model`, the one entry point for every supported model.
+
+A skiptune checkpoint is one ``.safetensors`` file: the tensors, plus the network's class name and
+constructor kwargs as JSON in the safetensors metadata (key ``skiptune``). Loading it runs no code
+from the file. A readable copy of the config is written next to it as ``<name>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from skiptune.io.edm_pickle import CheckpointError, load_edm_pickle
+from skiptune.nets.presets import build_network, build_preset, preset_config, preset_names
+
+FORMAT = "skiptune-net"
+FORMAT_VERSION = 1
+
+
+def network_config(net: nn.Module) -> dict:
+    """``{'class_name', 'kwargs'}`` of one of our networks (recorded when it was built or loaded)."""
+    cfg = getattr(net, "skiptune_config", None)
+    if cfg is None:
+        raise ValueError(f"{type(net).__name__} has no recorded config: build it with skiptune.nets.build_network "
+                         "or skiptune.load_model so that it can be saved")
+    return cfg
+
+
+def save_checkpoint(net: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``net`` as a safetensors checkpoint with its config (and ``extra`` metadata)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path must end in .safetensors, got {path}")
+    cfg = {"format": FORMAT, "version": FORMAT_VERSION, **network_config(net), "extra": extra or {}}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp), metadata={"skiptune": json.dumps(cfg)})
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The JSON config stored in a skiptune safetensors checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file (corrupt or truncated?): {exc}") from None
+    if "skiptune" not in meta:
+        raise CheckpointError(f"{path}: a safetensors file without a skiptune config; it was not written by "
+                              "skiptune.save_checkpoint (for a raw state dict use load_model(path, arch=PRESET))")
+    cfg = json.loads(meta["skiptune"])
+    if cfg.get("format") != FORMAT or cfg.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {cfg.get('format')!r} v{cfg.get('version')}")
+    return cfg
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read tensors (corrupt or truncated?): {exc}") from None
+
+
+def _load_into(net: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: tensors do not match {what}: {exc}") from None
+    return net.eval()
+
+
+def load_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    cfg = read_checkpoint_config(path)
+    net = build_network(cfg["class_name"], cfg["kwargs"])
+    net.skiptune_extra = cfg.get("extra", {})
+    return _load_into(net, _load_state(path), path, f"{cfg['class_name']}({cfg['kwargs']})")
+
+
+def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: bool = False,
+               key: str = "ema") -> nn.Module:
+    """Load any supported model, ready for :func:`skiptune.skip_tuning`.
+
+    ``spec`` is a preset name (a randomly initialised network, e.g. ``adm-tiny``), a skiptune
+    ``.safetensors`` checkpoint, an EDM network pickle (``.pkl``, loaded safely unless
+    ``trust_code``; ``key`` picks the entry, default ``ema``), or a raw state dict
+    (``.safetensors``/``.pt``/``.pth``) when ``arch`` names the preset it belongs to.
+    Returns the preconditioned network in eval mode: ``net(x, sigma, class_labels) -> x0``.
+    """
+    text = str(spec)
+    path = Path(text)
+    if not path.exists():
+        try:
+            preset_config(text)
+        except ValueError:
+            raise FileNotFoundError(f"{text!r} is neither an existing file nor a preset name; presets: "
+                                    f"{', '.join(preset_names())}") from None
+        if arch is not None:
+            raise ValueError("give either a preset name or a file with arch=PRESET, not both")
+        return build_preset(text)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; expected a .safetensors checkpoint or an EDM .pkl file")
+    suffix = path.suffix.lower()
+    if arch is not None:
+        net = build_preset(arch)
+        if suffix == ".safetensors":
+            state = _load_state(path)
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"{path}: not a readable weights-only torch file: {exc}") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        return _load_into(net, state, path, f"preset {arch}")
+    if suffix == ".safetensors":
+        return load_checkpoint(path)
+    if suffix in (".pkl", ".pickle"):
+        return load_edm_pickle(path, key=key, trust_code=trust_code)
+    raise CheckpointError(f"{path}: unsupported file type {suffix!r}; expected a skiptune .safetensors checkpoint, "
+                          "an EDM network .pkl, or a state dict with arch=PRESET")

@@ -1,0 +1,84 @@
+"""Named network configurations: the EDM paper's models and tiny look-alikes for tests.
+
+Each preset is ``(precond class name, constructor kwargs)``. The full presets match the training
+configurations of the public EDM checkpoints (README of NVlabs/edm); each ``-tiny`` variant keeps
+the topology (levels, blocks per level, attention placement, skip count) with few channels and a
+small resolution, so that tests exercise exactly the same site structure.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from skiptune.nets.precond import PRECOND_CLASSES
+
+_DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
+               decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1])
+_NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual",
+               decoder_type="standard", channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
+_ADM = dict(model_type="DhariwalUNet")
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    # CIFAR-10 32x32 (EDM: --arch=ddpmpp / ncsnpp, augment 0.12 -> augment_dim 9, dropout 0.13).
+    "ddpmpp-cifar10": ("EDMPrecond", dict(img_resolution=32, img_channels=3, label_dim=0, **_DDPMPP,
+                                          model_channels=128, channel_mult=[2, 2, 2], augment_dim=9,
+                                          dropout=0.13)),
+    "ddpmpp-cifar10-cond": ("EDMPrecond", dict(img_resolution=32, img_channels=3, label_dim=10, **_DDPMPP,
+                                               model_channels=128, channel_mult=[2, 2, 2], augment_dim=9,
+                                               dropout=0.13)),
+    "ncsnpp-cifar10": ("EDMPrecond", dict(img_resolution=32, img_channels=3, label_dim=0, **_NCSNPP,
+                                          model_channels=128, channel_mult=[2, 2, 2], augment_dim=9,
+                                          dropout=0.13)),
+    # AFHQv2 64x64 (--cres=1,2,2,2 --dropout=0.25 --augment=0.15).
+    "ddpmpp-afhqv2-64": ("EDMPrecond", dict(img_resolution=64, img_channels=3, label_dim=0, **_DDPMPP,
+                                            model_channels=128, channel_mult=[1, 2, 2, 2], augment_dim=9,
+                                            dropout=0.25)),
+    # ImageNet 64x64, class-conditional ADM (--arch=adm --dropout=0.10 --augment=0).
+    "adm-imagenet64": ("EDMPrecond", dict(img_resolution=64, img_channels=3, label_dim=1000, **_ADM,
+                                          model_channels=192, channel_mult=[1, 2, 3, 4], dropout=0.10)),
+}
+
+_TINY = {
+    "ddpmpp-cifar10": dict(img_resolution=16, model_channels=16, augment_dim=0, attn_resolutions=[8]),
+    "ddpmpp-cifar10-cond": dict(img_resolution=16, model_channels=16, augment_dim=0, attn_resolutions=[8]),
+    "ncsnpp-cifar10": dict(img_resolution=16, model_channels=16, augment_dim=0, attn_resolutions=[8]),
+    "ddpmpp-afhqv2-64": dict(img_resolution=16, model_channels=8, augment_dim=0, attn_resolutions=[4]),
+    "adm-imagenet64": dict(img_resolution=16, model_channels=8, label_dim=10, channels_per_head=8,
+                           attn_resolutions=[8, 4, 2]),
+}
+for _name, _over in _TINY.items():
+    _cls, _kw = PRESETS[_name]
+    PRESETS[f"{_name}-tiny"] = (_cls, {**_kw, **_over})
+# Short aliases for the tiny variants.
+ALIASES = {"ddpmpp-tiny": "ddpmpp-cifar10-tiny", "ncsnpp-tiny": "ncsnpp-cifar10-tiny",
+           "adm-tiny": "adm-imagenet64-tiny"}
+
+
+def preset_names() -> list[str]:
+    return sorted([*PRESETS, *ALIASES])
+
+
+def preset_config(name: str) -> tuple[str, dict]:
+    """``(precond class name, kwargs)`` of a preset; ValueError naming the known presets otherwise."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    cls, kwargs = PRESETS[key]
+    return cls, copy.deepcopy(kwargs)
+
+
+def build_preset(name: str) -> nn.Module:
+    """A randomly initialised network of the named preset (in training mode off)."""
+    cls, kwargs = preset_config(name)
+    return build_network(cls, kwargs)
+
+
+def build_network(class_name: str, kwargs: dict) -> nn.Module:
+    """Construct one of our preconditioned networks from its class name and kwargs."""
+    if class_name not in PRECOND_CLASSES:
+        raise ValueError(f"unknown network class {class_name!r}; known: {sorted(PRECOND_CLASSES)}")
+    net = PRECOND_CLASSES[class_name](**copy.deepcopy(kwargs)).eval()
+    net.skiptune_config = {"class_name": class_name, "kwargs": copy.deepcopy(kwargs)}
+    return net

@@ -1,0 +1,21 @@
+"""Skip-Tuning: rules that scale encoder-to-decoder skips, and their attachment to networks."""
+
+from skiptune.skip.core import SkipTuning, skip_sites, skip_tuning
+from skiptune.skip.rules import (
+    Constant,
+    Identity,
+    Layer,
+    Product,
+    Ramp,
+    Rule,
+    Sites,
+    Window,
+    as_rule,
+    parse_rule,
+)
+from skiptune.skip.sigma import current_sigma, publish_sigma
+
+__all__ = [
+    "Constant", "Identity", "Layer", "Product", "Ramp", "Rule", "Sites", "SkipTuning", "Window", "as_rule",
+    "current_sigma", "parse_rule", "publish_sigma", "skip_sites", "skip_tuning",
+]

@@ -1,0 +1,10 @@
+import torch
+
+
+def randomize(net: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Perturb every parameter so that zero-initialised output layers do not hide the skips."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
