@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["skiptune.cli.info", "skiptune.cli.demo"]
+COMMAND_MODULES = ["skiptune.cli.info", "skiptune.cli.demo", "skiptune.cli.metrics"]
 
 
 class UsageError(ValueError):
@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, CheckpointError, UnsafePickleError, FileNotFoundError) as exc:
-        print(f"skiptune {args.command}: error: {exc}", file=sys.stderr)
+    except (UsageError, ValueError, CheckpointError, UnsafePickleError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"skiptune {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"skiptune {args.command}: interrupted", file=sys.stderr)
