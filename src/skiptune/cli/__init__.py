@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["skiptune.cli.info", "skiptune.cli.demo", "skiptune.cli.metrics"]
+COMMAND_MODULES = ["skiptune.cli.info", "skiptune.cli.demo", "skiptune.cli.metrics", "skiptune.cli.runs"]
 
 
 class UsageError(ValueError):

@@ -1,0 +1,148 @@
+"""``skiptune runs``: list the runs of a results store with their metrics, filter them, export CSV."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from skiptune.cli import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("runs", help="list, filter and export the runs of a results store",
+                       description="List the runs recorded in a results store (SQLite) with their metrics. "
+                                   "Config fields shared by all listed runs are printed once above the table; "
+                                   "fields that differ get a column.")
+    p.add_argument("--db", required=True, metavar="PATH", help="results store (SQLite file)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose config field KEY (dotted for nested fields, e.g. sampler_options.order) "
+                        "equals VALUE; numbers compare by value, rules by meaning (layer:0.7 = layer:0.7:1); "
+                        "repeatable")
+    p.add_argument("--status", choices=["complete", "pending", "failed", "all"], default="all",
+                   help="runs of this status only (default: all)")
+    p.add_argument("--metric", action="append", default=None, metavar="NAME",
+                   help="show (and export) only this metric; repeatable (default: all metrics)")
+    p.add_argument("--sort", metavar="FIELD", help="sort by a metric name or config field (default: creation time)")
+    p.add_argument("--csv", metavar="OUT", help="also write the listed runs to this CSV file")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def parse_filters(items: list[str]) -> dict[str, str]:
+    """``["sampler=heun", "nfe=9"]`` -> ``{"sampler": "heun", "nfe": "9"}`` (values stay text)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--filter needs KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _canonical_rule(text: Any) -> str | None:
+    from skiptune.skip import parse_rule
+
+    try:
+        return str(parse_rule(str(text)))
+    except ValueError:
+        return None
+
+
+def select(store, filters: dict[str, str], status: str | None) -> list:
+    """Runs of ``store`` matching ``filters``; a ``rule`` filter compares parsed rules."""
+    rule = filters.pop("rule", None)
+    records = store.runs(filters, status=status)
+    if rule is not None:
+        wanted = _canonical_rule(rule) or rule
+        records = [r for r in records if "rule" in r.config
+                   and (str(r.config["rule"]) == rule or _canonical_rule(r.config["rule"]) == wanted)]
+    return records
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _metric_text(m) -> str:
+    if m is None:
+        return ""
+    text = f"{m.value:.4g}"
+    if m.ci_low is not None and m.ci_high is not None:
+        text += f" ±{(m.ci_high - m.ci_low) / 2:.2g}"
+    elif m.std is not None:
+        text += f" (sd {m.std:.2g})"
+    return text
+
+
+def _sort_key(record, field: str) -> tuple:
+    if field in record.metrics:
+        v = record.metrics[field].value
+        return (0, v if not math.isnan(v) else math.inf, "")
+    v = record.get(field)
+    if v is None:
+        return (2, 0.0, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, _text(v))
+
+
+def table(records: list, metrics: list[str] | None) -> str:
+    """The listing: shared config fields once, then one row per run."""
+    from skiptune.store import flatten_config
+
+    flat = [flatten_config(r.config) for r in records]
+    fields = sorted({f for row in flat for f in row})
+    shared = {f: flat[0][f] for f in fields
+              if all(f in row for row in flat) and len({_text(row[f]) for row in flat}) == 1}
+    varying = [f for f in fields if f not in shared]
+    if "rule" in varying:  # the rule first: it is what a sweep varies
+        varying.remove("rule")
+        varying.insert(0, "rule")
+    names = metrics if metrics is not None else sorted({m for r in records for m in r.metrics})
+    header = ["key", "status", *varying, *names]
+    body = [[r.key[:12], r.status, *(_text(row.get(f, "")) for f in varying),
+             *(_metric_text(r.metrics.get(m)) for m in names)] for r, row in zip(records, flat, strict=True)]
+    widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(header)]
+    lines = []
+    if shared:
+        lines.append("common: " + "  ".join(f"{k}={_text(v)}" for k, v in shared.items()))
+        lines.append("")
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in body]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from skiptune.store import Store, StoreError, write_csv
+
+    filters = parse_filters(args.filter)
+    status = None if args.status == "all" else args.status
+    try:
+        with Store(args.db, create=False) as store:
+            records = select(store, filters, status)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    if args.sort:
+        records.sort(key=lambda r: _sort_key(r, args.sort))
+    if args.json:
+        print(json.dumps([{"key": r.key, "status": r.status, "config": r.config,
+                           "metrics": {k: {"value": m.value, "std": m.std, "ci": [m.ci_low, m.ci_high],
+                                           "n_samples": m.n_samples, "feature_net": m.feature_net}
+                                       for k, m in r.metrics.items() if not args.metric or k in args.metric},
+                           "timings": r.timings, "versions": r.versions, "git_revision": r.git_revision}
+                          for r in records], indent=2, allow_nan=True))
+    elif records:
+        print(table(records, args.metric))
+    else:
+        print("no runs match")
+    if args.csv:
+        n = write_csv(args.csv, records, args.metric)
+        print(f"wrote {n} runs to {args.csv}", file=sys.stderr if args.json else sys.stdout)
+    return 0
