@@ -10,7 +10,14 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["skiptune.cli.info", "skiptune.cli.demo", "skiptune.cli.metrics", "skiptune.cli.runs"]
+COMMAND_MODULES = [
+    "skiptune.cli.info",
+    "skiptune.cli.sample",
+    "skiptune.cli.demo",
+    "skiptune.cli.metrics",
+    "skiptune.cli.train",
+    "skiptune.cli.runs",
+]
 
 
 class UsageError(ValueError):

@@ -1,0 +1,90 @@
+"""The sampler registry and NFE accounting.
+
+Every sampler has the signature ``sample_x(denoiser, x, sigmas, *, extra_args=None, callback=None,
+noise=None, denoise_to_zero=False, **options) -> Tensor`` and returns the float64 state at
+``sigmas[-1]`` (or D(x, sigmas[-1]) with ``denoise_to_zero``).
+
+NFE (number of denoiser evaluations) for a grid of ``steps`` intervals: one per step for all
+samplers except Heun and EDM-SDE, which take two per step except for a final step to sigma = 0
+(EDM Alg. 1: NFE = 2N - 1). ``denoise_to_zero`` on a grid ending above 0 adds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from skiptune.sampling._core import Denoiser, check_sigmas
+from skiptune.sampling.adams import sample_deis, sample_ipndm
+from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
+from skiptune.sampling.exponential import sample_ddim, sample_dpmpp_2m, sample_dpmpp_3m
+from skiptune.sampling.unipc import sample_unipc
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "edm_sde": sample_edm_sde,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "unipc": sample_unipc,
+    "deis": sample_deis,
+    "ipndm": sample_ipndm,
+}
+
+#: Denoiser evaluations per step (before the final-step rule).
+EVALS_PER_STEP: dict[str, int] = {name: 1 for name in SAMPLERS} | {"heun": 2, "edm_sde": 2}
+
+#: Samplers that never draw noise (usable for ODE inversion). DDIM only with eta = 0.
+DETERMINISTIC: frozenset[str] = frozenset(SAMPLERS) - {"edm_sde"}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sample(name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **opts: Any) -> torch.Tensor:
+    """Run the sampler called ``name`` (see :data:`SAMPLERS`)."""
+    return get_sampler(name)(denoiser, x, sigmas, **opts)
+
+
+def nfe_for_steps(name: str, steps: int, *, final_zero: bool = True, denoise_to_zero: bool = False) -> int:
+    """Exact NFE of ``name`` on a grid with ``steps`` intervals, ending at 0 iff ``final_zero``."""
+    get_sampler(name)
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    per = EVALS_PER_STEP[name]
+    nfe = per * steps - (1 if (per == 2 and final_zero) else 0)
+    return nfe + (1 if (denoise_to_zero and not final_zero) else 0)
+
+
+def nfe_for_sigmas(name: str, sigmas: torch.Tensor, *, denoise_to_zero: bool = False) -> int:
+    """Exact NFE of ``name`` on the given grid."""
+    s = check_sigmas(sigmas)
+    return nfe_for_steps(name, len(s) - 1, final_zero=s[-1] == 0, denoise_to_zero=denoise_to_zero)
+
+
+def steps_for_nfe(name: str, nfe: int, *, final_zero: bool = True, denoise_to_zero: bool = False) -> int:
+    """The number of steps (grid intervals) giving exactly ``nfe`` evaluations.
+
+    Raises ValueError naming the reachable NFEs when ``name`` cannot hit ``nfe`` exactly (e.g. Heun on
+    a grid ending at 0 only reaches odd NFEs 1, 3, 5, ...).
+    """
+    if int(nfe) != nfe or nfe < 1:
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe}")
+    for steps in range(1, int(nfe) + 1):
+        if nfe_for_steps(name, steps, final_zero=final_zero, denoise_to_zero=denoise_to_zero) == nfe:
+            return steps
+    reachable = [nfe_for_steps(name, k, final_zero=final_zero, denoise_to_zero=denoise_to_zero) for k in range(1, 6)]
+    grid = "ending at 0" if final_zero else "ending above 0" + (" plus denoise_to_zero" if denoise_to_zero else "")
+    hint = ""
+    if EVALS_PER_STEP[name] == 2:
+        hint = " (2 per step; use a grid ending above 0, or denoise_to_zero, for the other parity)"
+    raise ValueError(
+        f"sampler {name!r} cannot use exactly {nfe} NFE on a grid {grid}; it can use "
+        f"{', '.join(map(str, reachable))}, ... (steps 1..5){hint}"
+    )
