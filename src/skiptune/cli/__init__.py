@@ -15,7 +15,6 @@ COMMAND_MODULES = [
     "skiptune.cli.sample",
     "skiptune.cli.demo",
     "skiptune.cli.metrics",
-    "skiptune.cli.train",
     "skiptune.cli.runs",
 ]
 
