@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "skiptune.cli.sample",
     "skiptune.cli.demo",
     "skiptune.cli.metrics",
+    "skiptune.cli.train",
     "skiptune.cli.runs",
 ]
 

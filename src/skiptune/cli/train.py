@@ -1,0 +1,164 @@
+"""``skiptune train``: EDM training of a network on a built-in data set, an image folder or an .npz file."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from skiptune.cli import UsageError
+
+_DDPMPP_OPTIONS = ("model_channels", "channel_mult", "num_blocks", "attn", "dropout")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a diffusion network with the EDM loss (resumable)",
+        description="Train an EDM-preconditioned network. The network is a preset (--arch), a JSON spec "
+                    "(--net-json) or, by default, a DDPM++ SongUNet shaped by --model-channels, --channel-mult, "
+                    "--num-blocks, --attn and --dropout, with the data's resolution and channels. Writes "
+                    "config.json, train-log.jsonl, EMA snapshots, network.safetensors and training-state.pt "
+                    "into --out; --resume continues an interrupted run bit-exactly (Ctrl-C stops cleanly).")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, metavar="digits|shapes|DIR|NPZ", help="training images")
+    d.add_argument("--resolution", type=int, help="resize (files), upsample (digits) or draw (shapes) at this size")
+    d.add_argument("--data-size", type=int, help="number of shapes images (default 10000)")
+    d.add_argument("--data-seed", type=int, default=0, help="seed of the shapes images (default 0)")
+    d.add_argument("--xflip", action="store_true", help="random horizontal flips (not for digits)")
+    d.add_argument("--cond", action="store_true", help="class-conditional training on the data's labels")
+    d.add_argument("--label-dropout", type=float, default=0.0, help="probability of dropping a label (with --cond)")
+    n = p.add_argument_group("network")
+    g = n.add_mutually_exclusive_group()
+    g.add_argument("--arch", metavar="PRESET", help="a named preset (channels and labels taken from the data)")
+    g.add_argument("--net-json", metavar="FILE", help="JSON: {'class_name', 'kwargs'} or EDMPrecond kwargs")
+    n.add_argument("--model-channels", type=int, help="DDPM++ base channels (default 32)")
+    n.add_argument("--channel-mult", help="DDPM++ channel multipliers per level, e.g. 1,2,2 (default)")
+    n.add_argument("--num-blocks", type=int, help="DDPM++ residual blocks per level (default 2)")
+    n.add_argument("--attn", help="DDPM++ attention resolutions, e.g. 8 or 16,8, or 'none' (default 8)")
+    n.add_argument("--dropout", type=float, help="DDPM++ dropout (default 0)")
+    o = p.add_argument_group("optimisation")
+    length = o.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimizer steps")
+    length.add_argument("--images", type=int, help="training images (rounded up to whole batches)")
+    o.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    o.add_argument("--lr-warmup", type=int, default=10_000, metavar="IMAGES", help="linear lr warm-up (10000)")
+    o.add_argument("--ema-halflife", type=float, default=10_000, metavar="IMAGES", help="EMA half-life (10000)")
+    o.add_argument("--ema-rampup", default="0.05", help="EMA half-life cap as a share of images seen, or 'none'")
+    o.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    o.add_argument("--p-mean", type=float, default=-1.2, help="mean of ln(sigma) (default -1.2)")
+    o.add_argument("--p-std", type=float, default=1.2, help="std of ln(sigma) (default 1.2)")
+    o.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise (default 0)")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out (or start it)")
+    r.add_argument("--save-every", type=int, default=1000, metavar="STEPS", help="snapshot interval (1000; 0: end)")
+    r.add_argument("--log-every", type=int, default=10, metavar="STEPS", help="log interval (default 10)")
+    r.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    r.add_argument("--threads", type=int, help="torch CPU threads (results may differ between thread counts)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise UsageError(f"{what} must be positive, got {text!r}")
+    return values
+
+
+def config_from_args(args):
+    """Build and validate a :class:`~skiptune.train.TrainConfig` from parsed options."""
+    import torch
+
+    from skiptune.train import TrainConfig
+
+    given = [o for o in _DDPMPP_OPTIONS if getattr(args, o) is not None]
+    if given and (args.arch or args.net_json):
+        flags = ", ".join("--" + o.replace("_", "-") for o in given)
+        raise UsageError(f"{flags} shape the default DDPM++ network; they cannot be combined with --arch/--net-json")
+    net = None
+    if args.net_json:
+        try:
+            net = json.loads(Path(args.net_json).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--net-json {args.net_json}: {exc}") from None
+        if not isinstance(net, dict):
+            raise UsageError(f"--net-json {args.net_json}: expected a JSON object")
+    try:
+        rampup = None if args.ema_rampup.strip().lower() == "none" else float(args.ema_rampup)
+    except ValueError:
+        raise UsageError(f"--ema-rampup must be a number or 'none', got {args.ema_rampup!r}") from None
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.save_every < 0:
+        raise UsageError(f"--save-every must be >= 0, got {args.save_every}")
+    ddpmpp = {}
+    if args.model_channels is not None:
+        ddpmpp["model_channels"] = args.model_channels
+    if args.channel_mult is not None:
+        ddpmpp["channel_mult"] = _int_list(args.channel_mult, "--channel-mult")
+    if args.num_blocks is not None:
+        ddpmpp["num_blocks"] = args.num_blocks
+    if args.attn is not None:
+        ddpmpp["attn_resolutions"] = _int_list(args.attn, "--attn")
+    if args.dropout is not None:
+        ddpmpp["dropout"] = args.dropout
+    config = TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, net=net, resolution=args.resolution, data_size=args.data_size,
+        data_seed=args.data_seed, xflip=args.xflip, cond=args.cond, label_dropout=args.label_dropout,
+        batch=args.batch, steps=args.steps, images=args.images, lr=args.lr, lr_warmup_images=args.lr_warmup,
+        ema_halflife_images=args.ema_halflife, ema_rampup_ratio=rampup, grad_clip=args.grad_clip,
+        P_mean=args.p_mean, P_std=args.p_std, seed=args.seed, device=str(device),
+        save_every=args.save_every or None, log_every=args.log_every, progress=not args.no_progress, **ddpmpp)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return config
+
+
+def run(args) -> int:
+    import torch
+
+    from skiptune.train import train
+
+    config = config_from_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(True)
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Ctrl-C handling stays as it is
+        previous = None
+    try:
+        result = train(config, resume=args.resume, callback=lambda info: bool(interrupted))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    recent = result.losses[-config.log_every:]
+    loss = f"{sum(recent) / len(recent):.4f}" if recent else "n/a"
+    if result.stopped:
+        print(f"stopped at step {result.steps}: state saved; continue with --resume")
+    print(f"steps       {result.start_step} -> {result.steps} of {config.total_steps()}"
+          + (" (resumed)" if result.resumed else ""))
+    print(f"loss        {loss} (mean of the last {len(recent)} steps)")
+    print(f"time        {result.seconds:.1f} s ({result.seconds_per_step:.3f} s/step)")
+    print(f"network     {result.network}")
+    return 130 if result.stopped else 0

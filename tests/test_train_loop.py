@@ -1,0 +1,139 @@
+"""The training loop: EMA maths, data order, loss decrease, bit-exact resume, files written."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from skiptune.io import load_model
+from skiptune.train import TrainConfig, ema_beta, load_dataset, make_shapes, train, update_ema
+from skiptune.train.loop import EpochSampler
+
+TINY = dict(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and two threads thrash on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ema_beta_has_the_configured_half_life():
+    b = ema_beta(64, 10**9, 6400, None)
+    assert math.isclose(b ** (6400 / 64), 0.5, rel_tol=1e-12)  # h/B steps halve the old weights' share
+    assert ema_beta(64, 0, 6400, 0.05) == 0.0  # ramp-up: half-life 0 before any image, EMA = net
+    assert ema_beta(64, 1000, 6400, 0.05) == 0.5 ** (64 / 50)  # half-life capped at 0.05 * 1000
+    ema, net = nn.Linear(2, 1), nn.Linear(2, 1)
+    old = ema.weight.detach().clone()
+    update_ema(ema, net, 0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * old + 0.1 * net.weight.detach())
+
+
+def test_epoch_sampler_visits_every_image_once_per_epoch_and_is_stateless():
+    sampler = EpochSampler(size=12, batch=4, seed=5)
+    epoch0 = torch.cat([sampler.indices(s) for s in range(3)])
+    epoch1 = torch.cat([sampler.indices(s) for s in range(3, 6)])
+    assert sorted(epoch0.tolist()) == list(range(12)) == sorted(epoch1.tolist())
+    assert not torch.equal(epoch0, epoch1)
+    assert torch.equal(EpochSampler(12, 4, 5).indices(4), sampler.indices(4))  # no dependence on history
+    straddle = EpochSampler(size=5, batch=4, seed=5)  # batch 1 spans epochs 0 and 1
+    assert torch.equal(straddle.indices(1), torch.cat([straddle._perm(0)[4:], straddle._perm(1)[:3]]))
+
+
+def test_tiny_net_loss_decreases(tmp_path):
+    data = load_dataset("digits", resolution=8)
+    config = TrainConfig(out=str(tmp_path / "run"), batch=32, steps=40, lr=3e-3, lr_warmup_images=320,
+                         save_every=None, progress=False, **TINY)
+    losses = np.array(train(config, data=data).losses)
+    first, last = losses[:10], losses[-10:]
+    # The per-step loss is noisy (random sigma and noise): demand a drop of at least three standard
+    # errors of the difference of the two window means (a one-sided z-test at about p = 0.001).
+    se = math.sqrt(first.var(ddof=1) / len(first) + last.var(ddof=1) / len(last))
+    assert first.mean() - last.mean() > 3 * se, (first.mean(), last.mean(), se)
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+def _assert_same_tensors(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_interrupted_and_resumed_training_is_bit_identical(tmp_path):
+    # Every source of randomness: data order, sigma/noise, flips, label dropout and network dropout.
+    data = make_shapes(48, seed=2, resolution=8)
+    common = dict(batch=8, steps=12, lr=2e-3, lr_warmup_images=32, save_every=4, log_every=1, progress=False,
+                  data="shapes", cond=True, label_dropout=0.3, xflip=True, grad_clip=1.0, ema_halflife_images=40,
+                  **{**TINY, "dropout": 0.2})
+    full = train(TrainConfig(out=str(tmp_path / "full"), **common), data=data)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_10(info):
+        if info.step == 10:
+            raise Killed  # like kill -9 between snapshots: steps 9-10 are lost, the state is from step 8
+
+    part = TrainConfig(out=str(tmp_path / "part"), **common)
+    with pytest.raises(Killed):
+        train(part, data=data, callback=kill_at_10)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(part, data=data)
+    with pytest.raises(ValueError, match="differs in lr"):
+        train(TrainConfig(out=str(tmp_path / "part"), **{**common, "lr": 1e-3}), resume=True, data=data)
+    resumed = train(part, resume=True, data=data)
+    assert resumed.resumed and resumed.start_step == 8 and resumed.steps == 12
+    assert resumed.losses == full.losses[8:]
+
+    a, b = _state(tmp_path / "full/training-state.pt"), _state(tmp_path / "part/training-state.pt")
+    _assert_same_tensors(a["net"], b["net"])
+    _assert_same_tensors(a["ema"], b["ema"])
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        _assert_same_tensors(pa, pb)
+    _assert_same_tensors(load_file(tmp_path / "full/network.safetensors"),
+                         load_file(tmp_path / "part/network.safetensors"))
+    # The log keeps one line per step: the lines the killed run wrote after its state were dropped.
+    log = [json.loads(line) for line in (tmp_path / "part/train-log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert [r["loss"] for r in log] == full.losses
+
+    # A graceful stop (callback returns True) saves the state at that step; resuming also matches.
+    stop = TrainConfig(out=str(tmp_path / "stop"), **common)
+    halted = train(stop, data=data, callback=lambda info: info.step == 5)
+    assert halted.stopped and halted.steps == 5 and halted.network.name == "ema-0000005.safetensors"
+    train(stop, resume=True, data=data)
+    _assert_same_tensors(a["ema"], _state(tmp_path / "stop/training-state.pt")["ema"])
+    torch.set_num_threads(2)  # reductions depend on the thread count: resuming with another one warns
+    with pytest.warns(UserWarning, match="not be bit-identical"):
+        train(stop, resume=True, data=data)
+
+
+def test_run_files_and_checkpoint(tmp_path):
+    data = load_dataset("digits", split="test", resolution=8)
+    config = TrainConfig(out=str(tmp_path / "run"), batch=8, steps=3, save_every=2, progress=False, seed=1,
+                         cond=True, **TINY)
+    result = train(config, data=data)
+    resolved = json.loads((tmp_path / "run/config.json").read_text())
+    assert resolved["train"]["seed"] == 1 and resolved["total_steps"] == 3
+    assert resolved["dataset"]["fingerprint"] == data.fingerprint() and resolved["dataset"]["size"] == 300
+    assert resolved["network"]["kwargs"]["label_dim"] == 10 and resolved["network"]["kwargs"]["img_channels"] == 1
+    assert {"torch", "git_revision", "skiptune"} <= set(resolved["provenance"])
+    assert (tmp_path / "run/ema-0000002.safetensors").exists()
+    net = load_model(result.network)
+    assert net.skiptune_extra["step"] == 3 and net.skiptune_extra["num_classes"] == 10
+    _assert_same_tensors(net.state_dict(), _state(result.state)["ema"])
+    out = net(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, 2.0]), torch.eye(10)[:2])
+    assert out.shape == (2, 1, 8, 8)
+    other = train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "seed2"), "seed": 2}), data=data)
+    assert not torch.equal(_state(other.state)["ema"]["model.enc.8x8_conv.weight"],
+                           _state(result.state)["ema"]["model.enc.8x8_conv.weight"])
