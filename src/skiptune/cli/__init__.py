@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "skiptune.cli.metrics",
     "skiptune.cli.train",
     "skiptune.cli.runs",
+    "skiptune.cli.sweep",
 ]
 
 

@@ -1,0 +1,168 @@
+"""``skiptune sweep`` and ``skiptune search``: rho grids and automatic rho search, stored and resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from skiptune.cli import UsageError, add_model_options, load_from_args
+
+
+def _csv(text: str, conv=str) -> list:
+    try:
+        return [conv(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"cannot read list {text!r}") from None
+
+
+def add_scoring_options(p) -> None:
+    p.add_argument("--features", default="digits-classifier", help="feature network for FID (registered name)")
+    p.add_argument("--weights", default=None, help="weights file of the feature network")
+    p.add_argument("--ref", required=True, metavar="REF.npz|DATA",
+                   help="reference statistics (.npz from `skiptune ref`) or a data set: digits, shapes, a folder "
+                        "or an .npz of images (its training split)")
+    p.add_argument("--db", default="runs/results.sqlite", help="results store (SQLite; created if missing)")
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def load_reference(spec: str, extractor, progress: bool = False):
+    """A FeatureSet: a statistics .npz as it is, or the features of a data set's training split."""
+    import numpy as np
+
+    from skiptune.generate import to_uint8
+    from skiptune.metrics import FeatureSet, extract_features
+
+    path = Path(spec)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            if "mu" in data.files:
+                return FeatureSet.load(path)
+    from skiptune.train.data import load_dataset
+
+    data = load_dataset(spec, split="train")
+    return extract_features(to_uint8(data.images), extractor, features=[extractor.feature_for("fid")], keep=False,
+                            progress=progress)
+
+
+def _extractor(args):
+    from skiptune.metrics import get_extractor
+
+    return get_extractor(args.features, **({"weights": args.weights} if args.weights else {}))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="FID over a grid of rules x samplers x NFE x seed sets (resumable)",
+                       description="Generate and score every (sampler, NFE, rule, seed set); results go to the "
+                                   "store, so an interrupted sweep resumes. Rules are ';'-separated; "
+                                   "layer:LO:HI:STEP is a range of rho_bottom.")
+    add_model_options(p)
+    p.add_argument("--rules", default="none;layer:0.5:1.5:0.1")
+    p.add_argument("--samplers", default="heun,unipc")
+    p.add_argument("--nfe", default="5,9,19")
+    p.add_argument("--seeds", default="0-249", help="first seed set; further sets are shifted copies")
+    p.add_argument("--seed-sets", type=int, default=3)
+    p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
+    p.add_argument("--grid", default="edm")
+    p.add_argument("--out", default=None, help="folder for the FID-vs-rho plot and summary CSV")
+    add_scoring_options(p)
+    p.set_defaults(func=run_sweep_cmd)
+
+    p = sub.add_parser("search", help="automatic rho search (below and above 1) with a confidence interval",
+                       description="Coarse grid with few samples, refinement with growing sample counts, final "
+                                   "estimate over seed sets; every evaluation is cached in the store.")
+    add_model_options(p)
+    p.add_argument("--sampler", default="heun")
+    p.add_argument("--nfe", type=int, default=9)
+    p.add_argument("--template", default="layer:{rho}", help="rule with one {rho}, e.g. ramp:down:{rho}")
+    p.add_argument("--lo", type=float, default=0.5)
+    p.add_argument("--hi", type=float, default=1.5)
+    p.add_argument("--step", type=float, default=0.05)
+    p.add_argument("--coarse-step", type=float, default=0.1)
+    p.add_argument("--n-max", type=int, default=1000, help="samples per evaluation at the final rung")
+    p.add_argument("--seed-sets", type=int, default=3)
+    add_scoring_options(p)
+    p.set_defaults(func=run_search_cmd)
+
+
+def run_sweep_cmd(args) -> int:
+    from skiptune.plots import plot_fid_vs_rho
+    from skiptune.store import Store
+    from skiptune.sweep import SweepSpec, best_rows, expand_rules, fingerprint, run_sweep, seed_sets
+
+    spec = SweepSpec(rules=expand_rules(args.rules), samplers=_csv(args.samplers), nfes=_csv(args.nfe, int),
+                     seed_sets=seed_sets(args.seeds, args.seed_sets), mode=args.mode, grid=args.grid,
+                     batch=args.batch)
+    from skiptune.generate import SamplingSpec
+
+    for s in spec.samplers:  # validate every sampler/NFE pair before any work
+        for n in spec.nfes:
+            SamplingSpec(s, nfe=n).sigmas()
+    net = load_from_args(args)
+    ext = _extractor(args)
+    ref = load_reference(args.ref, ext, progress=not args.no_progress)
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    with Store(args.db) as store:
+        rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, model_id=fingerprint(net),
+                         progress=not args.no_progress, device=args.device)
+    print(f"{'sampler':<8} {'NFE':>4} {'rule':<22} FID (mean, 95% CI over {args.seed_sets} seed sets)")
+    for r in rows:
+        print(f"{r.sampler:<8} {r.nfe:>4} {r.rule:<22} {r.estimate}")
+    print()
+    for (s, n), (best, base) in best_rows(rows).items():
+        print(f"{s} NFE {n}: best {best.rule} {best.estimate}" + (f"; baseline {base.estimate}" if base else ""))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_fid_vs_rho(rows, out / "fid_vs_rho.png")
+        with open(out / "sweep.csv", "w") as f:
+            f.write("sampler,nfe,rule,fid_mean,ci_low,ci_high,values\n")
+            for r in rows:
+                e = r.estimate
+                f.write(f"{r.sampler},{r.nfe},{r.rule},{e.mean},{e.ci_low},{e.ci_high},"
+                        f"{' '.join(map(str, e.values))}\n")
+        print(f"plot and CSV in {out}")
+    return 0
+
+
+def run_search_cmd(args) -> int:
+    from skiptune.generate import SamplingSpec, generate, to_uint8
+    from skiptune.metrics import extract_features, fid_from_stats
+    from skiptune.search import search_rho
+    from skiptune.store import Store
+    from skiptune.sweep import fingerprint
+
+    sspec = SamplingSpec(args.sampler, nfe=args.nfe)
+    sspec.sigmas()
+    net = load_from_args(args)
+    ext = _extractor(args)
+    feature = ext.feature_for("fid")
+    ref = load_reference(args.ref, ext)
+    offset = 1_000_000  # seed set k uses seeds k*offset .. k*offset + n - 1
+
+    def objective(rho: float, n: int, seed_set: int) -> float:
+        rule = args.template.format(rho=f"{rho:g}")
+        seeds = f"{seed_set * offset}-{seed_set * offset + n - 1}"
+        g = generate(net, seeds, sspec, rule=rule, batch_size=args.batch, device=args.device)
+        fs = extract_features(to_uint8(g.images), ext, features=[feature], keep=False, batch_size=args.batch)
+        return float(fid_from_stats(fs.get(feature), ref.get(feature)))
+
+    config = {"kind": "search-eval", "model": fingerprint(net), "sampler": args.sampler, "nfe": args.nfe,
+              "features": ext.name, "features_sha256": ext.weights_sha256, "ref": str(args.ref)}
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+
+    def show(ev):
+        if not args.no_progress:
+            print(f"  {ev.stage:<10} {ev.rule:<20} n={ev.n_samples:<6} set {ev.seed_set}  FID {ev.value:.3f}"
+                  + (" (cached)" if ev.cached else ""), flush=True)
+
+    with Store(args.db) as store:
+        try:
+            res = search_rho(objective, n_max=args.n_max, template=args.template, lo=args.lo, hi=args.hi,
+                             step=args.step, coarse_step=args.coarse_step, seed_sets=args.seed_sets,
+                             baseline=1.0 if args.lo <= 1.0 <= args.hi else None, store=store,
+                             store_config=config, callback=show)
+        except KeyError as exc:
+            raise UsageError(f"--template must contain {{rho}}: {exc}") from None
+    print(res.summary())
+    return 0

@@ -1,0 +1,69 @@
+"""Figures: FID vs rho curves (seed 003, Fig. 4) and baseline vs tuned image grids (Fig. 5)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from skiptune.io.images import make_grid
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fid_vs_rho(rows: Sequence, path: str | os.PathLike, title: str = "") -> Path:
+    """One panel per sampler; one line per NFE; mean FID over seed sets with its t-interval."""
+    plt = _plt()
+    samplers = list(dict.fromkeys(r.sampler for r in rows))
+    fig, axes = plt.subplots(1, len(samplers), figsize=(5 * len(samplers), 3.8), squeeze=False)
+    for ax, s in zip(axes[0], samplers, strict=True):
+        for n in sorted({r.nfe for r in rows if r.sampler == s}):
+            pts = sorted((r.rho_bottom, r.estimate) for r in rows
+                         if r.sampler == s and r.nfe == n and r.rho_bottom is not None)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1].mean for p in pts]
+            err = [0.0 if p[1].half_width != p[1].half_width else p[1].half_width for p in pts]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"NFE {n}")
+        ax.axvline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xlabel("rho_bottom (layer rule, rho_top = 1)")
+        ax.set_ylabel("FID (mean over seed sets, 95% CI)")
+        ax.set_title(f"{s}")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, ncols: int = 8,
+                      title: str = "") -> Path:
+    """Image grids (uint8 [N, C, H, W]) next to each other, each titled (same seeds in each)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, imgs) in zip(axes[0], panels, strict=True):
+        grid = make_grid(imgs, ncols=ncols)
+        arr = grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
+        ax.imshow(arr, cmap="gray" if grid.shape[0] == 1 else None, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

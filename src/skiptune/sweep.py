@@ -1,0 +1,171 @@
+"""Rho sweeps: every (sampler, NFE, rule, seed set) generated once, scored, stored, resumable.
+
+Each point of the grid is one run in the results store (:mod:`skiptune.store`), keyed by its full
+configuration (model fingerprint, sampler, NFE, grid, rule, mode, seeds, feature network and
+reference fingerprint). A sweep interrupted at any point and restarted recomputes only what was not
+complete. The summary averages each configuration over its seed sets with a Student-t interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.metrics import FeatureExtractor, FeatureSet, FeatureStats, extract_features, fid_from_stats
+from skiptune.sampling import parse_seeds
+from skiptune.search import Estimate, t_interval
+from skiptune.skip import as_rule
+from skiptune.store import Metric, RunOutcome, Store
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_RANGE = re.compile(rf"^(layer|const):({_NUM}):({_NUM}):({_NUM})$")
+_TEMPLATE = re.compile(rf"\{{({_NUM})\.\.({_NUM}):({_NUM})\}}")
+
+
+def _frange(lo: float, hi: float, step: float) -> list[float]:
+    if step <= 0 or hi < lo:
+        raise ValueError(f"rule range needs lo <= hi and step > 0, got {lo}..{hi} step {step}")
+    n = int(round((hi - lo) / step))
+    if abs(lo + n * step - hi) > 1e-9 * max(1.0, abs(hi)):
+        raise ValueError(f"rule range {lo}..{hi} is not a whole number of steps of {step}")
+    return [round(lo + i * step, 10) for i in range(n + 1)]
+
+
+def expand_rules(text: str) -> list[str]:
+    """Rules of a sweep, separated by ``;``. Ranges: ``layer:LO:HI:STEP`` (rho_bottom from LO to HI,
+    top 1), ``const:LO:HI:STEP``, or a template with one ``{LO..HI:STEP}`` (``ramp:down:{0.6..1:0.1}``).
+    Each rule is validated and written in its canonical form."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        m = _RANGE.match(part)
+        t = _TEMPLATE.search(part)
+        if m:
+            name, lo, hi, step = m.group(1), *map(float, m.groups()[1:])
+            out += [str(as_rule(f"{name}:{v:g}")) for v in _frange(lo, hi, step)]
+        elif t:
+            lo, hi, step = map(float, t.groups())
+            out += [str(as_rule(part[:t.start()] + f"{v:g}" + part[t.end():])) for v in _frange(lo, hi, step)]
+        else:
+            out.append(str(as_rule(part)))
+    if not out:
+        raise ValueError("no rules given")
+    return list(dict.fromkeys(out))
+
+
+def seed_sets(seeds: str, count: int) -> list[str]:
+    """``count`` disjoint seed sets: ``seeds`` and copies shifted by its length (``0-99``, ``100-199``, ...)."""
+    base = parse_seeds(seeds)
+    if count < 1:
+        raise ValueError("need at least one seed set")
+    span = max(base) - min(base) + 1
+    return [",".join(str(s + k * span) for s in base) if not _is_range(base) else
+            f"{min(base) + k * span}-{max(base) + k * span}" for k in range(count)]
+
+
+def _is_range(seeds: list[int]) -> bool:
+    return seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+
+
+def fingerprint(net: nn.Module) -> str:
+    """sha256 of a network's state dict (names, shapes and bytes): identifies the weights."""
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SweepSpec:
+    rules: list[str]
+    samplers: list[str]
+    nfes: list[int]
+    seed_sets: list[str]
+    mode: str = "concat"
+    grid: str = "edm"
+    batch: int = 250
+    sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def points(self) -> list[tuple[str, int, str, int]]:
+        return [(s, n, r, k) for s in self.samplers for n in self.nfes for r in self.rules
+                for k in range(len(self.seed_sets))]
+
+
+@dataclass
+class SweepRow:
+    sampler: str
+    nfe: int
+    rule: str
+    estimate: Estimate
+
+    @property
+    def rho_bottom(self) -> float | None:
+        r = as_rule(self.rule)
+        return getattr(r, "bottom", getattr(r, "rho", 1.0 if self.rule == "none" else None))
+
+
+def _fid(gen_feats: FeatureSet, ref: FeatureSet, feature: str) -> float:
+    return float(fid_from_stats(gen_feats.get(feature), ref.get(feature)))
+
+
+def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store, extractor: FeatureExtractor, ref: FeatureSet,
+              model_id: str | None = None, progress: bool = True, device: str = "cpu",
+              keep_images: dict | None = None) -> list[SweepRow]:
+    """Run every point of ``spec`` not yet complete in ``store``; return per-configuration summaries.
+
+    ``keep_images``, if given, receives ``{(sampler, nfe, rule): uint8 images}`` of the first seed
+    set of each configuration computed in this call (for image grids).
+    """
+    model_id = model_id or fingerprint(net)
+    feature = extractor.feature_for("fid")
+    ref_stats: FeatureStats = ref.get(feature)
+    ref_id = hashlib.sha256(np.asarray(ref_stats.mean).tobytes() + np.asarray(ref_stats.cov).tobytes()).hexdigest()
+    base = {"kind": "sweep-point", "model": model_id, "grid": spec.grid, "mode": spec.mode,
+            "features": extractor.name, "features_sha256": extractor.weights_sha256, "ref": ref_id,
+            "ref_n": ref_stats.n, "batch": spec.batch}
+    points = spec.points()
+    bar = tqdm(points, desc="sweep", unit="run", disable=not progress)
+    values: dict[tuple[str, int, str], list[float]] = {}
+    for sampler, nfe, rule, k in bar:
+        seeds = spec.seed_sets[k]
+        options = spec.sampler_options.get(sampler, {})
+        config = {**base, "sampler": sampler, "nfe": nfe, "rule": rule, "seeds": seeds, "options": options}
+        bar.set_postfix_str(f"{sampler} nfe={nfe} {rule} set {k}")
+
+        def compute(cfg, sampler=sampler, nfe=nfe, rule=rule, seeds=seeds, options=options, k=k):
+            sspec = SamplingSpec(sampler, nfe=nfe, grid=spec.grid, options=options)
+            g = generate(net, seeds, sspec, rule=rule, mode=spec.mode, batch_size=spec.batch, device=device)
+            imgs = to_uint8(g.images)
+            if keep_images is not None and k == 0:
+                keep_images[(sampler, nfe, rule)] = imgs
+            fs = extract_features(imgs, extractor, features=[feature], keep=False, batch_size=spec.batch)
+            fid = _fid(fs, ref, feature)
+            return RunOutcome({"fid": Metric(fid, feature_net=extractor.name,
+                                             feature_checksum=extractor.weights_sha256, n_samples=len(g.seeds))},
+                              timings={"generate_s": g.seconds})
+
+        rec = store.run_once(config, compute)
+        values.setdefault((sampler, nfe, rule), []).append(rec.metrics["fid"].value)
+    return [SweepRow(s, n, r, t_interval(v)) for (s, n, r), v in values.items()]
+
+
+def best_rows(rows: Sequence[SweepRow]) -> dict[tuple[str, int], tuple[SweepRow, SweepRow | None]]:
+    """Per (sampler, NFE): the lowest mean FID row and the baseline (``none``) row."""
+    out: dict[tuple[str, int], tuple[SweepRow, SweepRow | None]] = {}
+    for s, n in dict.fromkeys((r.sampler, r.nfe) for r in rows):
+        group = [r for r in rows if r.sampler == s and r.nfe == n]
+        base = next((r for r in group if r.rule in ("none", "layer:1:1", "const:1")), None)
+        out[(s, n)] = (min(group, key=lambda r: r.estimate.mean), base)
+    return out
