@@ -33,6 +33,22 @@ class _SkipUNet(nn.Module):
     dec: nn.ModuleDict
     joins: nn.ModuleDict  # decoder block name -> SkipJoin, in pop order (innermost first)
 
+    def _add_decoder_level(self, level: int, levels: int, res: int, cout: int, width: int, num_blocks: int,
+                           stack: list[int], attention, bk: dict) -> int:
+        """One decoder level: the bottleneck pair or an upsampling block, then ``num_blocks + 1``
+        blocks that each pop one encoder skip through a :class:`SkipJoin`. Returns the output width."""
+        if level == levels - 1:
+            self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **bk)
+            self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **bk)
+        else:
+            self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **bk)
+        for idx in range(num_blocks + 1):
+            skip = stack.pop()
+            self.joins[f"{res}x{res}_block{idx}"] = SkipJoin(cout, skip, res)
+            cin, cout = cout + skip, width
+            self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attention(idx), **bk)
+        return cout
+
     def _encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         aux = x
@@ -130,17 +146,8 @@ class SongUNet(_SkipUNet):
         stack = list(skips)
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **bk)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **bk)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **bk)
-            for idx in range(num_blocks + 1):
-                skip = stack.pop()
-                self.joins[f"{res}x{res}_block{idx}"] = SkipJoin(cout, skip, res)
-                cin, cout = cout + skip, model_channels * mult
-                attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **bk)
+            cout = self._add_decoder_level(level, len(channel_mult), res, cout, model_channels * mult, num_blocks,
+                                           stack, lambda idx, r=res: idx == num_blocks and r in attn_resolutions, bk)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -220,16 +227,8 @@ class DhariwalUNet(_SkipUNet):
         stack = list(skips)
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **bk)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **bk)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **bk)
-            for idx in range(num_blocks + 1):
-                skip = stack.pop()
-                self.joins[f"{res}x{res}_block{idx}"] = SkipJoin(cout, skip, res)
-                cin, cout = cout + skip, model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **bk)
+            cout = self._add_decoder_level(level, len(channel_mult), res, cout, model_channels * mult, num_blocks,
+                                           stack, lambda idx, r=res: r in attn_resolutions, bk)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
