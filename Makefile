@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,demo
 
-.PHONY: all setup demo test lint bench clean
+.PHONY: all setup demo demo-assets test lint bench clean
 
 all: test
 
@@ -29,6 +29,10 @@ setup: $(VENV)/.installed-$(EXTRAS)
 
 demo: setup
 	$(VENV)/bin/skiptune demo
+
+# Rebuild the shipped demo model and classifier (about 50 minutes on 2 CPU cores).
+demo-assets: setup
+	$(PY) -m skiptune.demo.make_assets --out src/skiptune/assets
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks

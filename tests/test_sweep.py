@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import randomize
 
+from conftest import randomize
 from skiptune import load_model
 from skiptune.metrics import FeatureExtractor, extract_features
 from skiptune.store import Store

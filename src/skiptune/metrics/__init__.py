@@ -9,7 +9,8 @@ number, the extractor, weights sha256, resize policy and sample counts.
 
 Registered extractors: ``'inception-v3'`` (the FID network, torch-fidelity ``.pth`` weights from
 a local file or ``$SKIPTUNE_WEIGHTS``), ``'inception-v3-edm-pkl'`` (EDM's pickle, see
-:mod:`.edm_pickle`), ``'clip'`` (optional ``open_clip``). Add your own with
+:mod:`.edm_pickle`), ``'clip'`` (optional ``open_clip``), ``'digits-classifier'`` (the demo's
+domain network, shipped). Add your own with
 :func:`register_extractor` or wrap any module with :func:`wrap_module`.
 """
 
@@ -53,7 +54,16 @@ from .mmd import DEFAULT_MMD_KERNELS, Kernel, cmmd, kid, make_kernel, mmd2, mmd_
 from .precision_recall import PrecisionRecall, precision_recall
 from .stats import FeatureStats
 
+
+def _digits_classifier(**kwargs):
+    """The shipped domain feature network of the demo digits (see :mod:`skiptune.demo.assets`)."""
+    from skiptune.demo.assets import classifier_extractor
+
+    return classifier_extractor(**kwargs)
+
+
 for _name, _factory in (
+    ("digits-classifier", _digits_classifier),
     ("inception-v3", inception_v3),
     ("inception-v3-edm-pkl", load_edm_inception),
     ("clip", clip_extractor),

@@ -1,0 +1,1 @@
+"""The embedded default: the shipped demo model, its domain feature network, and their recipes."""

@@ -1,0 +1,87 @@
+"""Shipped assets: where they live, how to load them, and the domain feature extractor.
+
+``skiptune/assets/`` holds the demo diffusion model (``demo-digits.safetensors``) and the digits
+classifier used as its domain feature network (``digits-classifier.safetensors``), each with the
+JSON config and training log of the recipe that made it (``make demo-assets``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+DEMO_MODEL = "demo-digits.safetensors"
+CLASSIFIER = "digits-classifier.safetensors"
+CLASSIFIER_EXTRACTOR = "digits-classifier"
+
+
+def assets_dir() -> Path:
+    """The package's asset folder (overridable with $SKIPTUNE_ASSETS, e.g. for freshly made assets)."""
+    override = os.environ.get("SKIPTUNE_ASSETS")
+    return Path(override) if override else Path(str(resources.files("skiptune") / "assets"))
+
+
+def asset_path(name: str) -> Path:
+    path = assets_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"shipped asset {path} is missing; rebuild it with `make demo-assets` "
+                                "(or point $SKIPTUNE_ASSETS at a folder that has it)")
+    return path
+
+
+def save_classifier(model, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"skiptune-classifier": json.dumps({"config": model.config(), "extra": extra or {}})}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+def load_classifier(path: str | os.PathLike | None = None):
+    """The digits classifier (``SmallClassifier``) from a safetensors file (default: the shipped one)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from skiptune.nets.classifier import SmallClassifier
+
+    path = Path(path) if path is not None else asset_path(CLASSIFIER)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("skiptune-classifier", "{}"))
+    if "config" not in meta:
+        raise ValueError(f"{path} is not a skiptune classifier checkpoint")
+    model = SmallClassifier(**meta["config"])
+    model.load_state_dict(load_file(str(path)), strict=True)
+    model.skiptune_extra = meta.get("extra", {})
+    return model.eval()
+
+
+def classifier_extractor(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Domain feature network for the digits: 64-d penultimate features (FID, KID, P/R, MMD), logits (IS).
+
+    Input images (uint8 RGB, any size) are averaged to gray, mapped to [-1, 1] and resized to 16x16
+    (bilinear, antialiased) when needed.
+    """
+    import torch.nn.functional as F
+
+    from skiptune.metrics.extractor import FeatureExtractor, file_sha256
+
+    path = Path(weights) if weights is not None else asset_path(CLASSIFIER)
+    model = load_classifier(path).to(device)
+    res = model.resolution
+
+    def fn(x: torch.Tensor, wanted):
+        y = x.to(torch.float32).mean(dim=1, keepdim=True) / 127.5 - 1
+        if y.shape[-1] != res:
+            y = F.interpolate(y, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+        return model.features(y)
+
+    return FeatureExtractor(
+        name=CLASSIFIER_EXTRACTOR, fn=fn, dims={"features": model.feature_dim, "logits": model.num_classes},
+        preprocessing=f"gray mean, [-1,1], bilinear-antialias to {res}x{res} if needed",
+        weights_sha256=file_sha256(path), metric_features={"is": "logits"}, default_feature="features",
+        device=device, module=model)

@@ -1,0 +1,49 @@
+"""``skiptune sweep`` / ``skiptune search`` / ``skiptune demo --quick`` through the real entry point."""
+
+import csv
+import subprocess
+import sys
+
+from skiptune.cli import main
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "skiptune", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_sweep_cli_writes_store_plot_and_csv_and_resumes(tmp_path):
+    from skiptune import load_model, save_checkpoint
+
+    model = save_checkpoint(load_model("ddpmpp-tiny"), tmp_path / "tiny.safetensors")  # fixed weights
+    args = ["sweep", "--model", str(model), "--rules", "none;layer:0.5:0.7:0.2", "--samplers", "euler",
+            "--nfe", "2", "--seeds", "0-69", "--seed-sets", "2", "--ref", "digits", "--db", str(tmp_path / "r.sqlite"),
+            "--out", str(tmp_path / "out"), "--batch", "70", "--no-progress"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "sweep.csv")))
+    assert [r["rule"] for r in rows] == ["none", "layer:0.5:1", "layer:0.7:1"]
+    assert all(len(r["values"].split()) == 2 for r in rows)
+    assert (tmp_path / "out" / "fid_vs_rho.png").stat().st_size > 1000
+    again = run_cli(*args)  # everything comes from the store: same numbers, nothing recomputed
+    assert again.returncode == 0
+    assert list(csv.DictReader(open(tmp_path / "out" / "sweep.csv"))) == rows
+    listing = run_cli("runs", "--db", str(tmp_path / "r.sqlite"))
+    assert listing.returncode == 0 and "layer:0.5:1" in listing.stdout
+
+
+def test_sweep_cli_validates_before_work(tmp_path, capsys):
+    assert main(["sweep", "--arch", "ddpmpp-tiny", "--samplers", "heun", "--nfe", "4", "--ref", "digits",
+                 "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert "cannot use exactly 4 NFE" in capsys.readouterr().err
+    assert main(["sweep", "--arch", "ddpmpp-tiny", "--rules", "layer:0", "--ref", "digits",
+                 "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert "finite and > 0" in capsys.readouterr().err
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    res = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "real-vs-real floor" in res.stdout and "| heun | 5 |" in res.stdout
+    for name in ("report.md", "fid_vs_rho.png", "grid_heun_5.png", "results.sqlite", "summary.json"):
+        assert (tmp_path / "demo" / name).exists(), name
