@@ -21,22 +21,26 @@ def _plt():
 
 
 def plot_fid_vs_rho(rows: Sequence, path: str | os.PathLike, title: str = "") -> Path:
-    """One panel per sampler; one line per NFE; mean FID over seed sets with its t-interval."""
+    """One panel per sampler; one line per NFE and rule family; mean FID over seed sets with its t-interval."""
     plt = _plt()
     samplers = list(dict.fromkeys(r.sampler for r in rows))
     fig, axes = plt.subplots(1, len(samplers), figsize=(5 * len(samplers), 3.8), squeeze=False)
     for ax, s in zip(axes[0], samplers, strict=True):
-        for n in sorted({r.nfe for r in rows if r.sampler == s}):
-            pts = sorted((r.rho_bottom, r.estimate) for r in rows
-                         if r.sampler == s and r.nfe == n and r.rho_bottom is not None)
-            if not pts:
-                continue
-            xs = [p[0] for p in pts]
-            ys = [p[1].mean for p in pts]
-            err = [0.0 if p[1].half_width != p[1].half_width else p[1].half_width for p in pts]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"NFE {n}")
+        group = [r for r in rows if r.sampler == s and r.rho_bottom is not None]
+        families = sorted({r.rule.split(":")[0] for r in group} - {"none"}) or ["none"]
+        for n in sorted({r.nfe for r in group}):
+            for fam in families:  # one line per rule family; the untouched net sits at rho = 1 on each
+                pts = sorted((r.rho_bottom, r.estimate) for r in group
+                             if r.nfe == n and r.rule.split(":")[0] in (fam, "none"))
+                if not pts:
+                    continue
+                xs = [p[0] for p in pts]
+                ys = [p[1].mean for p in pts]
+                err = [0.0 if p[1].half_width != p[1].half_width else p[1].half_width for p in pts]
+                label = f"NFE {n}" + (f", {fam}" if len(families) > 1 else "")
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
         ax.axvline(1.0, color="gray", lw=0.8, ls="--")
-        ax.set_xlabel("rho_bottom (layer rule, rho_top = 1)")
+        ax.set_xlabel("rho (const) / rho_bottom (layer, rho_top = 1)")
         ax.set_ylabel("FID (mean over seed sets, 95% CI)")
         ax.set_title(f"{s}")
         ax.legend()

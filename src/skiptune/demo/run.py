@@ -25,7 +25,7 @@ from skiptune.store import Store
 from skiptune.sweep import SweepRow, SweepSpec, best_rows, expand_rules, run_sweep, seed_sets
 
 FULL = dict(samplers=["heun", "unipc"], nfes=[5, 9, 19],
-            rules="none;layer:0.8;layer:1.2;layer:1.4", seeds="0-99", sets=3, grid_seeds="0-31")
+            rules="none;layer:0.8;const:0.7;const:1.2", seeds="0-99", sets=3, grid_seeds="0-31")
 QUICK = dict(samplers=["heun"], nfes=[5], rules="none;layer:0.7;layer:1.3", seeds="0-79", sets=2, grid_seeds="0-15")
 
 
@@ -87,7 +87,7 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
     with Store(out / "results.sqlite") as store:
         rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=progress, device=device)
     table = format_table(rows)
-    plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho_bottom")
+    plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho")
     grids = []
     for (s, n), (best, base) in best_rows(rows).items():
         panels = []
