@@ -15,12 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from skiptune.generate import SamplingSpec, generate, to_uint8
-from skiptune.metrics import FeatureExtractor, FeatureSet, FeatureStats, extract_features, fid_from_stats
+from skiptune.metrics import (
+    FeatureExtractor,
+    FeatureSet,
+    FeatureStats,
+    extract_features,
+    fid_from_stats,
+    state_dict_sha256,
+)
 from skiptune.sampling import parse_seeds
 from skiptune.search import Estimate, t_interval
 from skiptune.skip import as_rule
@@ -79,12 +85,7 @@ def _is_range(seeds: list[int]) -> bool:
 
 def fingerprint(net: nn.Module) -> str:
     """sha256 of a network's state dict (names, shapes and bytes): identifies the weights."""
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_dict_sha256(net)
 
 
 @dataclass

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -136,18 +135,15 @@ def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
 
 
 def provenance() -> dict:
-    """Versions and the git revision of the source tree (None outside a checkout)."""
+    """Versions, thread count and the git revision of the source tree (None outside a checkout)."""
     import numpy
 
     from skiptune import __version__
+    from skiptune.store import git_revision
 
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        rev = None
     return {"skiptune": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(), "git_revision": rev}
+            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+            "git_revision": git_revision()}
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
