@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,11 +17,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from skiptune.sampling import SAMPLERS, EDMDenoiser, SeedNoise, make_sigmas, nfe_for_sigmas, parse_seeds, sample
+from skiptune.sampling import (
+    SAMPLERS,
+    EDMDenoiser,
+    SeedNoise,
+    discrete_sigmas,
+    discrete_timesteps,
+    make_sigmas,
+    nfe_for_sigmas,
+    parse_seeds,
+    sample,
+)
 from skiptune.sampling import steps_for_nfe as _steps_for_nfe
-from skiptune.skip import Identity, as_rule, skip_tuning
+from skiptune.skip import FreeU, FreeUConfig, Identity, as_rule, skip_tuning
 
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
+#: network precision: float32, or mixed precision (autocast) for the network call only
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Grids on the trained timesteps of a discrete-time network (one with ``alphas_cumprod``, e.g.
+#: ``DDPMPrecond``): name -> :func:`~skiptune.sampling.discrete_timesteps` spacing. ``discrete`` is
+#: DDIM's uniform skip ``t = 0, T/n, 2T/n, ...`` (diffusers "leading"), then a last step to sigma = 0.
+DISCRETE_GRIDS = {"discrete": "leading", "discrete-trailing": "trailing"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,12 @@ class SamplingSpec:
 
     def sigmas(self, net: nn.Module | None = None) -> torch.Tensor:
         steps = self.steps if self.steps is not None else _steps_for_nfe(self.sampler, self.nfe)
+        if self.grid in DISCRETE_GRIDS:  # the network's own timesteps; sigma_min/sigma_max do not apply
+            abar = getattr(net, "alphas_cumprod", None)
+            if abar is None:
+                raise ValueError(f"grid {self.grid!r} needs a discrete-time network (one with alphas_cumprod, e.g. "
+                                 "DDPMPrecond); use a continuous grid such as edm for this model")
+            return discrete_sigmas(abar.cpu(), discrete_timesteps(len(abar), steps, DISCRETE_GRIDS[self.grid]))
         lo, hi = self.sigma_range(net)
         return make_sigmas(self.grid, steps, lo, hi)
 
@@ -82,6 +104,7 @@ class Generated:
     seeds: list[int]
     nfe: int
     seconds: float
+    processes: int = 1  # ranks that produced these images (torchrun)
 
 
 def _labels_for(noise: SeedNoise, label_dim: int, class_label: int | None) -> torch.Tensor | None:
@@ -99,11 +122,14 @@ def _labels_for(noise: SeedNoise, label_dim: int, class_label: int | None) -> to
 def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, rule: Any = "none",
              mode: str = "concat", batch_size: int = 64, class_label: int | None = None,
              device: str | torch.device = "cpu", progress: bool = False,
-             on_batch: Callable[[list[int], torch.Tensor], None] | None = None) -> Generated:
+             on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
+             freeu: FreeUConfig | str | None = None, precision: str = "fp32") -> Generated:
     """Sample one image per seed; latents ``sigma_max * z`` with z ~ N(0, I) from the seed's generator.
 
     Class-conditional nets get a label per seed, uniform from the seed's generator (or
-    ``class_label`` for all). The rule is attached for the whole run and detached afterwards.
+    ``class_label`` for all). The rule is attached for the whole run and detached afterwards, and so
+    is FreeU (:mod:`skiptune.skip.freeu`) when ``freeu`` gives its factors. ``precision`` ``bf16`` or
+    ``fp16`` runs the network under autocast (the sampler state stays float64).
     """
     seeds = parse_seeds(seeds)
     if not seeds:
@@ -112,7 +138,9 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
         raise ValueError("batch_size must be >= 1")
     device = torch.device(device)
     net = net.to(device).eval()
-    denoiser = EDMDenoiser(net)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    denoiser = EDMDenoiser(net, autocast=PRECISIONS[precision])
     sigmas = spec.sigmas(net)
     nfe = nfe_for_sigmas(spec.sampler, sigmas)
     label_dim = int(getattr(net, "label_dim", 0) or 0)
@@ -122,10 +150,12 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
     t0 = time.perf_counter()
     bar = tqdm(total=len(seeds), desc=f"{spec.sampler} nfe={nfe} {rule}", unit="img", disable=not progress,
                leave=False)
-    # the untouched rule attaches nothing, so any denoiser network works without skip sites
-    tuning = nullcontext() if isinstance(rule, Identity) else skip_tuning(net, rule, mode=mode,
-                                                                           sigma_range=spec.sigma_range(net))
-    with tuning:
+    with ExitStack() as hooks:
+        # the untouched rule attaches nothing, so any denoiser network works without skip sites
+        if not isinstance(rule, Identity):
+            hooks.enter_context(skip_tuning(net, rule, mode=mode, sigma_range=spec.sigma_range(net)))
+        if freeu is not None:
+            hooks.enter_context(FreeU(net, freeu))
         for i in range(0, len(seeds), batch_size):
             batch = seeds[i:i + batch_size]
             noise = SeedNoise(batch, device=device)

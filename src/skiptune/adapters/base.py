@@ -16,6 +16,8 @@ from torch.utils.hooks import RemovableHandle
 
 #: current rho for a site: a float, or a 1-D tensor with one value per sample
 ScaleFn = Callable[[], "float | torch.Tensor"]
+#: a transform of one join's two inputs, ``(u, d) -> (u', d')``: u the decoder tensor, d the encoder skip
+JoinFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 MODES = ("concat", "residual", "norm")
 MODE_HELP = {
@@ -53,6 +55,22 @@ class Adapter:
 
     def attach(self, net: nn.Module, site: SkipSite, mode: str, scale: ScaleFn) -> list[RemovableHandle]:
         raise NotImplementedError
+
+    def stages(self, net: nn.Module) -> list[int]:
+        """Decoder stage of each site, 0 = innermost. Default: the rank of the site's resolution, lowest first."""
+        sites = self.sites(net)
+        order = sorted({s.resolution for s in sites})
+        return [order.index(s.resolution) for s in sites]
+
+    def attach_join(self, net: nn.Module, site: SkipSite, fn: JoinFn) -> list[RemovableHandle]:
+        """Hook that replaces the join's inputs ``(u, d)`` by ``fn(u, d)`` (used by FreeU)."""
+        raise ValueError(f"{self.name} does not support feature transforms at its joins (FreeU); "
+                         "only Skip-Tuning rules apply to it")
+
+    def attach_sigma(self, net: nn.Module) -> list[RemovableHandle]:
+        """Network-level hooks that publish sigma when a caller runs the bare network without publishing it
+        (e.g. a foreign pipeline passing a timestep). Default: none; the preconditioner publishes it."""
+        return []
 
 
 def scale_tensor(x: torch.Tensor, rho: float | torch.Tensor) -> torch.Tensor:

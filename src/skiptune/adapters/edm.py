@@ -8,6 +8,7 @@ from torch.utils.hooks import RemovableHandle
 from skiptune.adapters.base import (
     MODES,
     Adapter,
+    JoinFn,
     ScaleFn,
     SkipSite,
     is_identity,
@@ -74,3 +75,8 @@ class EDMUNetAdapter(Adapter):
                 return None
             return (scale_channels(args[0], start, rho),) + tuple(args[1:])
         return [target.register_forward_pre_hook(channel_hook)]
+
+    def attach_join(self, net, site: SkipSite, fn: JoinFn) -> list[RemovableHandle]:
+        def join_hook(module, args):
+            return fn(*args)
+        return [_unet(net).joins[site.name.removeprefix("dec.")].register_forward_pre_hook(join_hook)]

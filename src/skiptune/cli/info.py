@@ -20,10 +20,12 @@ def register(sub) -> None:
 
 def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
     """Everything ``info`` prints, as a dict."""
-    from skiptune.skip import as_rule, skip_sites
+    from skiptune.adapters import find_adapter
+    from skiptune.skip import as_rule
 
     rule = as_rule(rule_text)
-    sites = skip_sites(net)
+    adapter = find_adapter(net)
+    sites, stages = adapter.sites(net), adapter.stages(net)
     rule.check(len(sites))
     if rule.sigma_dependent and sigma is None:
         raise ValueError(f"rule '{rule}' depends on sigma: pass --sigma")
@@ -32,13 +34,15 @@ def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
     return {
         "precond": type(net).__name__,
         "architecture": type(inner).__name__,
-        "config": cfg.get("kwargs", {}),
+        "config": cfg.get("kwargs") or {k: v for k, v in dict(getattr(inner, "config", {})).items()
+                                         if not k.startswith("_")},
         "parameters": sum(p.numel() for p in net.parameters()),
         "rule": str(rule),
         "sigma": sigma,
         "sites": [{"index": s.index, "name": s.name, "resolution": s.resolution, "skip_channels": s.skip_channels,
-                   "main_channels": s.main_channels, "rho": float(rule.factor(s.index, len(sites), sigma))}
-                  for s in sites],
+                   "main_channels": s.main_channels, "stage": stage,
+                   "rho": float(rule.factor(s.index, len(sites), sigma))}
+                  for s, stage in zip(sites, stages, strict=True)],
     }
 
 
@@ -52,8 +56,8 @@ def run(args) -> int:
     print(f"skip sites  {len(info['sites'])} (innermost first)")
     print(f"rule        {info['rule']}" + (f" at sigma={info['sigma']:g}" if info["sigma"] is not None else ""))
     print()
-    print(f"{'index':>5}  {'site':<22} {'res':>5} {'skip ch':>8} {'main ch':>8} {'rho':>8}")
+    print(f"{'index':>5}  {'site':<22} {'res':>5} {'stage':>5} {'skip ch':>8} {'main ch':>8} {'rho':>8}")
     for s in info["sites"]:
-        print(f"{s['index']:>5}  {s['name']:<22} {s['resolution']:>5} {s['skip_channels']:>8} "
+        print(f"{s['index']:>5}  {s['name']:<22} {s['resolution']:>5} {s['stage']:>5} {s['skip_channels']:>8} "
               f"{s['main_channels']:>8} {s['rho']:>8.4f}")
     return 0

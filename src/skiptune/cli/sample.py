@@ -30,13 +30,15 @@ def parse_options(text: str | None) -> dict:
 
 def add_sampling_options(p) -> None:
     """Sampler, NFE/steps, grid and rule options shared by sampling commands."""
+    from skiptune.generate import DISCRETE_GRIDS
     from skiptune.sampling import GRIDS, SAMPLERS
 
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--nfe", type=int, help="number of network evaluations (default 9)")
     g.add_argument("--steps", type=int, help="number of sampler steps instead of --nfe")
-    p.add_argument("--grid", default="edm", choices=sorted(GRIDS), help="sigma grid (default: EDM rho=7)")
+    p.add_argument("--grid", default="edm", choices=sorted([*GRIDS, *DISCRETE_GRIDS]),
+                   help="sigma grid (default: EDM rho=7; discrete: DDIM's uniform timesteps of a DDPM model)")
     p.add_argument("--sigma-min", type=float, default=None)
     p.add_argument("--sigma-max", type=float, default=None)
     p.add_argument("--options", default=None, metavar="K=V,...", help="sampler options, e.g. order=3,variant=bh2")
@@ -60,8 +62,12 @@ def register(sub) -> None:
     add_sampling_options(p)
     p.add_argument("--seeds", default="0-63", help="seed list, e.g. 0-63 or 0-9,100 (one image per seed)")
     p.add_argument("--class", dest="class_label", type=int, default=None, help="fixed class label (conditional nets)")
+    p.add_argument("--freeu", default=None, metavar="B1,B2,S1,S2",
+                   help="also apply FreeU with these factors (b1=..,b2=..,s1=..,s2=.. or 4 values); 0 is valid")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="network precision (mixed precision via autocast; the sampler state stays float64)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--no-pngs", action="store_true", help="skip the per-image PNGs")
     p.add_argument("--no-progress", action="store_true")
@@ -69,33 +75,72 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from skiptune.distributed import gather_generated, init_distributed, shard_batches
     from skiptune.generate import generate, to_uint8
     from skiptune.io.images import save_grid, save_npz, save_png
     from skiptune.provenance import write_run_json
-    from skiptune.skip import as_rule
+    from skiptune.sampling import parse_seeds
+    from skiptune.skip import FreeUConfig, as_rule
 
     rule = as_rule(args.rule)
+    args.freeu = FreeUConfig.parse(args.freeu) if args.freeu else None
     spec = spec_from_args(args)
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    seeds = parse_seeds(args.seeds)
+    if not seeds:
+        raise UsageError("--seeds is empty")
+    d = init_distributed(args.device)  # one process unless started by torchrun
     net = load_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = generate(net, args.seeds, spec, rule=rule, mode=args.mode, batch_size=args.batch,
-                   class_label=args.class_label, device=args.device, progress=not args.no_progress)
-    imgs = to_uint8(res.images)
+    mine = shard_batches(seeds, args.batch, d.rank, d.world_size)
+    res = generate(net, mine, spec, rule=rule, mode=args.mode, batch_size=args.batch, class_label=args.class_label,
+                   device=d.device, progress=not args.no_progress and d.is_main, freeu=args.freeu,
+                   precision=args.precision) if mine else None
+    res = gather_generated(res, d)
+    if res is None:  # not the main process: rank 0 writes the results
+        return 0
     extra = {"seeds": res.seeds}
     if res.labels is not None:
         extra["labels"] = res.labels.numpy()
+    scale = getattr(net, "latent_scale_factor", None)
+    if scale is not None:
+        return _save_latents(args, net, spec, rule, res, extra, scale, out)
+    imgs = to_uint8(res.images)
     save_npz(imgs, out / "images.npz", **extra)
     save_grid(imgs[:256], out / "grid.png", scale=max(1, 128 // imgs.shape[-1]))
     if not args.no_pngs:
         (out / "images").mkdir(exist_ok=True)
         for seed, img in zip(res.seeds, imgs, strict=True):
             save_png(img, out / "images" / f"{seed:06d}.png")
-    config = {"command": "sample", "model": args.model or args.arch, "network": getattr(net, "skiptune_config", {}),
-              "sampling": spec.config(net), "rule": str(rule), "mode": args.mode, "seeds": args.seeds,
-              "class_label": args.class_label, "batch": args.batch, "device": args.device,
-              "seconds": round(res.seconds, 3)}
-    write_run_json(out / "config.json", config)
+    write_run_json(out / "config.json", _run_config(args, net, spec, rule, res))
     print(f"{len(res.seeds)} images, {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s -> {out}")
     print(json.dumps({"grid": str(out / "grid.png"), "npz": str(out / "images.npz")}))
+    return 0
+
+
+def _run_config(args, net, spec, rule, res) -> dict:
+    return {"command": "sample", "model": args.model or args.arch, "network": getattr(net, "skiptune_config", {}),
+            "sampling": spec.config(net), "rule": str(rule), "mode": args.mode,
+            "freeu": str(args.freeu) if args.freeu else None, "seeds": args.seeds,
+            "class_label": args.class_label, "batch": args.batch, "device": args.device, "precision": args.precision,
+            "processes": res.processes, "seconds": round(res.seconds, 3)}
+
+
+def _save_latents(args, net, spec, rule, res, extra: dict, scale: float, out: Path) -> int:
+    """A latent model's samples: float32 latents in OUT/latents.npz (no autoencoder ships with skiptune)."""
+    import numpy as np
+
+    from skiptune.provenance import write_run_json
+
+    latents = res.images.float().cpu().numpy()
+    np.savez(out / "latents.npz", latents=latents, latent_scale_factor=np.float64(scale), **extra)
+    write_run_json(out / "config.json", {**_run_config(args, net, spec, rule, res), "output": "latents"})
+    shape = "x".join(str(n) for n in latents.shape[1:])
+    print(f"{len(res.seeds)} latents ({shape}), {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s "
+          f"-> {out}")
+    print(f"latent model: no images written; decode latents / {scale:g} with the autoencoder the model was trained "
+          "with (Stable Diffusion's KL-f8 VAE for the U-ViT ImageNet presets)")
+    print(json.dumps({"npz": str(out / "latents.npz")}))
     return 0

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from skiptune.io.edm_pickle import CheckpointError, load_edm_pickle
+from skiptune.io.uvit import is_uvit_state, load_uvit, read_state_dict
 from skiptune.nets.presets import build_network, build_preset, preset_config, preset_names
 
 FORMAT = "skiptune-net"
@@ -98,7 +99,11 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
     ``spec`` is a preset name (a randomly initialised network, e.g. ``adm-tiny``), a skiptune
     ``.safetensors`` checkpoint, an EDM network pickle (``.pkl``, loaded safely unless
     ``trust_code``; ``key`` picks the entry, default ``ema``), or a raw state dict
-    (``.safetensors``/``.pt``/``.pth``) when ``arch`` names the preset it belongs to.
+    (``.safetensors``/``.pt``/``.pth``) when ``arch`` names the preset it belongs to. A public
+    U-ViT ``.pth`` state dict needs no ``arch`` when exactly one U-ViT preset matches its shapes.
+    A folder written by diffusers' ``save_pretrained`` (a ``UNet2DModel``/``UNet2DConditionModel``, or a
+    pipeline with ``unet/`` and ``scheduler/``) loads as a :class:`~skiptune.io.diffusers.DiffusersDenoiser`
+    (needs ``pip install 'skiptune[diffusers]'``).
     Returns the preconditioned network in eval mode: ``net(x, sigma, class_labels) -> x0``.
     """
     text = str(spec)
@@ -113,23 +118,26 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
             raise ValueError("give either a preset name or a file with arch=PRESET, not both")
         return build_preset(text)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; expected a .safetensors checkpoint or an EDM .pkl file")
+        from skiptune.io.diffusers import diffusers_layout, load_diffusers
+
+        if diffusers_layout(path) is None:
+            raise CheckpointError(f"{path} is a directory but not a diffusers model or pipeline folder; expected a "
+                                  ".safetensors checkpoint, an EDM .pkl file or a diffusers save_pretrained folder")
+        if arch is not None:
+            raise ValueError("arch does not apply to a diffusers folder, which carries its own config")
+        return load_diffusers(path)
     suffix = path.suffix.lower()
     if arch is not None:
-        net = build_preset(arch)
-        if suffix == ".safetensors":
-            state = _load_state(path)
-        else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"{path}: not a readable weights-only torch file: {exc}") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        return _load_into(net, state, path, f"preset {arch}")
+        preset_config(arch)  # an unknown preset fails before the file is read
+        state = _load_state(path) if suffix == ".safetensors" else read_state_dict(path)
+        if is_uvit_state(state):  # the public U-ViT naming, without our wrapper's "model." prefix
+            return load_uvit(path, arch, state=state)
+        return _load_into(build_preset(arch), state, path, f"preset {arch}")
     if suffix == ".safetensors":
         return load_checkpoint(path)
     if suffix in (".pkl", ".pickle"):
         return load_edm_pickle(path, key=key, trust_code=trust_code)
+    if suffix in (".pt", ".pth"):  # a raw state dict: only U-ViT's can be recognised without arch
+        return load_uvit(path)
     raise CheckpointError(f"{path}: unsupported file type {suffix!r}; expected a skiptune .safetensors checkpoint, "
                           "an EDM network .pkl, or a state dict with arch=PRESET")

@@ -1,9 +1,10 @@
 """Named network configurations: the EDM paper's models and tiny look-alikes for tests.
 
 Each preset is ``(precond class name, constructor kwargs)``. The full presets match the training
-configurations of the public EDM checkpoints (README of NVlabs/edm); each ``-tiny`` variant keeps
-the topology (levels, blocks per level, attention placement, skip count) with few channels and a
-small resolution, so that tests exercise exactly the same site structure.
+configurations of the public EDM checkpoints (README of NVlabs/edm) and of the public U-ViT
+ImageNet-256 models (configs/imagenet256_uvit_{large,huge}.py of baofff/U-ViT); each ``-tiny``
+variant keeps the topology (levels, blocks per level, attention placement, skip count) with few
+channels and a small resolution, so that tests exercise exactly the same site structure.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ import copy
 from torch import nn
 
 from skiptune.nets.precond import PRECOND_CLASSES
+from skiptune.nets.uvit import UViTPrecond
+
+#: every class a preset or a skiptune checkpoint may name
+NETWORK_CLASSES: dict[str, type[nn.Module]] = {**PRECOND_CLASSES, "UViTPrecond": UViTPrecond}
 
 _DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
                decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1])
 _NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual",
                decoder_type="standard", channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
 _ADM = dict(model_type="DhariwalUNet")
+_UVIT_IMAGENET256 = dict(img_resolution=32, img_channels=4, label_dim=1000, null_label=True,
+                         latent_scale_factor=0.18215, patch_size=2, num_heads=16, mlp_ratio=4, qkv_bias=False,
+                         mlp_time_embed=False)
 
 PRESETS: dict[str, tuple[str, dict]] = {
     # CIFAR-10 32x32 (EDM: --arch=ddpmpp / ncsnpp, augment 0.12 -> augment_dim 9, dropout 0.13).
@@ -38,6 +46,13 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # ImageNet 64x64, class-conditional ADM (--arch=adm --dropout=0.10 --augment=0).
     "adm-imagenet64": ("EDMPrecond", dict(img_resolution=64, img_channels=3, label_dim=1000, **_ADM,
                                           model_channels=192, channel_mult=[1, 2, 3, 4], dropout=0.10)),
+    # ImageNet 256x256 U-ViT on Stable Diffusion VAE latents (4x32x32, scale 0.18215), class-conditional
+    # with a null class for guidance (num_classes=1001). U-ViT-L/2 was trained on the continuous VP SDE
+    # (train_ldm.py, sampled from t = 1e-4), U-ViT-H/2 on SD's 1000 discrete betas (train_ldm_discrete.py).
+    "uvit-imagenet256-large": ("UViTPrecond", dict(**_UVIT_IMAGENET256, embed_dim=1024, depth=20, conv=True,
+                                                   schedule="vp", epsilon_t=1e-4)),
+    "uvit-imagenet256-huge": ("UViTPrecond", dict(**_UVIT_IMAGENET256, embed_dim=1152, depth=28, conv=False,
+                                                  schedule="sd-discrete")),
 }
 
 _TINY = {
@@ -47,13 +62,15 @@ _TINY = {
     "ddpmpp-afhqv2-64": dict(img_resolution=16, model_channels=8, augment_dim=0, attn_resolutions=[4]),
     "adm-imagenet64": dict(img_resolution=16, model_channels=8, label_dim=10, channels_per_head=8,
                            attn_resolutions=[8, 4, 2]),
+    "uvit-imagenet256-large": dict(img_resolution=8, label_dim=10, embed_dim=32, num_heads=4),
+    "uvit-imagenet256-huge": dict(img_resolution=8, label_dim=10, embed_dim=32, num_heads=4),
 }
 for _name, _over in _TINY.items():
     _cls, _kw = PRESETS[_name]
     PRESETS[f"{_name}-tiny"] = (_cls, {**_kw, **_over})
 # Short aliases for the tiny variants.
 ALIASES = {"ddpmpp-tiny": "ddpmpp-cifar10-tiny", "ncsnpp-tiny": "ncsnpp-cifar10-tiny",
-           "adm-tiny": "adm-imagenet64-tiny"}
+           "adm-tiny": "adm-imagenet64-tiny", "uvit-tiny": "uvit-imagenet256-large-tiny"}
 
 
 def preset_names() -> list[str]:
@@ -77,8 +94,8 @@ def build_preset(name: str) -> nn.Module:
 
 def build_network(class_name: str, kwargs: dict) -> nn.Module:
     """Construct one of our preconditioned networks from its class name and kwargs."""
-    if class_name not in PRECOND_CLASSES:
-        raise ValueError(f"unknown network class {class_name!r}; known: {sorted(PRECOND_CLASSES)}")
-    net = PRECOND_CLASSES[class_name](**copy.deepcopy(kwargs)).eval()
+    if class_name not in NETWORK_CLASSES:
+        raise ValueError(f"unknown network class {class_name!r}; known: {sorted(NETWORK_CLASSES)}")
+    net = NETWORK_CLASSES[class_name](**copy.deepcopy(kwargs)).eval()
     net.skiptune_config = {"class_name": class_name, "kwargs": copy.deepcopy(kwargs)}
     return net

@@ -57,11 +57,13 @@ class EDMDenoiser(nn.Module):
     (EDMPrecond: 0 and inf, i.e. unbounded) unless given here.
     """
 
-    def __init__(self, net: nn.Module, *, sigma_min: float | None = None, sigma_max: float | None = None):
+    def __init__(self, net: nn.Module, *, sigma_min: float | None = None, sigma_max: float | None = None,
+                 autocast: torch.dtype | None = None):
         super().__init__()
         self.net = net
         self.sigma_min = float(sigma_min if sigma_min is not None else getattr(net, "sigma_min", 0.0))
         self.sigma_max = float(sigma_max if sigma_max is not None else getattr(net, "sigma_max", float("inf")))
+        self.autocast = autocast  # mixed precision for the network call only (the sampler stays float64)
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -70,7 +72,11 @@ class EDMDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         s = _sigma_tensor(sigma, x)
         with publish_sigma(s):
-            return self.net(x.to(self.input_dtype), s, **cond)
+            if self.autocast is None:
+                return self.net(x.to(self.input_dtype), s, **cond)
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast):
+                out = self.net(x.to(self.input_dtype), s, **cond)
+            return out.to(self.input_dtype)
 
 
 class VPDenoiser(nn.Module):
@@ -145,6 +151,10 @@ class VPDenoiser(nn.Module):
         idx = torch.as_tensor(sigma, dtype=torch.float64).log().sub(self.log_sigmas[:, None]).abs().argmin(0)
         return self.sigmas[idx].reshape(torch.as_tensor(sigma).shape)
 
+    def call_model(self, x_vp: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        """The model's eps or v prediction; subclasses adapt foreign calling conventions here."""
+        return self.model(x_vp, t, **cond)
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         s = _sigma_tensor(sigma, x)
         x64 = x.to(torch.float64)
@@ -154,7 +164,7 @@ class VPDenoiser(nn.Module):
         if t.is_floating_point():
             t = t.to(dtype)
         with publish_sigma(s):
-            out = self.model((x64 * c_in).to(dtype), t, **cond)
+            out = self.call_model((x64 * c_in).to(dtype), t, **cond)
         out = out.to(torch.float64)
         sb = _bcast(s, x64)
         if self.prediction == "eps":

@@ -1,6 +1,7 @@
 """Skip-Tuning: rules that scale encoder-to-decoder skips, and their attachment to networks."""
 
 from skiptune.skip.core import SkipTuning, skip_sites, skip_tuning
+from skiptune.skip.freeu import FreeU, FreeUConfig, fourier_lowpass, freeu
 from skiptune.skip.rules import (
     Constant,
     Identity,
@@ -16,6 +17,7 @@ from skiptune.skip.rules import (
 from skiptune.skip.sigma import current_sigma, publish_sigma
 
 __all__ = [
-    "Constant", "Identity", "Layer", "Product", "Ramp", "Rule", "Sites", "SkipTuning", "Window", "as_rule",
-    "current_sigma", "parse_rule", "publish_sigma", "skip_sites", "skip_tuning",
+    "Constant", "FreeU", "FreeUConfig", "Identity", "Layer", "Product", "Ramp", "Rule", "Sites", "SkipTuning",
+    "Window", "as_rule", "current_sigma", "fourier_lowpass", "freeu", "parse_rule", "publish_sigma", "skip_sites",
+    "skip_tuning",
 ]

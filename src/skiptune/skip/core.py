@@ -57,6 +57,8 @@ class SkipTuning:
         try:
             for site in sites:
                 self._handles += adapter.attach(net, site, mode, self._scale_fn(site.index))
+            if self.rule.sigma_dependent:
+                self._handles += adapter.attach_sigma(net)
         except BaseException:
             self._remove_handles()
             raise
