@@ -24,6 +24,7 @@ def test_sweep_cli_writes_store_plot_and_csv_and_resumes(tmp_path):
     assert [r["rule"] for r in rows] == ["none", "layer:0.5:1", "layer:0.7:1"]
     assert all(len(r["values"].split()) == 2 for r in rows)
     assert (tmp_path / "out" / "fid_vs_rho.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "grid_euler_2.png").stat().st_size > 1000  # baseline vs best, same seeds
     again = run_cli(*args)  # everything comes from the store: same numbers, nothing recomputed
     assert again.returncode == 0
     assert list(csv.DictReader(open(tmp_path / "out" / "sweep.csv"))) == rows

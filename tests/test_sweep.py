@@ -51,3 +51,21 @@ def test_sweep_resumes_from_the_store(tmp_path, monkeypatch):
     assert [r.estimate.values for r in again] == [r.estimate.values for r in rows]
     best, base = best_rows(rows)[("euler", 2)]
     assert base.rule == "none" and best.estimate.mean == min(r.estimate.mean for r in rows)
+
+
+def test_reference_id_names_extracted_statistics_by_provenance_not_last_bits():
+    import numpy as np
+
+    from skiptune.metrics import FeatureSet, FeatureStats
+    from skiptune.sweep import reference_id
+
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    meta = {"source_fingerprint": "abc", "extractor": "net", "weights_sha256": "w" * 64, "n": 50}
+    a = FeatureSet({"f": FeatureStats.from_features(x)}, meta=meta)
+    b = FeatureSet({"f": FeatureStats.from_features(x * (1 + 1e-7))}, meta=meta)  # e.g. another thread count
+    assert reference_id(a, "f") == reference_id(b, "f")
+    assert reference_id(a, "f") != reference_id(FeatureSet(a.stats, meta={**meta, "source_fingerprint": "abd"}), "f")
+    # without provenance (an EDM reference file): the statistics themselves
+    bare_a, bare_b = FeatureSet(a.stats), FeatureSet(b.stats)
+    assert reference_id(bare_a, "f") != reference_id(bare_b, "f")
+    assert reference_id(bare_a, "f") == reference_id(FeatureSet({"f": FeatureStats.from_features(x)}), "f")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -30,7 +31,10 @@ from skiptune.metrics import (
 from skiptune.sampling import parse_seeds
 from skiptune.search import Estimate, t_interval
 from skiptune.skip import as_rule
-from skiptune.store import Metric, RunOutcome, Store
+from skiptune.store import Metric, RunOutcome, Store, config_key
+
+if TYPE_CHECKING:
+    from skiptune.distributed import Dist
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^(layer|const):({_NUM}):({_NUM}):({_NUM})$")
@@ -98,6 +102,7 @@ class SweepSpec:
     grid: str = "edm"
     batch: int = 250
     sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def points(self) -> list[tuple[str, int, str, int]]:
         return [(s, n, r, k) for s in self.samplers for n in self.nfes for r in self.rules
@@ -117,49 +122,111 @@ class SweepRow:
         return getattr(r, "bottom", getattr(r, "rho", 1.0 if self.rule == "none" else None))
 
 
+def reference_id(ref: FeatureSet, feature: str) -> str:
+    """What identifies a FID reference in stored run keys.
+
+    Statistics extracted here from images are named by their provenance (source pixels' fingerprint,
+    feature network and its weights, feature, count), so the last bits of a recomputation (another
+    thread count, another machine) do not change the key; files without that record (e.g. EDM's
+    reference .npz) are named by the bytes of their mean and covariance.
+    """
+    m = ref.meta
+    if m.get("source_fingerprint") and m.get("weights_sha256"):
+        text = "|".join(str(m.get(k)) for k in ("source_fingerprint", "extractor", "weights_sha256", "n"))
+        return hashlib.sha256(f"{text}|{feature}".encode()).hexdigest()
+    st = ref.get(feature)
+    return hashlib.sha256(np.asarray(st.mean).tobytes() + np.asarray(st.cov).tobytes()).hexdigest()
+
+
 def _fid(gen_feats: FeatureSet, ref: FeatureSet, feature: str) -> float:
     return float(fid_from_stats(gen_feats.get(feature), ref.get(feature)))
 
 
-def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store, extractor: FeatureExtractor, ref: FeatureSet,
+def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, extractor: FeatureExtractor, ref: FeatureSet,
               model_id: str | None = None, progress: bool = True, device: str = "cpu",
-              keep_images: dict | None = None) -> list[SweepRow]:
+              keep_images: dict | None = None, dist: Dist | None = None) -> list[SweepRow]:
     """Run every point of ``spec`` not yet complete in ``store``; return per-configuration summaries.
 
     ``keep_images``, if given, receives ``{(sampler, nfe, rule): uint8 images}`` of the first seed
     set of each configuration computed in this call (for image grids).
+
+    Under ``torchrun`` (``dist`` with several ranks) the missing points are dealt out to the ranks
+    in rounds; after each round rank 0 writes the round's results to the store, which only rank 0
+    opens (other ranks pass ``store=None`` and get ``[]`` back). A job killed midway keeps every
+    finished round; a restart computes each missing point exactly once.
     """
     model_id = model_id or fingerprint(net)
     feature = extractor.feature_for("fid")
     ref_stats: FeatureStats = ref.get(feature)
-    ref_id = hashlib.sha256(np.asarray(ref_stats.mean).tobytes() + np.asarray(ref_stats.cov).tobytes()).hexdigest()
+    ref_id = reference_id(ref, feature)
     base = {"kind": "sweep-point", "model": model_id, "grid": spec.grid, "mode": spec.mode,
             "features": extractor.name, "features_sha256": extractor.weights_sha256, "ref": ref_id,
             "ref_n": ref_stats.n, "batch": spec.batch}
+    if spec.precision != "fp32":  # float32 runs keep the keys they always had
+        base["precision"] = spec.precision
     points = spec.points()
-    bar = tqdm(points, desc="sweep", unit="run", disable=not progress)
+    configs = [{**base, "sampler": s, "nfe": n, "rule": r, "seeds": spec.seed_sets[k],
+                "options": spec.sampler_options.get(s, {})} for s, n, r, k in points]
+
+    def compute(i: int) -> RunOutcome:
+        sampler, nfe, rule, k = points[i]
+        cfg = configs[i]
+        sspec = SamplingSpec(sampler, nfe=nfe, grid=spec.grid, options=cfg["options"])
+        g = generate(net, cfg["seeds"], sspec, rule=rule, mode=spec.mode, batch_size=spec.batch, device=device,
+                     precision=spec.precision)
+        imgs = to_uint8(g.images)
+        if keep_images is not None and k == 0:
+            keep_images[(sampler, nfe, rule)] = imgs
+        fs = extract_features(imgs, extractor, features=[feature], keep=False, batch_size=spec.batch)
+        fid = _fid(fs, ref, feature)
+        return RunOutcome({"fid": Metric(fid, feature_net=extractor.name, feature_checksum=extractor.weights_sha256,
+                                         n_samples=len(g.seeds))},
+                          timings={"generate_s": g.seconds, "device": str(device)})
+
+    if dist is not None and dist.enabled:
+        _run_rounds(configs, compute, store, dist, progress)
+        if not dist.is_main:
+            return []
+    else:
+        if store is None:
+            raise ValueError("run_sweep needs a results store")
+        bar = tqdm(range(len(points)), desc="sweep", unit="run", disable=not progress)
+        for i in bar:
+            sampler, nfe, rule, k = points[i]
+            bar.set_postfix_str(f"{sampler} nfe={nfe} {rule} set {k}")
+            store.run_once(configs[i], lambda cfg, i=i: compute(i))
     values: dict[tuple[str, int, str], list[float]] = {}
-    for sampler, nfe, rule, k in bar:
-        seeds = spec.seed_sets[k]
-        options = spec.sampler_options.get(sampler, {})
-        config = {**base, "sampler": sampler, "nfe": nfe, "rule": rule, "seeds": seeds, "options": options}
-        bar.set_postfix_str(f"{sampler} nfe={nfe} {rule} set {k}")
-
-        def compute(cfg, sampler=sampler, nfe=nfe, rule=rule, seeds=seeds, options=options, k=k):
-            sspec = SamplingSpec(sampler, nfe=nfe, grid=spec.grid, options=options)
-            g = generate(net, seeds, sspec, rule=rule, mode=spec.mode, batch_size=spec.batch, device=device)
-            imgs = to_uint8(g.images)
-            if keep_images is not None and k == 0:
-                keep_images[(sampler, nfe, rule)] = imgs
-            fs = extract_features(imgs, extractor, features=[feature], keep=False, batch_size=spec.batch)
-            fid = _fid(fs, ref, feature)
-            return RunOutcome({"fid": Metric(fid, feature_net=extractor.name,
-                                             feature_checksum=extractor.weights_sha256, n_samples=len(g.seeds))},
-                              timings={"generate_s": g.seconds})
-
-        rec = store.run_once(config, compute)
+    for (sampler, nfe, rule, _), cfg in zip(points, configs, strict=True):
+        rec = store.run(config_key(cfg))
         values.setdefault((sampler, nfe, rule), []).append(rec.metrics["fid"].value)
     return [SweepRow(s, n, r, t_interval(v)) for (s, n, r), v in values.items()]
+
+
+def _run_rounds(configs: list[dict], compute, store: Store | None, d: Dist, progress: bool) -> None:
+    """Deal the points missing from the store to the ranks, one point per rank per round."""
+    if d.is_main and store is None:
+        raise ValueError("rank 0 of a distributed sweep needs the results store")
+    todo = [i for i, c in enumerate(configs) if not store.has_run(config_key(c))] if d.is_main else None
+    todo = d.broadcast_object(todo)
+    rounds = -(-len(todo) // d.world_size)
+    bar = tqdm(total=len(todo), desc=f"sweep x{d.world_size}", unit="run", disable=not (progress and d.is_main))
+    for r in range(rounds):
+        j = r * d.world_size + d.rank
+        mine = None
+        if j < len(todo):
+            started = time.perf_counter()
+            out = compute(todo[j])
+            mine = (todo[j], out.metrics, {"compute_s": time.perf_counter() - started, **out.timings,
+                                           "rank": d.rank, "world_size": d.world_size})
+        done = d.gather_object(mine)
+        if d.is_main:
+            for item in done:
+                if item is not None:
+                    i, metrics, timings = item
+                    store.record_run(configs[i], metrics, timings=timings)
+            bar.update(sum(item is not None for item in done))
+    bar.close()
+    d.barrier()
 
 
 def best_rows(rows: Sequence[SweepRow]) -> dict[tuple[str, int], tuple[SweepRow, SweepRow | None]]:
@@ -170,3 +237,21 @@ def best_rows(rows: Sequence[SweepRow]) -> dict[tuple[str, int], tuple[SweepRow,
         base = next((r for r in group if r.rule in ("none", "layer:1:1", "const:1")), None)
         out[(s, n)] = (min(group, key=lambda r: r.estimate.mean), base)
     return out
+
+
+def write_best_grids(net: nn.Module, rows: Sequence[SweepRow], out, *, seeds: str = "0-31", grid: str = "edm",
+                     mode: str = "concat", device: str = "cpu") -> list:
+    """Per (sampler, NFE): baseline and best rule side by side, same seeds (seed 003, Fig. 5); returns the paths."""
+    from pathlib import Path
+
+    from skiptune.plots import plot_side_by_side
+
+    paths = []
+    for (s, n), (best, base) in best_rows(rows).items():
+        panels = []
+        for r in dict.fromkeys([base.rule if base else "none", best.rule]):
+            g = generate(net, seeds, SamplingSpec(s, nfe=n, grid=grid), rule=r, mode=mode, batch_size=32,
+                         device=device)
+            panels.append((f"{s} NFE {n}, {r}", to_uint8(g.images)))
+        paths.append(plot_side_by_side(panels, Path(out) / f"grid_{s}_{n}.png"))
+    return paths

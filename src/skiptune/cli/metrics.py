@@ -51,12 +51,23 @@ def _check_input(path: str, what: str) -> None:
 
 
 def run_ref(args) -> int:
-    from skiptune.metrics import compute_reference
+    from skiptune.distributed import extract_features_distributed, init_distributed
+    from skiptune.metrics import compute_reference, get_extractor
 
     _check_input(args.data, "--data")
-    fs = compute_reference(args.data, args.out, extractor=args.features, keep_features=args.keep_features,
-                           batch_size=args.batch, progress=not args.no_progress,
-                           extractor_kwargs=_extractor_kwargs(args))
+    d = init_distributed("cpu")  # one process unless started by torchrun
+    if d.enabled:
+        ext = get_extractor(args.features, **_extractor_kwargs(args))
+        fs = extract_features_distributed(args.data, ext, d, features=[ext.feature_for("fid")],
+                                          keep=args.keep_features, batch_size=args.batch,
+                                          progress=not args.no_progress)
+        if not d.is_main:
+            return 0
+        fs.save(args.out)
+    else:
+        fs = compute_reference(args.data, args.out, extractor=args.features, keep_features=args.keep_features,
+                               batch_size=args.batch, progress=not args.no_progress,
+                               extractor_kwargs=_extractor_kwargs(args))
     prov = fs.provenance()
     print(f"wrote {args.out}: n={fs.n}, extractor={prov.get('extractor')}, "
           f"weights_sha256={str(prov.get('weights_sha256'))[:16]}...")
@@ -84,7 +95,10 @@ def run_eval(args) -> int:
         raise UsageError("--metrics is empty")
     if args.ref is not None:
         _check_input(args.ref, "--ref")
-    results = evaluate(args.images, args.ref, metrics, extractor=args.features,
+    images, ref = _features_distributed(args, metrics)
+    if images is None:  # not the main process
+        return 0
+    results = evaluate(images, ref, metrics, extractor=args.features,
                        extractor_kwargs=_extractor_kwargs(args), batch_size=args.batch,
                        progress=not args.no_progress, kid_subsets=args.kid_subsets,
                        kid_subset_size=args.kid_subset_size)
@@ -94,3 +108,32 @@ def run_eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
+
+
+def _features_distributed(args, metrics: list[str]):
+    """Under torchrun: features of --images (and of --ref images) extracted by all ranks, reduced;
+    ``(None, None)`` on ranks other than 0. In one process: the inputs unchanged."""
+    from skiptune.distributed import extract_features_distributed, init_distributed
+    from skiptune.metrics import get_extractor
+    from skiptune.metrics.evaluate import METRICS, _as_feature_set
+
+    d = init_distributed("cpu")
+    if not d.enabled:
+        return args.images, args.ref
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise UsageError(f"unknown metrics {bad}; choose from {METRICS}")
+    ext = get_extractor(args.features, **_extractor_kwargs(args))
+    wanted = sorted({ext.feature_for(m) for m in metrics})
+    raw = sorted({ext.feature_for(m) for m in metrics if m != "fid"})  # only FID works from mean/cov alone
+
+    def features(x):
+        pre = _as_feature_set(x)
+        if pre is not None:
+            return pre
+        return extract_features_distributed(x, ext, d, features=wanted, keep=raw, batch_size=args.batch,
+                                            progress=not args.no_progress)
+
+    images = features(args.images)
+    ref = None if args.ref is None else features(args.ref)
+    return (images, ref) if d.is_main else (None, None)

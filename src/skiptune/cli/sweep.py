@@ -64,7 +64,10 @@ def register(sub) -> None:
     p.add_argument("--seed-sets", type=int, default=3)
     p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
     p.add_argument("--grid", default="edm")
-    p.add_argument("--out", default=None, help="folder for the FID-vs-rho plot and summary CSV")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="network precision (recorded in each run's config)")
+    p.add_argument("--out", default=None, help="folder for the FID-vs-rho plot, summary CSV and image grids")
+    p.add_argument("--grid-seeds", default="0-31", help="seeds of the baseline-vs-best image grids (with --out)")
     add_scoring_options(p)
     p.set_defaults(func=run_sweep_cmd)
 
@@ -88,23 +91,32 @@ def register(sub) -> None:
 def run_sweep_cmd(args) -> int:
     from skiptune.plots import plot_fid_vs_rho
     from skiptune.store import Store
-    from skiptune.sweep import SweepSpec, best_rows, expand_rules, fingerprint, run_sweep, seed_sets
+    from skiptune.sweep import SweepSpec, best_rows, expand_rules, fingerprint, run_sweep, seed_sets, write_best_grids
 
     spec = SweepSpec(rules=expand_rules(args.rules), samplers=_csv(args.samplers), nfes=_csv(args.nfe, int),
                      seed_sets=seed_sets(args.seeds, args.seed_sets), mode=args.mode, grid=args.grid,
-                     batch=args.batch)
+                     batch=args.batch, precision=args.precision)
     from skiptune.generate import SamplingSpec
 
     for s in spec.samplers:  # validate every sampler/NFE pair before any work
         for n in spec.nfes:
             SamplingSpec(s, nfe=n).sigmas()
+    from contextlib import nullcontext
+
+    from skiptune.distributed import init_distributed
+
+    d = init_distributed(args.device)  # one process unless started by torchrun
     net = load_from_args(args)
     ext = _extractor(args)
-    ref = load_reference(args.ref, ext, progress=not args.no_progress)
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    with Store(args.db) as store:
+    ref = load_reference(args.ref, ext, progress=not args.no_progress and d.is_main)
+    if d.is_main:
+        Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    # only rank 0 opens the store: no shared file system or file locking across nodes is needed
+    with Store(args.db) if d.is_main else nullcontext() as store:
         rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, model_id=fingerprint(net),
-                         progress=not args.no_progress, device=args.device)
+                         progress=not args.no_progress, device=str(d.device), dist=d)
+    if not d.is_main:
+        return 0
     print(f"{'sampler':<8} {'NFE':>4} {'rule':<22} FID (mean, 95% CI over {args.seed_sets} seed sets)")
     for r in rows:
         print(f"{r.sampler:<8} {r.nfe:>4} {r.rule:<22} {r.estimate}")
@@ -121,7 +133,9 @@ def run_sweep_cmd(args) -> int:
                 e = r.estimate
                 f.write(f"{r.sampler},{r.nfe},{r.rule},{e.mean},{e.ci_low},{e.ci_high},"
                         f"{' '.join(map(str, e.values))}\n")
-        print(f"plot and CSV in {out}")
+        grids = write_best_grids(net, rows, out, seeds=args.grid_seeds, grid=args.grid, mode=args.mode,
+                                 device=str(d.device))
+        print(f"plot, CSV and {len(grids)} baseline-vs-best image grids (seeds {args.grid_seeds}) in {out}")
     return 0
 
 

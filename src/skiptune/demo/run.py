@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from skiptune.demo.assets import DEMO_MODEL, asset_path, classifier_extractor
-from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.generate import to_uint8
 from skiptune.metrics import extract_features, fid_from_stats
-from skiptune.plots import plot_fid_vs_rho, plot_side_by_side
+from skiptune.plots import plot_fid_vs_rho
 from skiptune.sampling import parse_seeds
 from skiptune.search import t_interval
 from skiptune.store import Store
-from skiptune.sweep import SweepRow, SweepSpec, best_rows, expand_rules, run_sweep, seed_sets
+from skiptune.sweep import SweepRow, SweepSpec, best_rows, expand_rules, run_sweep, seed_sets, write_best_grids
 
 FULL = dict(samplers=["heun", "unipc"], nfes=[5, 9, 19],
             rules="none;layer:0.8;const:0.7;const:1.2", seeds="0-99", sets=3, grid_seeds="0-31")
@@ -88,14 +88,7 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
         rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=progress, device=device)
     table = format_table(rows)
     plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho")
-    grids = []
-    for (s, n), (best, base) in best_rows(rows).items():
-        panels = []
-        for r in dict.fromkeys([base.rule if base else "none", best.rule]):
-            g = generate(net, cfg["grid_seeds"], SamplingSpec(s, nfe=n), rule=r, batch_size=32, device=device)
-            panels.append((f"{s} NFE {n}, {r}", to_uint8(g.images)))
-        path = plot_side_by_side(panels, out / f"grid_{s}_{n}.png")
-        grids.append(path.name)
+    grids = [p.name for p in write_best_grids(net, rows, out, seeds=cfg["grid_seeds"], device=device)]
     report = [
         "# Skip-Tuning demo: digits 16x16", "",
         f"Model: shipped `{DEMO_MODEL}`; features: `{ext.name}` (sha256 {ext.weights_sha256[:12]}...), "

@@ -152,6 +152,13 @@ class ImageSource:
     _array: torch.Tensor | None = None
     _files: tuple[Path, ...] = ()
 
+    def subset(self, lo: int, hi: int) -> ImageSource:
+        """Images ``lo .. hi-1`` of this source (same order), e.g. one process's share of a folder."""
+        if not 0 <= lo <= hi <= self.num_images:
+            raise ValueError(f"subset [{lo}, {hi}) is outside the {self.num_images} images of {self.description}")
+        return ImageSource(f"{self.description}[{lo}:{hi}]", hi - lo, self.image_size, f"{self.fingerprint}[{lo}:{hi}]",
+                           _array=None if self._array is None else self._array[lo:hi], _files=self._files[lo:hi])
+
     def batches(self, batch_size: int = 64) -> Iterator[torch.Tensor]:
         """Yield uint8 ``[B, 3, H, W]`` batches in a fixed order (sorted file names for folders)."""
         if batch_size < 1:
