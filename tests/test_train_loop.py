@@ -137,3 +137,39 @@ def test_run_files_and_checkpoint(tmp_path):
     other = train(TrainConfig(**{**config.to_dict(), "out": str(tmp_path / "seed2"), "seed": 2}), data=data)
     assert not torch.equal(_state(other.state)["ema"]["model.enc.8x8_conv.weight"],
                            _state(result.state)["ema"]["model.enc.8x8_conv.weight"])
+
+
+def test_learning_rate_warmup_constant_and_cooldown():
+    from skiptune.train.loop import learning_rate
+
+    cfg = TrainConfig(batch=8, steps=20, lr=1.0, lr_warmup_images=32, lr_cooldown_start=10)
+    got = [learning_rate(cfg, s) for s in range(20)]
+    # warm-up: (step+1)*8/32 until it reaches 1; cool-down: (20 - step) / (20 - 10) from step 10 on
+    expected = [min((s + 1) * 8 / 32, 1.0) * (1.0 if s < 10 else (20 - s) / 10) for s in range(20)]
+    assert got == pytest.approx(expected, rel=0, abs=1e-15)
+    assert got[3] == 1.0 and got[9] == 1.0 and got[10] == 1.0 and got[19] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_cooldown_start"):
+        TrainConfig(steps=20, lr_cooldown_start=20).validate()
+
+
+def test_cooldown_added_when_resuming_a_constant_lr_run_matches_one_planned_run(tmp_path):
+    data = make_shapes(32, seed=3, resolution=8)
+    common = dict(batch=8, lr=2e-3, lr_warmup_images=16, save_every=4, log_every=1, progress=False, data="shapes",
+                  ema_halflife_images=40, **TINY)
+    planned = train(TrainConfig(out=str(tmp_path / "planned"), steps=12, lr_cooldown_start=8, **common), data=data)
+    first = train(TrainConfig(out=str(tmp_path / "ext"), steps=8, **common), data=data)  # constant lr, 8 steps
+    assert first.losses == planned.losses[:8]
+    # extending it with a cool-down that begins where it stopped leaves the steps taken unchanged: allowed
+    ext = train(TrainConfig(out=str(tmp_path / "ext"), steps=12, lr_cooldown_start=8, **common), resume=True,
+                data=data)
+    assert ext.losses == planned.losses[8:]
+    _assert_same_tensors(_state(tmp_path / "planned/training-state.pt")["ema"],
+                         _state(tmp_path / "ext/training-state.pt")["ema"])
+    # a cool-down that would have begun before the steps already taken is refused, as is a new length of a
+    # run that is already cooling down
+    with pytest.raises(ValueError, match="lr_cooldown_start/steps"):
+        train(TrainConfig(out=str(tmp_path / "ext"), steps=16, lr_cooldown_start=4, **common), resume=True,
+              data=data)
+    with pytest.raises(ValueError, match="lr_cooldown_start/steps"):
+        train(TrainConfig(out=str(tmp_path / "ext"), steps=16, lr_cooldown_start=8, **common), resume=True,
+              data=data)

@@ -1,4 +1,4 @@
-"""``skiptune train``: EDM training of a network on a built-in data set, an image folder or an .npz file."""
+"""``skiptune train``: EDM, DDPM or S²-DM training on a built-in data set, an image folder or an .npz file."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ _DDPMPP_OPTIONS = ("model_channels", "channel_mult", "num_blocks", "attn", "drop
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a diffusion network with the EDM loss (resumable)",
-        description="Train an EDM-preconditioned network. The network is a preset (--arch), a JSON spec "
+        "train", help="train a diffusion network with the EDM, DDPM or S²-DM loss (resumable)",
+        description="Train a diffusion network: EDM-preconditioned (--objective edm) or a discrete-time "
+                    "eps-prediction DDPM network (--objective ddpm, or s2dm for the skip-step loss of S²-DM). "
+                    "The network is a preset (--arch), a JSON spec "
                     "(--net-json) or, by default, a DDPM++ SongUNet shaped by --model-channels, --channel-mult, "
                     "--num-blocks, --attn and --dropout, with the data's resolution and channels. Writes "
                     "config.json, train-log.jsonl, EMA snapshots, network.safetensors and training-state.pt "
@@ -36,6 +38,14 @@ def register(sub) -> None:
     n.add_argument("--num-blocks", type=int, help="DDPM++ residual blocks per level (default 2)")
     n.add_argument("--attn", help="DDPM++ attention resolutions, e.g. 8 or 16,8, or 'none' (default 8)")
     n.add_argument("--dropout", type=float, help="DDPM++ dropout (default 0)")
+    ob = p.add_argument_group("objective")
+    ob.add_argument("--objective", default="edm", choices=["edm", "ddpm", "s2dm"],
+                    help="edm (default): EDM loss and preconditioning; ddpm: discrete eps-prediction (T = 1000, "
+                         "linear betas 1e-4..0.02, antithetic t); s2dm: ddpm plus the skip-step loss")
+    ob.add_argument("--skip-span", type=int, default=None, metavar="K",
+                    help="s2dm: alpha_skip = abar_t / abar_(t-K), K diffusion steps (default 10; the official "
+                         "code's skip=9 is K = 9, which its paper calls S²-DM^10)")
+    ob.add_argument("--tau", type=float, default=None, help="s2dm: weight of L0 in tau L0 + (1-tau) L_skip (0.99)")
     o = p.add_argument_group("optimisation")
     length = o.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int, help="optimizer steps")
@@ -43,11 +53,14 @@ def register(sub) -> None:
     o.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     o.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     o.add_argument("--lr-warmup", type=int, default=10_000, metavar="IMAGES", help="linear lr warm-up (10000)")
+    o.add_argument("--lr-cooldown", type=int, default=None, metavar="STEP",
+                   help="linear lr cool-down to 0 from this step to the last (default: none, constant lr)")
     o.add_argument("--ema-halflife", type=float, default=10_000, metavar="IMAGES", help="EMA half-life (10000)")
     o.add_argument("--ema-rampup", default="0.05", help="EMA half-life cap as a share of images seen, or 'none'")
-    o.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
-    o.add_argument("--p-mean", type=float, default=-1.2, help="mean of ln(sigma) (default -1.2)")
-    o.add_argument("--p-std", type=float, default=1.2, help="std of ln(sigma) (default 1.2)")
+    o.add_argument("--grad-clip", default=None,
+                   help="clip the gradient norm to this value, or 'none' (default: none for edm, 1.0 for ddpm/s2dm)")
+    o.add_argument("--p-mean", type=float, default=-1.2, help="edm: mean of ln(sigma) (default -1.2)")
+    o.add_argument("--p-std", type=float, default=1.2, help="edm: std of ln(sigma) (default 1.2)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise (default 0)")
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -100,6 +113,23 @@ def config_from_args(args):
         raise UsageError(f"--device {args.device}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
+    s2dm_only = [flag for flag, v in (("--skip-span", args.skip_span), ("--tau", args.tau)) if v is not None]
+    if s2dm_only and args.objective != "s2dm":
+        raise UsageError(f"{', '.join(s2dm_only)} only apply to --objective s2dm (got --objective {args.objective})")
+    if args.grad_clip is None:
+        grad_clip = None if args.objective == "edm" else 1.0
+    elif args.grad_clip.strip().lower() == "none":
+        grad_clip = None
+    else:
+        try:
+            grad_clip = float(args.grad_clip)
+        except ValueError:
+            raise UsageError(f"--grad-clip must be a number or 'none', got {args.grad_clip!r}") from None
+    objective = dict(objective=args.objective)
+    if args.skip_span is not None:
+        objective["skip_span"] = args.skip_span
+    if args.tau is not None:
+        objective["tau"] = args.tau
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.save_every < 0:
@@ -119,9 +149,11 @@ def config_from_args(args):
         data=args.data, out=args.out, arch=args.arch, net=net, resolution=args.resolution, data_size=args.data_size,
         data_seed=args.data_seed, xflip=args.xflip, cond=args.cond, label_dropout=args.label_dropout,
         batch=args.batch, steps=args.steps, images=args.images, lr=args.lr, lr_warmup_images=args.lr_warmup,
-        ema_halflife_images=args.ema_halflife, ema_rampup_ratio=rampup, grad_clip=args.grad_clip,
+        lr_cooldown_start=args.lr_cooldown,
+        ema_halflife_images=args.ema_halflife, ema_rampup_ratio=rampup, grad_clip=grad_clip,
         P_mean=args.p_mean, P_std=args.p_std, seed=args.seed, device=str(device),
-        save_every=args.save_every or None, log_every=args.log_every, progress=not args.no_progress, **ddpmpp)
+        save_every=args.save_every or None, log_every=args.log_every, progress=not args.no_progress, **objective,
+        **ddpmpp)
     try:
         config.validate()
     except ValueError as exc:

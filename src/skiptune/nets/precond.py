@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from skiptune.nets.unets import DhariwalUNet, SongUNet
+from skiptune.sampling.grids import alphas_cumprod, sigmas_from_alphas_cumprod
 from skiptune.skip.sigma import publish_sigma
 
 UNET_CLASSES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
@@ -44,16 +45,18 @@ class _Precond(nn.Module):
         """``(c_skip, c_out, c_in, c_noise)`` for sigma of shape [N, 1, 1, 1] (float32)."""
         raise NotImplementedError
 
+    def _labels(self, class_labels: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        if self.label_dim == 0:
+            return None
+        if class_labels is None:
+            return torch.zeros([1, self.label_dim], device=device)
+        return class_labels.to(torch.float32).reshape(-1, self.label_dim)
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        class_labels = self._labels(class_labels, x.device)
         use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if use_half else torch.float32
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
@@ -166,6 +169,72 @@ class iDDPMPrecond(_Precond):  # noqa: N801 (checkpoint class name)
         return 1, -sigma, 1 / (sigma**2 + 1).sqrt(), c_noise
 
 
+class DDPMPrecond(_Precond):
+    """Discrete-time VP eps-prediction (DDPM, Ho et al. 2020) over ``M`` steps of linear betas.
+
+    ``alphas_cumprod[t] = prod_{s<=t} (1 - beta_s)``, t = 0..M-1, betas linear in
+    [``beta_start``, ``beta_end``] (float64 buffers, rebuilt from the kwargs, not stored in checkpoints);
+    the trained noise levels are ``sigmas[t] = sqrt(1/abar_t - 1)``. As a denoiser (REFERENCE.md Sec. 2):
+    c_skip = 1, c_out = -sigma, c_in = 1/sqrt(1 + sigma^2) (so ``c_in x`` is the DDPM state
+    x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps), and c_noise = t, the trained timestep whose log sigma
+    is nearest to log sigma (the rule of :class:`~skiptune.sampling.VPDenoiser` with
+    ``timesteps='nearest'``). Training calls :meth:`eps` with integer timesteps directly.
+    """
+
+    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
+                 beta_start: float = 1e-4, beta_end: float = 0.02, M: int = 1000, model_type: str = "SongUNet",
+                 **model_kwargs):
+        if not (0 < beta_start <= beta_end < 1 and int(M) == M and M >= 2):
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1 and an integer M >= 2, got {beta_start}, "
+                             f"{beta_end}, {M}")
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.M = int(M)
+        abar = alphas_cumprod(self.M, "linear", beta_start, beta_end)
+        sigmas = sigmas_from_alphas_cumprod(abar)
+        self.register_buffer("alphas_cumprod", abar, persistent=False)
+        self.register_buffer("sigmas", sigmas, persistent=False)
+        self.register_buffer("log_sigmas", sigmas.log(), persistent=False)
+        self.sigma_min = float(sigmas[0])
+        self.sigma_max = float(sigmas[-1])
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The trained timestep nearest to each sigma in log space (int64, same shape as ``sigma``)."""
+        log_s = torch.as_tensor(sigma).to(device=self.log_sigmas.device, dtype=torch.float64).log()
+        ls = self.log_sigmas
+        hi = torch.searchsorted(ls, log_s.reshape(-1).contiguous()).clamp(1, ls.shape[0] - 1)
+        lo = hi - 1
+        flat = log_s.reshape(-1)
+        t = torch.where((flat - ls[lo]).abs() <= (ls[hi] - flat).abs(), lo, hi)
+        return t.reshape(log_s.shape)
+
+    def round_sigma(self, sigma, return_index: bool = False):
+        sigma = torch.as_tensor(sigma)
+        t = self.timestep(sigma)
+        return (t if return_index else self.sigmas[t].to(sigma.dtype)).to(sigma.device)
+
+    def coefficients(self, sigma):
+        c_noise = self.timestep(sigma).to(device=sigma.device, dtype=torch.float32)
+        return 1, -sigma, 1 / (sigma**2 + 1).sqrt(), c_noise
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+            **model_kwargs) -> torch.Tensor:
+        """The network's noise prediction eps_hat(x_t, t) at integer timesteps ``t`` (shape [N]).
+
+        ``x_t`` is the DDPM state; sigma_t is published for Skip-Tuning rules. Equals
+        ``(c_in x - D(x, sigma_t)) / sigma_t`` for ``x = x_t / c_in`` up to rounding.
+        """
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
+        if t.is_floating_point() or bool(((t < 0) | (t >= self.M)).any()):
+            raise ValueError(f"timesteps must be integers in 0..{self.M - 1}")
+        with publish_sigma(self.sigmas.to(x_t.device)[t]):
+            out = self.model(x_t.to(torch.float32), t.to(torch.float32), class_labels=self._labels(class_labels,
+                             x_t.device), **model_kwargs)
+        return out[:, : self.img_channels].to(torch.float32)
+
+
 PRECOND_CLASSES: dict[str, type[_Precond]] = {
     "EDMPrecond": EDMPrecond, "VPPrecond": VPPrecond, "VEPrecond": VEPrecond, "iDDPMPrecond": iDDPMPrecond,
+    "DDPMPrecond": DDPMPrecond,
 }

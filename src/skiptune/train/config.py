@@ -5,6 +5,8 @@ from the data, its resolution must match), an explicit ``net`` spec (``{'class_n
 plain ``EDMPrecond`` kwargs; missing resolution/channels/label_dim are filled from the data), or by
 default a DDPM++ ``SongUNet`` (the ``ddpmpp-cifar10`` preset's architecture) with the
 ``model_channels``/``channel_mult``/``num_blocks``/``attn_resolutions``/``dropout`` fields.
+The objective decides the wrapper: ``EDMPrecond`` for ``edm``, the discrete eps-prediction
+``DDPMPrecond`` (T = 1000, linear betas 1e-4..0.02) for ``ddpm`` and ``s2dm``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from dataclasses import asdict, dataclass, fields
 
 from skiptune.nets.presets import preset_config
 from skiptune.train.data import ImageDataset
+from skiptune.train.s2dm import DISCRETE_OBJECTIVES
+
+OBJECTIVES = ("edm", *DISCRETE_OBJECTIVES)
+# Precond kwargs that only EDMPrecond takes (a discrete network cannot be built with them).
+_EDM_ONLY_KWARGS = ("sigma_min", "sigma_max", "sigma_data")
 
 # Fields that may differ when a run is resumed: they change how long or how visibly it runs, not its result.
 RESUMABLE_CHANGES = ("steps", "images", "out", "device", "save_every", "log_every", "progress")
@@ -30,9 +37,15 @@ class TrainConfig:
     replaced by the zero vector with probability ``label_dropout``.
     Optimisation: Adam(``lr``, ``betas``, ``adam_eps``) on the mean over the batch of the per-image
     EDM loss (:mod:`skiptune.train.loss`); learning rate ``lr * min(images_seen / lr_warmup_images, 1)``
-    with images_seen counted after the step; optional gradient-norm clipping ``grad_clip``;
+    with images_seen counted after the step, and with ``lr_cooldown_start`` = c also multiplied by
+    ``(total - step) / (total - c)`` from step c on (a linear cool-down to 0 at the last step: the
+    warmup-stable-decay schedule); optional gradient-norm clipping ``grad_clip``;
     EMA half-life ``ema_halflife_images`` (capped at ``ema_rampup_ratio * images_seen`` if set).
     Length: exactly one of ``steps`` and ``images`` (rounded up to whole batches).
+    Objective: ``edm`` (the EDM loss; ``P_mean``/``P_std``), ``ddpm`` (discrete eps-prediction L0,
+    antithetic timesteps) or ``s2dm`` (``tau L0 + (1 - tau) L_skip`` with skip span ``skip_span``; see
+    :mod:`skiptune.train.s2dm`); ``skip_span`` and ``tau`` are used by ``s2dm`` only. The DDPM recipe
+    clips gradients at 1.0: set ``grad_clip=1.0`` (the command line does so for ddpm/s2dm by default).
     """
 
     data: str = "digits"
@@ -58,6 +71,7 @@ class TrainConfig:
     images: int | None = None
     lr: float = 1e-3
     lr_warmup_images: int = 10_000
+    lr_cooldown_start: int | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     grad_clip: float | None = None
@@ -65,6 +79,10 @@ class TrainConfig:
     ema_rampup_ratio: float | None = 0.05
     P_mean: float = -1.2
     P_std: float = 1.2
+    # objective
+    objective: str = "edm"
+    skip_span: int = 10
+    tau: float = 0.99
     seed: int = 0
     device: str = "cpu"
     # output
@@ -91,6 +109,9 @@ class TrainConfig:
             (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
             (self.lr_warmup_images >= 0, f"lr_warmup_images must be >= 0, got {self.lr_warmup_images}"),
+            (self.lr_cooldown_start is None or 0 <= self.lr_cooldown_start < self.total_steps(),
+             f"lr_cooldown_start must be a step in 0..{self.total_steps() - 1} (the cool-down ends at the last "
+             f"step), got {self.lr_cooldown_start}"),
             (all(0 <= b < 1 for b in self.betas), f"betas must lie in [0, 1), got {self.betas}"),
             (self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}"),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
@@ -98,6 +119,11 @@ class TrainConfig:
             (self.ema_rampup_ratio is None or self.ema_rampup_ratio > 0,
              f"ema_rampup_ratio must be > 0 or None, got {self.ema_rampup_ratio}"),
             (self.P_std > 0, f"P_std must be > 0, got {self.P_std}"),
+            (self.objective in OBJECTIVES,
+             f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
+            (not isinstance(self.skip_span, bool) and int(self.skip_span) == self.skip_span and self.skip_span >= 1,
+             f"skip_span must be an integer >= 1 (diffusion steps between t and t-k), got {self.skip_span}"),
+            (0 <= self.tau <= 1, f"tau must be in [0, 1] (1 = plain DDPM loss), got {self.tau}"),
             (0 <= self.label_dropout <= 1, f"label_dropout must be in [0, 1], got {self.label_dropout}"),
             (self.label_dropout == 0 or self.cond, "label_dropout needs cond=True"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
@@ -147,6 +173,8 @@ def ddpmpp_kwargs(resolution: int, channels: int, label_dim: int = 0, model_chan
 
 def resolve_network(config: TrainConfig, data: ImageDataset) -> tuple[str, dict]:
     """``(class_name, kwargs)`` of the network to train on ``data`` (see the module docstring)."""
+    if config.objective in DISCRETE_OBJECTIVES:
+        return _resolve_discrete(config, data)
     if config.cond and data.num_classes == 0:
         raise ValueError(f"data set {data.name!r} has no labels: it cannot be trained class-conditionally")
     label_dim = data.num_classes if config.cond else 0
@@ -171,5 +199,28 @@ def resolve_network(config: TrainConfig, data: ImageDataset) -> tuple[str, dict]
         kwargs = ddpmpp_kwargs(data.resolution, data.channels, label_dim, config.model_channels,
                                config.channel_mult, config.num_blocks, config.attn_resolutions, config.dropout)
     if class_name != "EDMPrecond":
-        raise ValueError(f"training uses the EDM loss, which needs EDMPrecond, not {class_name}")
+        raise ValueError(f"the EDM loss needs EDMPrecond, not {class_name} (a DDPMPrecond network trains with "
+                         "objective ddpm or s2dm)")
     return class_name, kwargs
+
+
+def _resolve_discrete(config: TrainConfig, data: ImageDataset) -> tuple[str, dict]:
+    """The same network choices as for EDM, wrapped as a discrete eps-prediction ``DDPMPrecond``."""
+    edm_config = copy.copy(config)
+    edm_config.objective = "edm"
+    spec = config.net
+    if spec is not None and "kwargs" in spec:
+        wanted = spec.get("class_name", "DDPMPrecond")
+        if wanted != "DDPMPrecond":
+            raise ValueError(f"objective {config.objective!r} trains a discrete eps-prediction network "
+                             f"(DDPMPrecond), not {wanted}: set class_name to DDPMPrecond or drop it")
+        edm_config.net = {"class_name": "EDMPrecond", "kwargs": spec["kwargs"]}
+    _, kwargs = resolve_network(edm_config, data)
+    bad = sorted(k for k in _EDM_ONLY_KWARGS if k in kwargs)
+    if bad:
+        raise ValueError(f"network kwargs {bad} belong to EDMPrecond; objective {config.objective!r} uses "
+                         "DDPMPrecond (schedule kwargs: M, beta_start, beta_end)")
+    from skiptune.train.s2dm import check_skip_span
+
+    check_skip_span(config.skip_span, int(kwargs.get("M", 1000)))
+    return "DDPMPrecond", kwargs

@@ -1,10 +1,15 @@
-"""EDM training loop with EMA, checkpoints, a JSON-lines log and bit-exact resume.
+"""Training loop (EDM, DDPM or S²-DM objective) with EMA, checkpoints, a JSON-lines log and bit-exact resume.
+
+Objectives: ``edm`` trains an ``EDMPrecond`` network with :class:`~skiptune.train.loss.EDMLoss`;
+``ddpm`` and ``s2dm`` train a discrete eps-prediction ``DDPMPrecond`` with
+:class:`~skiptune.train.s2dm.DiscreteLoss` (the batch objective is the mean of per-image per-pixel
+means, as in the S²-DM code). Either way the logged loss is a per-pixel mean.
 
 Randomness. Every random draw of step s is a pure function of ``(seed, s)``, so a run needs no
 generator state to resume and an interrupted run replays exactly:
 - data order: image positions ``s*B .. s*B+B-1`` of an endless stream of epochs, epoch e being
   ``randperm(N)`` under the seed ``H(seed, 'epoch', e)`` (sampling without replacement per epoch);
-- sigma, noise, flips and label dropout: a ``torch.Generator`` seeded with ``H(seed, 'step', s)``;
+- sigma or timesteps, noise, flips and label dropout: a ``torch.Generator`` seeded with ``H(seed, 'step', s)``;
 - dropout inside the network (which uses torch's global generator): the global generator is seeded
   with ``H(seed, 'dropout', s)`` inside ``torch.random.fork_rng``, so the caller's state is untouched;
 - initial weights: built under ``H(seed, 'init', 0)``.
@@ -47,6 +52,7 @@ from skiptune.nets.presets import build_network
 from skiptune.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_network
 from skiptune.train.data import ImageDataset, load_dataset
 from skiptune.train.loss import EDMLoss
+from skiptune.train.s2dm import DiscreteLoss
 
 STATE_FORMAT = "skiptune-train-state"
 STATE_VERSION = 1
@@ -166,14 +172,45 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): warm-up, then constant, then the optional
+    linear cool-down from ``lr_cooldown_start`` to 0 after the last step."""
+    lr = config.lr * min((step + 1) * config.batch / max(config.lr_warmup_images, 1e-8), 1.0)
+    c = config.lr_cooldown_start
+    if c is not None and step >= c:
+        total = config.total_steps()
+        lr *= (total - step) / (total - c)
+    return lr
+
+
+def _schedule_change(before: dict, resolved: dict, done: int) -> str | None:
+    """A resume may set or move the cool-down, or change the length of a cooling run, only where that
+    leaves the learning rates of the ``done`` steps already taken unchanged."""
+    inf = float("inf")
+    old_c, new_c = (r["train"].get("lr_cooldown_start") for r in (before, resolved))
+    old_c, new_c = (inf if c is None else c for c in (old_c, new_c))
+    if old_c == new_c and (before["total_steps"] == resolved["total_steps"] or old_c >= done):
+        return None
+    if old_c != new_c and min(old_c, new_c) >= done:
+        return None
+    return (f"lr_cooldown_start/steps: {done} steps were taken and the cool-down began at step "
+            f"{old_c if old_c != inf else 'never'}; the new schedule would change their learning rates")
+
+
 def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
     """Read a training state and check that it belongs to the run described by ``resolved``."""
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: not a skiptune training state (format {state.get('format')!r})")
     before = json.loads(state["resolved"])
-    old, new = ({k: v for k, v in r["train"].items() if k not in RESUMABLE_CHANGES} for r in (before, resolved))
+    # fields added to TrainConfig after a state was written take their defaults (what that run used)
+    before["train"] = {**TrainConfig().to_dict(), **before["train"]}
+    free = (*RESUMABLE_CHANGES, "lr_cooldown_start")
+    old, new = ({k: v for k, v in r["train"].items() if k not in free} for r in (before, resolved))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    schedule = _schedule_change(before, resolved, int(state["step"]))
+    if schedule:
+        diff.append(schedule)
     if before["network"] != resolved["network"]:
         diff.append("network")
     if before["dataset"]["fingerprint"] != resolved["dataset"]["fingerprint"]:
@@ -189,7 +226,7 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
 
 def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | None = None,
           callback: Callable[[StepInfo], bool | None] | None = None) -> TrainResult:
-    """Train an EDM-preconditioned network as ``config`` says; see the module docstring for the files.
+    """Train a network as ``config`` says (EDM, DDPM or S²-DM objective); see the module docstring for the files.
 
     ``resume=True`` continues from ``out/training-state.pt`` when it exists (the config may change
     only in :data:`~skiptune.train.config.RESUMABLE_CHANGES`, e.g. more steps) and starts afresh
@@ -236,8 +273,11 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
     images = data.images.to(device)
     labels = data.labels.to(device) if data.labels is not None else None
     sampler = EpochSampler(len(data), batch, config.seed)
-    loss_fn = EDMLoss(config.P_mean, config.P_std, config.label_dropout)
-    extra = {"dataset": data.name, "num_classes": data.num_classes if config.cond else 0,
+    if config.objective == "edm":
+        loss_fn = EDMLoss(config.P_mean, config.P_std, config.label_dropout)
+    else:
+        loss_fn = DiscreteLoss(config.objective, config.skip_span, config.tau, config.label_dropout)
+    extra = {"dataset": data.name, "objective": config.objective, "num_classes": data.num_classes if config.cond else 0,
              "class_names": data.class_names if config.cond else [], "value_range": [-1.0, 1.0],
              "train_config": resolved["train"]}
 
@@ -263,7 +303,7 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
     network_path = out / FINAL_FILE
     with open(log_path, "a") as log:
         for step in range(start, total):
-            lr = config.lr * min((step + 1) * batch / max(config.lr_warmup_images, 1e-8), 1.0)
+            lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = sampler.indices(step).to(device)
@@ -275,6 +315,7 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
             one_hot = F.one_hot(labels[idx], data.num_classes).float() if config.cond else None
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(derive_seed(config.seed, "dropout", step))
+                # EDM: per-element weighted errors (summed per image); DDPM/S²-DM: per-image pixel means
                 per_element = loss_fn(net, y, one_hot, gen)
                 objective = per_element.sum() / batch
                 optimizer.zero_grad(set_to_none=True)

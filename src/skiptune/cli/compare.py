@@ -1,0 +1,112 @@
+"""``skiptune compare-training``: FID of a standard-trained and an S²-DM-trained model, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from skiptune.cli import UsageError
+from skiptune.cli.sweep import _csv, load_reference
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare-training", help="FID table: standard training vs S²-DM training (stored, resumable)",
+        description="Sample both models with every sampler and step count on the same seed sets, score FID, and "
+                    "print a markdown table with the relative improvement (base - s2dm)/base and 95% Student-t "
+                    "intervals over the seed sets. Every FID is a run in the results store, so an interrupted "
+                    "comparison resumes and a rerun recomputes nothing. Digits models default to the shipped "
+                    "classifier features and the digits training split as reference; other models need --ref.")
+    p.add_argument("base", metavar="BASE.safetensors", help="the standard-trained model (e.g. --objective ddpm)")
+    p.add_argument("s2dm", metavar="S2DM.safetensors", help="the S²-DM-trained model (--objective s2dm)")
+    p.add_argument("--samplers", default="ddim,ipndm,deis", help="comma-separated samplers (default ddim,ipndm,deis)")
+    p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts (default 10,20,50,100)")
+    p.add_argument("--grid", default="discrete",
+                   help="time grid: discrete (DDIM's uniform timesteps, default), discrete-trailing, or a sigma grid "
+                        "such as edm")
+    p.add_argument("--rules", default="none", help="';'-separated Skip-Tuning rules applied to both models "
+                                                    "(default none), e.g. 'none;layer:0.8'")
+    p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
+    p.add_argument("--seeds", default="0-999", help="first seed set; further sets are shifted copies (default 0-999)")
+    p.add_argument("--seed-sets", type=int, default=3, help="number of seed sets (default 3)")
+    p.add_argument("--features", default=None,
+                   help="feature network for FID (default: digits-classifier for digits models, else inception-v3)")
+    p.add_argument("--weights", default=None, help="weights file of the feature network")
+    p.add_argument("--ref", default=None, metavar="REF.npz|DATA",
+                   help="reference statistics (.npz from `skiptune ref`) or a data set (its training split); "
+                        "default for digits models: the digits training split")
+    p.add_argument("--db", default="runs/results.sqlite", help="results store (SQLite; created if missing)")
+    p.add_argument("--out", default=None, help="also write the table (compare.md) and the rows (compare.json) here")
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _describe(net) -> str:
+    extra = getattr(net, "skiptune_extra", {}) or {}
+    cfg = extra.get("train_config") or {}
+    objective = extra.get("objective") or cfg.get("objective") or "unknown objective"
+    text = f"{type(net).__name__}, {objective}"
+    if objective == "s2dm":
+        text += f" (skip span {cfg.get('skip_span')}, tau {cfg.get('tau')})"
+    if "step" in extra:
+        text += f", {extra['step']} steps on {extra.get('dataset', '?')}"
+    return text
+
+
+def run(args) -> int:
+    import torch
+
+    from skiptune.io import load_model
+    from skiptune.metrics import get_extractor
+    from skiptune.sampling import SAMPLERS, parse_seeds
+    from skiptune.store import Store
+    from skiptune.sweep import expand_rules
+    from skiptune.train.compare import check_pair, compare_training, format_compare_table
+
+    samplers = _csv(args.samplers)
+    steps = _csv(args.steps, int)
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise UsageError(f"unknown sampler(s) {', '.join(unknown)}; known: {', '.join(SAMPLERS)}")
+    if not samplers or not steps or any(n < 1 for n in steps):
+        raise UsageError("--samplers and --steps need at least one entry each, and steps must be >= 1")
+    if args.seed_sets < 1:
+        raise UsageError(f"--seed-sets must be >= 1, got {args.seed_sets}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    rules = expand_rules(args.rules)
+    base, s2dm = load_model(args.base), load_model(args.s2dm)
+    digits = all((getattr(n, "skiptune_extra", {}) or {}).get("dataset") == "digits" for n in (base, s2dm))
+    if args.ref is None and not digits:
+        raise UsageError("--ref is required unless both models were trained on digits: give reference statistics "
+                         "(an .npz from `skiptune ref`) or the training data set")
+    features = args.features or ("digits-classifier" if digits else "inception-v3")
+    check_pair(base, s2dm, samplers, steps, args.grid, rules)  # before extracting any reference features
+    ext = get_extractor(features, **({"weights": args.weights} if args.weights else {}))
+    ref = load_reference(args.ref or "digits", ext, progress=not args.no_progress)
+    print(f"base  {args.base}: {_describe(base)}")
+    print(f"s2dm  {args.s2dm}: {_describe(s2dm)}")
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    with Store(args.db) as store:
+        rows = compare_training(base, s2dm, samplers, steps, args.seeds, args.seed_sets, ext, ref, store,
+                                rules=rules, grid=args.grid, mode=args.mode, batch=args.batch, device=args.device,
+                                progress=not args.no_progress)
+    table = format_compare_table(rows)
+    print(f"FID ({ext.name} features, vs {ref.get(ext.feature_for('fid')).n} reference images): mean ± 95% "
+          f"half-width over {args.seed_sets} seed sets of {len(parse_seeds(args.seeds))} samples; relative "
+          "improvement = (base - s2dm) / base, paired per seed set")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(table + "\n")
+        (out / "compare.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+        print(f"table and rows in {out}")
+    return 0
