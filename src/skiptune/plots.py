@@ -30,8 +30,8 @@ def plot_fid_vs_rho(rows: Sequence, path: str | os.PathLike, title: str = "") ->
         families = sorted({r.rule.split(":")[0] for r in group} - {"none"}) or ["none"]
         for n in sorted({r.nfe for r in group}):
             for fam in families:  # one line per rule family; the untouched net sits at rho = 1 on each
-                pts = sorted((r.rho_bottom, r.estimate) for r in group
-                             if r.nfe == n and r.rule.split(":")[0] in (fam, "none"))
+                pts = sorted(((r.rho_bottom, r.estimate) for r in group
+                              if r.nfe == n and r.rule.split(":")[0] in (fam, "none")), key=lambda p: p[0])
                 if not pts:
                     continue
                 xs = [p[0] for p in pts]

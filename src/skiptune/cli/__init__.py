@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "skiptune.cli.train",
     "skiptune.cli.runs",
     "skiptune.cli.sweep",
+    "skiptune.cli.compare",
+    "skiptune.cli.analyze",
 ]
 
 
@@ -37,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """``--model PATH | --arch PRESET`` and ``--trust-code``, shared by commands that load a network."""
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", metavar="PATH", help="skiptune .safetensors checkpoint or EDM network .pkl")
-    g.add_argument("--arch", metavar="PRESET", help="a named preset (random weights), e.g. adm-imagenet64, ddpmpp-tiny")
+    """``--model PATH`` and/or ``--arch PRESET``, and ``--trust-code``, shared by commands that load a network."""
+    p.add_argument("--model", metavar="PATH", help="skiptune .safetensors checkpoint, EDM network .pkl, or a raw "
+                   "state dict (.pt/.pth/.safetensors; public U-ViT .pth files are recognised), or a diffusers "
+                   "save_pretrained folder")
+    p.add_argument("--arch", metavar="PRESET", help="a named preset, e.g. adm-imagenet64, ddpmpp-tiny, uvit-tiny: "
+                   "alone, random weights; with --model, the architecture of a raw state dict")
     p.add_argument("--trust-code", action="store_true",
                    help="UNSAFE: unpickle EDM files with Python's stock loader, executing code they contain")
 
@@ -48,7 +52,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def load_from_args(args: argparse.Namespace):
     from skiptune.io import load_model
 
-    return load_model(args.model or args.arch, trust_code=getattr(args, "trust_code", False))
+    if not args.model and not args.arch:
+        raise UsageError("give --model PATH, --arch PRESET, or both (a raw state dict and its architecture)")
+    if args.model:
+        return load_model(args.model, arch=args.arch, trust_code=getattr(args, "trust_code", False))
+    return load_model(args.arch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,3 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"skiptune {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from skiptune.distributed import close_distributed
+
+        close_distributed()

@@ -129,6 +129,44 @@ class FeatureExtractor:
         self._check_dims(out)
         return out
 
+    def float_features(
+        self,
+        images: torch.Tensor,
+        *,
+        features: Sequence[str] | None = None,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+    ) -> dict[str, torch.Tensor]:
+        """Features of float images *with gradients*, for feature-space losses (seed 003, Sec. 5.1 and 5.3).
+
+        ``images`` ``[N, 1 or 3, H, W]`` in ``value_range`` are mapped linearly onto the 0..255 scale that
+        :meth:`__call__` feeds the network, ``u = (x - lo) / (hi - lo) * 255``, *without* rounding or
+        clipping (both would cut the gradient), gray images are repeated to RGB, and ``u`` goes to the
+        extractor's function. The digits classifier, our Inception-V3, CLIP and :func:`wrap_module` apply
+        only float operations to that input, so for images that are already quantised this equals
+        :meth:`__call__` up to float rounding (foreign TorchScript detectors are not checked).
+        Returns ``{name: [N, dim]}`` on the extractor's device, attached to the autograd graph.
+        """
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
+            raise MetricsError("float_features needs a float tensor [N, C, H, W]")
+        if images.shape[0] == 0:
+            raise MetricsError("the image batch is empty (N = 0)")
+        if images.shape[1] not in (1, 3):
+            raise MetricsError(f"images must have 1 or 3 channels (NCHW), got shape {tuple(images.shape)}")
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if not hi > lo:
+            raise MetricsError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
+        u = (images.to(self.device, torch.float32) - lo) * (255.0 / (hi - lo))
+        if u.shape[1] == 1:
+            u = u.expand(-1, 3, -1, -1)
+        wanted = tuple(features) if features is not None else self.feature_names
+        raw = self.fn(u, wanted)
+        out = {}
+        for key in wanted if wanted else tuple(raw):
+            if key not in raw:
+                raise MetricsError(f"extractor {self.name!r} did not return feature {key!r} (got {list(raw)})")
+            out[key] = raw[key].to(torch.float32).reshape(u.shape[0], -1)
+        return out
+
     def _check_dims(self, out: Mapping[str, torch.Tensor]) -> None:
         if self.dims is None:
             self.dims = {}

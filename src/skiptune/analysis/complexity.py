@@ -1,0 +1,257 @@
+"""Complexity of the denoiser, E_x ||dD(x)/dx||, against rho (seed 003, eq. 3, Table 1, Fig. 3).
+
+Seed 003, eq. (3), measures the complexity of the network U by ``E_x ||autograd_x(U(x))||_2`` and
+reports it for EDM and distilled models (Table 1: EDM 0.1219 at sigma = 80, 0.9425 at sigma = 5)
+and against the skip coefficient rho (Fig. 3: it grows monotonically as rho decreases below 1).
+For an image-valued U the gradient is the Jacobian ``J = dU/dx`` (d x d for d = C H W), and the
+paper does not say which matrix norm it takes. We report, per sample, three readings of it:
+
+- ``frobenius``: ``||J||_F``, the l2 norm of the flattened gradient tensor (the headline number);
+- ``spectral``: ``||J||_2``, the largest singular value;
+- ``sum_grad``: ``||J^T 1||_2``, the norm of ``autograd.grad(U(x).sum(), x)``, what a literal
+  ``autograd`` of the summed output returns.
+
+U is the preconditioned denoiser ``D(x, sigma)`` at a fixed sigma, and x runs over noisy real
+images ``x = y + sigma n`` (the inputs D meets at that noise level). Estimators: ``exact`` builds J
+row by row with d vector-Jacobian products (batched); ``hutchinson`` estimates
+``||J||_F^2 = E_v ||J^T v||^2`` with Rademacher probes v (unbiased for the square; its square root
+is reported) and computes ``sum_grad`` exactly, but not the spectral norm; ``auto`` is exact up to
+d = 1024.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from skiptune.analysis.base import AnalysisResult, cached
+from skiptune.analysis.denoising import (
+    attached,
+    check_rule,
+    denoise,
+    digest,
+    images_for,
+    interval,
+    model_fingerprint,
+    one_hot,
+    parse_sigmas,
+    seeded_noise,
+)
+
+NAME = "complexity"
+HELP = "denoiser input-gradient norm E_x ||dD(x)/dx|| against rho (Table 1, Fig. 3)"
+ESTIMATORS = ("auto", "exact", "hutchinson")
+EXACT_MAX_DIM = 1024
+PAPER_TABLE1 = {"EDM sigma=80": 0.1219, "CD EDM sigma=80": 0.3525, "EDM sigma=5": 0.9425, "DI EDM sigma=5": 8.4765}
+
+
+def _vjp_rows(net: nn.Module, x: torch.Tensor, sigma: float, label: torch.Tensor | None,
+              cotangents: torch.Tensor) -> torch.Tensor:
+    """``v_m^T J`` for each cotangent v_m ([M, *x.shape]), by one batched forward/backward of M copies of x."""
+    m = cotangents.shape[0]
+    xr = x.unsqueeze(0).expand(m, *x.shape).clone().requires_grad_(True)
+    lab = None if label is None else label.unsqueeze(0).expand(m, -1)
+    y = denoise(net, xr, sigma, lab)
+    (g,) = torch.autograd.grad(y, xr, grad_outputs=cotangents.to(y.dtype))
+    return g.reshape(m, -1).double()
+
+
+def jacobian_norms(net: nn.Module, x: torch.Tensor, sigma: float, label: torch.Tensor | None = None, *,
+                   estimator: str = "auto", probes: int = 32, generator: torch.Generator | None = None,
+                   chunk: int = 256) -> dict[str, float]:
+    """Norms of ``J = dD(x, sigma)/dx`` for one input x ([C, H, W]): ``frobenius``, ``spectral``, ``sum_grad``.
+
+    ``exact``: J from d vector-Jacobian products with the unit vectors, ``chunk`` at a time;
+    ``hutchinson``: ``sqrt(mean_k ||J^T v_k||^2)`` over ``probes`` Rademacher vectors drawn from
+    ``generator`` (spectral is NaN). ``sum_grad = ||J^T 1||`` is exact in both.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
+    d = x.numel()
+    if estimator == "auto":
+        estimator = "exact" if d <= EXACT_MAX_DIM else "hutchinson"
+    ones = torch.ones((1, *x.shape))
+    sum_grad = float(_vjp_rows(net, x, sigma, label, ones).norm())
+    if estimator == "exact":
+        rows = []
+        for start in range(0, d, chunk):
+            idx = torch.arange(start, min(d, start + chunk))
+            basis = torch.zeros((len(idx), d))
+            basis[torch.arange(len(idx)), idx] = 1.0
+            rows.append(_vjp_rows(net, x, sigma, label, basis.reshape(len(idx), *x.shape)))
+        jac = torch.cat(rows)  # row r = d D_r / dx
+        return {"frobenius": float(jac.norm()), "spectral": float(torch.linalg.matrix_norm(jac, ord=2)),
+                "sum_grad": sum_grad}
+    if probes < 1:
+        raise ValueError("probes must be >= 1")
+    total = 0.0
+    for start in range(0, probes, chunk):
+        m = min(chunk, probes - start)
+        v = torch.randint(0, 2, (m, *x.shape), generator=generator).to(torch.float32) * 2 - 1
+        total += float((_vjp_rows(net, x, sigma, label, v) ** 2).sum())
+    return {"frobenius": math.sqrt(total / probes), "spectral": math.nan, "sum_grad": sum_grad}
+
+
+def _unit(net, images, noise, labels, rule, sigma, estimator, probes, probe_seed, chunk) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"frobenius": [], "spectral": [], "sum_grad": []}
+    with attached(net, rule):
+        for j in range(len(images)):
+            g = torch.Generator().manual_seed(probe_seed + j)
+            x = images[j] + sigma * noise[j]
+            norms = jacobian_norms(net, x, sigma, None if labels is None else labels[j], estimator=estimator,
+                                   probes=probes, generator=g, chunk=chunk)
+            for k, v in norms.items():
+                out[k].append(v)
+    return out
+
+
+def _rho_of(rule: str) -> float | None:
+    from skiptune.skip import as_rule
+
+    r = as_rule(rule)
+    if rule == "none":
+        return 1.0
+    return getattr(r, "rho", getattr(r, "bottom", None))
+
+
+def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = "const:0.6:1.2:0.2",
+                   sigmas: str | list[float] = "80,5", estimator: str = "auto", probes: int = 32, seed: int = 0,
+                   labels: torch.Tensor | None = None, chunk: int = 256, store=None, progress: bool = False,
+                   model_id: str | None = None) -> AnalysisResult:
+    """Per (rule, sigma): mean over images of the Jacobian norms of D (seed 003, eq. 3, Table 1, Fig. 3).
+
+    ``rules``: a list, or a sweep string (``"none;const:0.6:1.2:0.2"``, see
+    :func:`skiptune.sweep.expand_rules`); the first untouched rule (``none`` or ``const:1``) is the
+    baseline for the paired ratios ``frobenius / frobenius(baseline)`` on the same inputs.
+    Each (rule, sigma) is one unit in ``store``.
+    """
+    from skiptune.sweep import expand_rules
+
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
+    images = images_for(net, images)
+    n = len(images)
+    if n < 2:
+        raise ValueError("need at least 2 images (intervals are over images)")
+    rule_list = expand_rules(rules) if isinstance(rules, str) else [str(r) for r in rules]
+    rule_list = [check_rule(net, r) for r in rule_list]
+    sig = parse_sigmas(sigmas)
+    d = images[0].numel()
+    resolved = estimator if estimator != "auto" else ("exact" if d <= EXACT_MAX_DIM else "hutchinson")
+    onehot = one_hot(net, labels, n)
+    noise = seeded_noise(seed, n, images.shape[1:])
+    probe_seed = seed + 1_000_000
+    config = {"model": model_id or model_fingerprint(net), "data": digest(images), "n": n, "seed": seed,
+              "rules": rule_list, "sigmas": sig, "estimator": resolved,
+              "probes": probes if resolved == "hutchinson" else None}
+    units: dict[tuple[str, float], dict] = {}
+    work = [(r, s) for r in rule_list for s in sig]
+    for r, s in tqdm(work, desc="complexity", unit="unit", disable=not progress):
+        unit = {k: v for k, v in config.items() if k not in ("rules", "sigmas")} | {"rule": r, "sigma": s}
+        units[(r, s)] = cached(store, "complexity", unit,
+                               lambda r=r, s=s: _unit(net, images, noise, onehot, r, s, resolved, probes,
+                                                      probe_seed, chunk))
+    baseline = next((r for r in rule_list if r in ("none", "const:1")), None)
+    rows = []
+    for r in rule_list:
+        for s in sig:
+            u = units[(r, s)]
+            row = {"rule": r, "rho": _rho_of(r), "sigma": s}
+            for k in ("frobenius", "spectral", "sum_grad"):
+                if all(math.isnan(v) for v in u[k]):
+                    row[k] = math.nan
+                    continue
+                iv = interval(u[k], k)
+                row |= iv if k == "frobenius" else {k: iv[k]}
+            if baseline is not None:
+                b = units[(baseline, s)]["frobenius"]
+                row |= interval([a / c for a, c in zip(u["frobenius"], b, strict=True)], "ratio_to_baseline")
+            rows.append(row)
+    summary: dict = {"estimator": resolved, "input_dim": d, "n_images": n}
+    for s in sig:
+        pts = sorted((row["rho"], row["frobenius"]) for row in rows if row["sigma"] == s and row["rho"] is not None)
+        if baseline is not None:
+            summary[f"frobenius_baseline_sigma={s:g}"] = next(row["frobenius"] for row in rows
+                                                              if row["sigma"] == s and row["rule"] == baseline)
+        if len(pts) >= 2:
+            summary[f"decreasing_in_rho_sigma={s:g}"] = all(b[1] < a[1] for a, b in zip(pts, pts[1:], strict=False))
+    est_text = {"exact": f"exact: the full {d} x {d} Jacobian from {d} vector-Jacobian products per image",
+                "hutchinson": f"Hutchinson: ||J||_F^2 = E_v ||J^T v||^2 with {probes} Rademacher probes per image "
+                              f"(probe seeds {probe_seed}..{probe_seed + n - 1}); sqrt of the unbiased estimate "
+                              "of the square; spectral not estimated"}[resolved]
+    notes = [
+        "U = the preconditioned denoiser D(x, sigma) at fixed sigma; x = y + sigma n for real images y, n from "
+        f"seeds {seed}..{seed + n - 1}; {n} images per (rule, sigma). Estimator: {est_text}.",
+        "frobenius = ||dD/dx||_F (headline: the l2 norm of the flattened gradient), spectral = ||dD/dx||_2, "
+        "sum_grad = ||(dD/dx)^T 1||_2 (autograd of the summed output). Seed 003 eq. (3) writes "
+        "E_x ||autograd_x(U(x))||_2 without naming the matrix norm.",
+        "Intervals: 95% Student-t over images; ratio_to_baseline is paired (same inputs) against "
+        f"{baseline or '(no untouched rule given)'}.",
+        "Paper: Table 1 EDM ImageNet-64 0.1219 (sigma 80), 0.9425 (sigma 5); distilled models larger; Fig. 3: "
+        "the norm increases monotonically as rho decreases below 1.",
+    ]
+    return AnalysisResult(NAME, config, rows, summary, notes)
+
+
+# -- command line ------------------------------------------------------------------------------------------------------
+
+def add_arguments(p) -> None:
+    p.add_argument("--n", type=int, default=4, help="number of real images (default 4)")
+    p.add_argument("--split", default="test", help="data split (default test)")
+    p.add_argument("--rules", default="const:0.6:1.2:0.2",
+                   help="rules separated by ';', ranges as in `skiptune sweep` (default const:0.6:1.2:0.2, "
+                        "i.e. rho 0.6, 0.8, 1, 1.2 at every site)")
+    p.add_argument("--sigmas", default="80,5", help="noise levels (default 80,5 as in Table 1)")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="auto",
+                   help=f"exact Jacobian, Hutchinson estimate, or auto (exact up to {EXACT_MAX_DIM} input dims)")
+    p.add_argument("--probes", type=int, default=32, help="Rademacher probes per image (hutchinson)")
+    p.add_argument("--chunk", type=int, default=256, help="vector-Jacobian products per batch")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def from_args(args, ctx) -> AnalysisResult:
+    ds = ctx.dataset(args.split)
+    labels = getattr(ds, "labels", None)
+    return run_complexity(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas,
+                          estimator=args.estimator, probes=args.probes, seed=args.seed,
+                          labels=None if labels is None else labels[:args.n], chunk=args.chunk, store=ctx.store,
+                          progress=ctx.progress, model_id=ctx.model_id)
+
+
+def plot(result: AnalysisResult, path: str | Path) -> Path:
+    """Fig. 3: Jacobian norm against rho, one line per sigma (left); paired ratio to the baseline (right)."""
+    from skiptune.plots import _plt
+
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for s in sorted({r["sigma"] for r in result.rows}, reverse=True):
+        pts = sorted((r["rho"], r) for r in result.rows if r["sigma"] == s and r["rho"] is not None)
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        ys = [p[1]["frobenius"] for p in pts]
+        lo = [y - p[1].get("frobenius_ci_low", y) for y, p in zip(ys, pts, strict=True)]
+        hi = [p[1].get("frobenius_ci_high", y) - y for y, p in zip(ys, pts, strict=True)]
+        lo = [0.0 if v != v else v for v in lo]
+        hi = [0.0 if v != v else v for v in hi]
+        a.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"sigma {s:g}")
+        if "ratio_to_baseline" in pts[0][1]:
+            b.plot(xs, [p[1]["ratio_to_baseline"] for p in pts], marker="o", label=f"sigma {s:g}")
+    a.set_xlabel("rho (const) / rho_bottom (layer)")
+    a.set_ylabel("E ||dD/dx||_F")
+    a.set_yscale("log")
+    a.legend()
+    b.axhline(1.0, color="gray", lw=0.8, ls="--")
+    b.set_xlabel("rho")
+    b.set_ylabel("||dD/dx||_F / baseline (paired)")
+    b.legend()
+    fig.suptitle(f"estimator: {result.config.get('estimator')}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,156 @@
+"""Baseline vs tuned samples with the same seeds, side by side, per sampler and NFE (seed 003, Fig. 5).
+
+Seed 003, Fig. 5 (and Fig. 6): samples of the untouched network and of the tuned one from the same
+initial noise. Sample i depends only on seed i (its latent, label and any sampler noise come from
+seed i's own generator), so the panels of one row differ only by the rule. Each panel is one
+cached unit in the results store (the uint8 images); the panels are written as lossless PNG grids
+and listed in the result rows together with the mean absolute pixel difference to the untouched
+panel (in uint8 levels).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from skiptune.analysis.base import AnalysisResult, cached
+from skiptune.analysis.scoring import canonical_rules, check_sampling
+from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.io.images import save_grid
+from skiptune.sampling import parse_seeds
+from skiptune.store import Store
+from skiptune.sweep import fingerprint
+
+NAME = "grid"
+HELP = "baseline vs tuned images with the same seeds, side by side (Fig. 5)"
+
+
+def _encode(images: torch.Tensor) -> dict:
+    a = images.to(torch.uint8).contiguous().numpy()
+    return {"shape": list(a.shape), "uint8": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode(value: dict) -> torch.Tensor:
+    a = np.frombuffer(base64.b64decode(value["uint8"]), dtype=np.uint8).reshape(value["shape"])
+    return torch.from_numpy(a.copy())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+def run_grid(net: nn.Module, *, out: str | Path, samplers: Sequence[str] = ("heun",), nfes: Sequence[int] = (9,),
+             rules: Sequence[str] = ("none", "const:0.7"), seeds: str = "0-31", grid: str = "edm",
+             mode: str = "concat", ncols: int = 8, class_label: int | None = None, batch: int = 250,
+             device: str = "cpu", store: Store | None = None, progress: bool = False) -> AnalysisResult:
+    """Generate every (sampler, NFE, rule) panel for ``seeds``; write ``out/grid-files/*.png``.
+
+    Rows: sampler, NFE, rule, seeds, the PNG file and the mean |panel - untouched panel| in uint8 levels.
+    """
+    rules = ["none", *(r for r in canonical_rules(rules) if r != "none")]
+    seed_list = parse_seeds(seeds)
+    if not seed_list:
+        raise ValueError("no seeds given")
+    if ncols < 1:
+        raise ValueError("ncols must be >= 1")
+    for s in samplers:
+        for n in nfes:
+            check_sampling(net, s, n, grid)
+    files = Path(out) / "grid-files"
+    files.mkdir(parents=True, exist_ok=True)
+    model_id = fingerprint(net)[:16]
+    rows = []
+    units = [(s, n, r) for s in samplers for n in nfes for r in rules]
+    panels: dict[tuple[str, int, str], torch.Tensor] = {}
+    for s, n, r in tqdm(units, desc="grid", unit="panel", disable=not progress):
+        config = {"model": model_id, "sampler": s, "nfe": n, "grid": grid, "mode": mode, "rule": r, "seeds": seeds,
+                  "class_label": class_label}
+
+        def compute(s=s, n=n, r=r):
+            g = generate(net, seed_list, SamplingSpec(s, nfe=n, grid=grid), rule=r, mode=mode, batch_size=batch,
+                         class_label=class_label, device=device)
+            return _encode(to_uint8(g.images))
+
+        imgs = _decode(cached(store, "grid-panel", config, compute))
+        panels[(s, n, r)] = imgs
+        path = save_grid(imgs, files / f"{_slug(s)}-nfe{n}-{_slug(r)}.png", ncols=min(ncols, len(seed_list)))
+        base = panels[(s, n, "none")]
+        rows.append({"sampler": s, "nfe": n, "rule": r, "seeds": seeds, "n_images": len(seed_list),
+                     "mean_abs_diff": float((imgs.float() - base.float()).abs().mean()),
+                     "file": str(path.resolve())})
+    config = {"model": model_id, "samplers": list(samplers), "nfes": [int(n) for n in nfes], "rules": rules,
+              "seeds": seeds, "grid": grid, "mode": mode, "class_label": class_label}
+    notes = [f"{len(seed_list)} samples per panel, seeds {seeds}, the same seeds in every panel; "
+             "mean_abs_diff = mean |panel - untouched panel| in uint8 levels (0 for identical images).",
+             f"Panels as lossless PNG grids in {files}."]
+    return AnalysisResult(NAME, config, rows, {}, notes)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--samplers", default="heun", help="comma-separated samplers (default heun)")
+    p.add_argument("--nfe", default="9", help="comma-separated NFEs (default 9)")
+    p.add_argument("--rules", default="none;const:0.7", help="';'-separated rules (untouched always included)")
+    p.add_argument("--seeds", default="0-31", help="the seeds of every panel (default 0-31)")
+    p.add_argument("--grid", default="edm")
+    p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
+    p.add_argument("--ncols", type=int, default=8)
+    p.add_argument("--class-label", type=int, default=None, help="one class for all samples (conditional nets)")
+    p.add_argument("--batch", type=int, default=250)
+
+
+def from_args(args, ctx) -> AnalysisResult:
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    try:
+        nfes = [int(v) for v in args.nfe.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+    if not samplers or not nfes:
+        raise ValueError("give at least one sampler and one NFE")
+    return run_grid(ctx.net, out=ctx.out, samplers=samplers, nfes=nfes, rules=canonical_rules(args.rules),
+                    seeds=args.seeds, grid=args.grid, mode=args.mode, ncols=args.ncols, class_label=args.class_label,
+                    batch=args.batch, device=ctx.device, store=ctx.store, progress=ctx.progress)
+
+
+def plot(result: AnalysisResult, path) -> None:
+    """One row per (sampler, NFE), one column per rule, from the PNG files listed in the rows."""
+    from skiptune.plots import _plt
+
+    plt = _plt()
+    keys = list(dict.fromkeys((r["sampler"], r["nfe"]) for r in result.rows))
+    rules = list(dict.fromkeys(r["rule"] for r in result.rows))
+    images = {(r["sampler"], r["nfe"], r["rule"]): _load(Path(r["file"])) for r in result.rows}
+    h, w = next(iter(images.values())).shape[:2] if images else (1, 1)
+    cell = 3.2
+    fig, axes = plt.subplots(len(keys), len(rules), figsize=(cell * len(rules), (cell * h / w + 0.6) * len(keys)),
+                             squeeze=False)
+    for i, (s, n) in enumerate(keys):
+        for j, rule in enumerate(rules):
+            ax = axes[i][j]
+            ax.axis("off")
+            arr = images.get((s, n, rule))
+            if arr is None:
+                continue
+            ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest", vmin=0, vmax=255)
+            ax.set_title(f"{s} NFE {n}\n{'untouched' if rule == 'none' else rule}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _load(file: Path) -> np.ndarray:
+    """The panel PNG, or a mid-gray placeholder (with a warning) if the file is gone."""
+    import warnings
+
+    from PIL import Image
+
+    if not file.is_file():
+        warnings.warn(f"panel image {file} is missing (rerun `skiptune analyze grid` to rewrite it)", stacklevel=2)
+        return np.full((8, 8), 128, dtype=np.uint8)
+    return np.asarray(Image.open(file))

@@ -1,0 +1,196 @@
+"""Per-site norm ratio of encoder skips to decoder tensors, prop_i = ||d_i|| / ||u_i|| (seed 003, Sec. 3, Fig. 2).
+
+At every skip site i the decoder joins its tensor u_i with the encoder skip d_i, ``cat(u_i, d_i)``.
+Seed 003 measures their relative strength ``prop_i = ||d_i||_2 / ||u_i||_2`` and its layer average
+``(1/k) sum_i prop_i`` (EDM ImageNet-64: 0.446; the distilled DI and CD models: 0.433 and 0.404), the
+observation that motivates scaling d_i down. Here the norms are Frobenius norms over (C, H, W) of
+one sample, the ratio is taken per sample and averaged over N real images ``y``, each noised as
+``x = y + sigma n`` (n ~ N(0, I) from seed ``seed + j`` for image j, the same n at every sigma),
+and over a grid of noise levels. The paper does not state its data or noise levels; the default
+grid is the 10 levels of the EDM sampler at 19 NFE (``edm:10``, 80 ... 0.002), so the average is
+over the noise levels the network meets while sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from skiptune.analysis.base import AnalysisResult, cached
+from skiptune.analysis.denoising import (
+    attach_joins,
+    attached,
+    batches,
+    check_rule,
+    denoise,
+    digest,
+    images_for,
+    interval,
+    model_fingerprint,
+    one_hot,
+    parse_sigmas,
+    seeded_noise,
+)
+
+NAME = "norms"
+HELP = "per-site skip-to-decoder norm ratio ||d_i|| / ||u_i|| (Fig. 2)"
+PAPER_MEAN_PROP = {"EDM": 0.446, "DI-distilled EDM": 0.433, "CD-distilled EDM": 0.404}
+
+
+def _measure(net: nn.Module, images: torch.Tensor, noise: torch.Tensor, sigma: float, rule: str,
+             labels: torch.Tensor | None, batch: int, num_sites: int) -> dict:
+    """Per-sample ``||d_i||``, ``||u_i||`` and their ratio at every site, for one noise level."""
+    d_norm: list[list[float]] = [[] for _ in range(num_sites)]
+    u_norm: list[list[float]] = [[] for _ in range(num_sites)]
+
+    def record(i, u, d):
+        d_norm[i] += d.detach().flatten(1).double().norm(dim=1).tolist()
+        u_norm[i] += u.detach().flatten(1).double().norm(dim=1).tolist()
+        return u, d
+
+    with torch.no_grad(), attached(net, rule):
+        handles = attach_joins(net, record)
+        try:
+            for sl in batches(len(images), batch):
+                x = images[sl] + sigma * noise[sl]
+                denoise(net, x, sigma, None if labels is None else labels[sl])
+        finally:
+            for h in handles:
+                h.remove()
+    if any(len(v) != len(images) for v in d_norm):
+        raise RuntimeError("a skip site was not visited once per sample; is every site used in the forward pass?")
+    prop = [[dn / un if un > 0 else math.inf for dn, un in zip(d, u, strict=True)]
+            for d, u in zip(d_norm, u_norm, strict=True)]
+    return {"prop": prop, "d_norm": [sum(v) / len(v) for v in d_norm], "u_norm": [sum(v) / len(v) for v in u_norm]}
+
+
+def run_norms(net: nn.Module, images: torch.Tensor, *, sigmas: str | list[float] = "edm:10", seed: int = 0,
+              rule: str = "none", labels: torch.Tensor | None = None, batch: int = 64, store=None,
+              progress: bool = False, model_id: str | None = None) -> AnalysisResult:
+    """prop_i = ||d_i||_2 / ||u_i||_2 per site, per noise level and averaged (seed 003, Fig. 2).
+
+    ``images``: real images [N, C, H, W] in [-1, 1]; ``sigmas``: see
+    :func:`~skiptune.analysis.denoising.parse_sigmas`; ``rule``: measure with a Skip-Tuning rule
+    attached (then d_i is the scaled skip rho_i d_i, and the u_i of outer sites change too).
+    Each noise level is one unit in ``store``.
+    """
+    from skiptune.adapters import find_adapter
+
+    images = images_for(net, images)
+    sig = parse_sigmas(sigmas)
+    rule = check_rule(net, rule)
+    sites = find_adapter(net).sites(net)
+    n, k = len(images), len(sites)
+    onehot = one_hot(net, labels, n)
+    noise = seeded_noise(seed, n, images.shape[1:])
+    config = {"model": model_id or model_fingerprint(net), "data": digest(images), "n": n, "seed": seed,
+              "rule": rule, "sigmas": sig, "batch": batch}
+    units = {}
+    for s in tqdm(sig, desc="norms", unit="sigma", disable=not progress):
+        unit = {k_: v for k_, v in config.items() if k_ != "sigmas"} | {"sigma": s}
+        units[s] = cached(store, "norms", unit, lambda s=s: _measure(net, images, noise, s, rule, onehot, batch, k))
+
+    rows, per_site_avg = [], []
+    for site in sites:
+        i = site.index
+        # per image: its ratio averaged over the noise levels, so the interval is over images
+        per_image = [sum(units[s]["prop"][i][j] for s in sig) / len(sig) for j in range(n)]
+        per_site_avg.append(per_image)
+        rows.append({"site": i, "name": site.name, "resolution": site.resolution, "sigma": "mean",
+                     **interval(per_image, "prop"),
+                     "d_norm": sum(units[s]["d_norm"][i] for s in sig) / len(sig),
+                     "u_norm": sum(units[s]["u_norm"][i] for s in sig) / len(sig)})
+    for s in sig:
+        for site in sites:
+            i = site.index
+            rows.append({"site": i, "name": site.name, "resolution": site.resolution, "sigma": s,
+                         **interval(units[s]["prop"][i], "prop"), "d_norm": units[s]["d_norm"][i],
+                         "u_norm": units[s]["u_norm"][i]})
+    site_means = [r["prop"] for r in rows[:k]]
+    mean_prop = sum(site_means) / k
+    per_image_mean = [sum(per_site_avg[i][j] for i in range(k)) / k for j in range(n)]
+    slope = _slope(list(range(k)), site_means)
+    summary = {**interval(per_image_mean, "mean_prop"), "mean_prop": mean_prop,  # the same mean, summed by site
+               "slope_per_site": slope, "num_sites": k, "n_images": n, "num_sigmas": len(sig)}
+    notes = [
+        f"prop_i = ||d_i||_2 / ||u_i||_2 (Frobenius over C, H, W of one sample) at the join of skip site i "
+        f"(0 = innermost), per sample, averaged over {n} real images x {len(sig)} noise levels "
+        f"sigma = {', '.join(f'{s:.4g}' for s in sig)}; images noised as y + sigma n with n from seeds "
+        f"{seed}..{seed + n - 1} (the same n at every sigma). Rule attached: {rule}.",
+        "Intervals: 95% Student-t over images (each image's ratio averaged over the noise levels for "
+        "sigma = mean).",
+        "mean_prop = (1/k) sum_i prop_i, seed 003 Sec. 3: EDM ImageNet-64 0.446, DI-distilled 0.433, "
+        "CD-distilled 0.404 (data and noise levels not stated in the paper).",
+        f"slope_per_site: least-squares slope of prop_i against i (innermost 0 -> outermost {k - 1}).",
+    ]
+    return AnalysisResult(NAME, config, rows, summary, notes)
+
+
+def _slope(x: list[float], y: list[float]) -> float:
+    if len(x) < 2:
+        return math.nan
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
+
+
+# -- command line ------------------------------------------------------------------------------------------------------
+
+def add_arguments(p) -> None:
+    p.add_argument("--n", type=int, default=64, help="number of real images (held-out split; default 64)")
+    p.add_argument("--split", default="test", help="data split of the images (default test)")
+    p.add_argument("--sigmas", default="edm:10",
+                   help="noise levels: edm:N[:LO:HI] (EDM sampler grid), lognormal:K (EDM training quantiles) "
+                        "or a list 80,5,0.5 (default edm:10)")
+    p.add_argument("--rule", default="none", help="Skip-Tuning rule attached while measuring (default none)")
+    p.add_argument("--seed", type=int, default=0, help="first noise seed (image j uses seed + j)")
+    p.add_argument("--batch", type=int, default=64)
+
+
+def from_args(args, ctx) -> AnalysisResult:
+    if args.n < 2:
+        raise ValueError("--n must be >= 2 (intervals need two images)")
+    ds = ctx.dataset(args.split)
+    images = ds.images[:args.n]
+    labels = getattr(ds, "labels", None)
+    return run_norms(ctx.net, images, sigmas=args.sigmas, seed=args.seed, rule=args.rule,
+                     labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
+                     progress=ctx.progress, model_id=ctx.model_id)
+
+
+def plot(result: AnalysisResult, path: str | Path) -> Path:
+    """Fig. 2: bar per site (averaged over sigma, 95% CI) with the layer mean; right, prop_i against sigma."""
+    from skiptune.plots import _plt
+
+    plt = _plt()
+    avg = [r for r in result.rows if r["sigma"] == "mean"]
+    curves = [r for r in result.rows if r["sigma"] != "mean"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    xs = [r["site"] for r in avg]
+    ys = [r["prop"] for r in avg]
+    err = [[y - r["prop_ci_low"] for y, r in zip(ys, avg, strict=True)],
+           [r["prop_ci_high"] - y for y, r in zip(ys, avg, strict=True)]]
+    a.bar(xs, ys, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
+    mean = result.summary.get("mean_prop")
+    if mean is not None:
+        a.axhline(mean, color="tab:red", ls="--", label=f"mean {mean:.3f}")
+        a.legend()
+    a.set_xticks(xs, [f"{r['site']}\n{r['resolution']}" for r in avg], fontsize=7)
+    a.set_xlabel("skip site (0 = innermost) / resolution")
+    a.set_ylabel("||d_i|| / ||u_i||")
+    a.set_title(f"rule {result.config.get('rule', 'none')}, mean over sigma")
+    for i in xs:
+        pts = sorted((r["sigma"], r["prop"]) for r in curves if r["site"] == i)
+        b.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"site {i}")
+    b.set_xscale("log")
+    b.set_xlabel("sigma")
+    b.set_ylabel("||d_i|| / ||u_i||")
+    b.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

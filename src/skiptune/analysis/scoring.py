@@ -1,0 +1,183 @@
+"""FID of several rules on the same seed sets, shared by the ``windows``, ``order`` and ``stochastic`` analyses.
+
+Every (sampler, sampler options, NFE, rule, seed set) is one run of :func:`skiptune.sweep.run_sweep`
+in the results store, keyed by its full configuration (model checksum, grid, mode, feature network,
+reference statistics, batch), so these analyses share runs with each other and with ``skiptune
+sweep``, and an interrupted analysis recomputes only the runs that were not complete.
+
+Estimates. For S disjoint seed sets of n samples each, a rule's FID is the mean over the sets with
+the Student-t interval ``mean +- t_{0.975, S-1} s / sqrt(S)`` (s the standard deviation over sets).
+A rule is compared with a base rule by the *paired* difference over the same seed sets, d_k =
+FID_k(rule) - FID_k(base), which cancels the seed-set noise both share (common random numbers); its
+interval is the t interval of the d_k.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from skiptune.generate import SamplingSpec
+from skiptune.sampling import parse_seeds
+from skiptune.search import Estimate, t_interval
+from skiptune.skip import as_rule
+from skiptune.store import Store
+from skiptune.sweep import SweepSpec, fingerprint, run_sweep, seed_sets
+
+
+def canonical_rules(rules: Sequence[str] | str) -> list[str]:
+    """Rules in canonical string form (``layer:0.7`` -> ``layer:0.7:1``), without duplicates, in order."""
+    if isinstance(rules, str):
+        rules = [r for r in (p.strip() for p in rules.split(";")) if r]
+    out = [str(as_rule(r)) for r in rules]
+    if not out:
+        raise ValueError("no rules given")
+    return list(dict.fromkeys(out))
+
+
+@dataclass
+class FidSetup:
+    """How FIDs are measured: feature network and reference, seed sets, sampling grid, batch, device.
+
+    ``seeds`` is the first seed set (e.g. ``0-99``); the further ``seed_sets - 1`` sets are shifted
+    copies (``100-199``, ...). ``model_id`` is the network's checksum used in run keys (computed from
+    the weights when None).
+    """
+
+    extractor: Any
+    ref: Any
+    seeds: str = "0-99"
+    seed_sets: int = 3
+    grid: str = "edm"
+    mode: str = "concat"
+    batch: int = 250
+    device: str = "cpu"
+    progress: bool = False
+    model_id: str | None = None
+    _sets: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.seed_sets < 1:
+            raise ValueError(f"need at least one seed set, got {self.seed_sets}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        self._sets = seed_sets(self.seeds, self.seed_sets)
+
+    @property
+    def sets(self) -> list[str]:
+        return list(self._sets)
+
+    @property
+    def n_samples(self) -> int:
+        return len(parse_seeds(self._sets[0]))
+
+    def config(self) -> dict[str, Any]:
+        """The part of an analysis config that this setup determines."""
+        ref_stats = self.ref.get(self.extractor.feature_for("fid"))
+        return {"features": self.extractor.name, "features_sha256": self.extractor.weights_sha256,
+                "ref_n": int(ref_stats.n), "seed_sets": self.sets, "n_per_set": self.n_samples, "grid": self.grid,
+                "mode": self.mode, "batch": self.batch}
+
+    def note(self) -> str:
+        n_ref = self.ref.get(self.extractor.feature_for("fid")).n
+        return (f"FID in the feature space of `{self.extractor.name}` against {n_ref} reference images; "
+                f"{len(self._sets)} seed sets of {self.n_samples} samples ({', '.join(self._sets)}); "
+                "mean and 95% Student-t interval over the seed sets; differences are paired over the same seed sets.")
+
+
+@contextmanager
+def results_store(store: Store | None) -> Iterator[Store]:
+    """``store`` itself, or a temporary store deleted afterwards (runs are then not kept)."""
+    if store is not None:
+        yield store
+        return
+    with tempfile.TemporaryDirectory(prefix="skiptune-analysis-") as tmp, Store(Path(tmp) / "runs.sqlite") as st:
+        yield st
+
+
+def check_sampling(net: nn.Module, sampler: str, nfe: int, grid: str) -> list[float]:
+    """The sampler's sigma grid for ``nfe`` evaluations (ValueError naming reachable NFEs otherwise)."""
+    return [float(s) for s in SamplingSpec(sampler, nfe=nfe, grid=grid).sigmas(net)]
+
+
+def fid_estimates(net: nn.Module, setup: FidSetup, *, sampler: str, nfe: int, rules: Sequence[str],
+                  options: dict[str, Any] | None = None, store: Store | None = None) -> dict[str, Estimate]:
+    """FID per rule (canonical rule string -> :class:`Estimate` over the seed sets), via the sweep runner."""
+    rules = canonical_rules(rules)
+    check_sampling(net, sampler, nfe, setup.grid)
+    if setup.model_id is None:
+        setup.model_id = fingerprint(net)
+    spec = SweepSpec(rules=rules, samplers=[sampler], nfes=[nfe], seed_sets=setup.sets, mode=setup.mode,
+                     grid=setup.grid, batch=setup.batch, sampler_options={sampler: dict(options)} if options else {})
+    with results_store(store) as st:
+        rows = run_sweep(net, spec, store=st, extractor=setup.extractor, ref=setup.ref, model_id=setup.model_id,
+                         progress=setup.progress, device=setup.device)
+    return {r.rule: r.estimate for r in rows}
+
+
+def paired_difference(a: Estimate, b: Estimate) -> Estimate:
+    """t interval of the per-seed-set differences a_k - b_k (same seed sets, same order)."""
+    if len(a.values) != len(b.values):
+        raise ValueError(f"paired difference needs the same seed sets: {len(a.values)} vs {len(b.values)} values")
+    return t_interval([x - y for x, y in zip(a.values, b.values, strict=True)], a.confidence)
+
+
+def estimate_columns(est: Estimate, prefix: str = "fid") -> dict[str, float]:
+    """``{prefix: mean, prefix_ci_low: ..., prefix_ci_high: ...}`` (NaN bounds for a single seed set)."""
+    return {prefix: est.mean, f"{prefix}_ci_low": est.ci_low, f"{prefix}_ci_high": est.ci_high}
+
+
+def significant(diff: Estimate) -> str:
+    """``lower`` / ``higher`` when the interval excludes 0, ``n.s.`` when it contains 0, ``n/a`` without one."""
+    if math.isnan(diff.ci_low):
+        return "n/a"
+    if diff.ci_high < 0:
+        return "lower"
+    if diff.ci_low > 0:
+        return "higher"
+    return "n.s."
+
+
+def add_fid_arguments(p, *, sampler: str, nfe: int, seeds: str = "0-99", sets: int = 3,
+                      sampler_choice: bool = True) -> None:
+    """Options shared by the FID analyses: sampler, NFE, grid, mode, seed sets, batch."""
+    if sampler_choice:
+        p.add_argument("--sampler", default=sampler, help=f"sampler (default {sampler})")
+    p.add_argument("--nfe", type=int, default=nfe, help=f"denoiser evaluations per sample (default {nfe})")
+    p.add_argument("--grid", default="edm", help="sigma grid (default edm: rho = 7, 0.002..80)")
+    p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"],
+                   help="where rho acts (seed 003 Def. 3.1 = concat; App. C variants)")
+    p.add_argument("--seeds", default=seeds, help=f"first seed set (default {seeds}); further sets are shifted copies")
+    p.add_argument("--seed-sets", type=int, default=sets, help=f"number of disjoint seed sets (default {sets})")
+    p.add_argument("--batch", type=int, default=250, help="generation batch (part of the stored run key)")
+
+
+def setup_from_args(args, ctx) -> FidSetup:
+    return FidSetup(extractor=ctx.extractor, ref=ctx.reference, seeds=args.seeds, seed_sets=args.seed_sets,
+                    grid=args.grid, mode=args.mode, batch=args.batch, device=ctx.device, progress=ctx.progress,
+                    model_id=fingerprint(ctx.net))
+
+
+def _bar(value: float, bound: float) -> float:
+    d = abs(value - bound)
+    return 0.0 if d != d else d
+
+
+def plot_paired(ax, labels: Sequence[str], rows: Sequence[dict], *, title: str = "") -> None:
+    """Paired differences to the untouched network (``diff`` with its 95% interval) as points, 0 dashed."""
+    xs = list(range(len(rows)))
+    err = [[_bar(r["diff"], r["diff_ci_low"]) for r in rows], [_bar(r["diff"], r["diff_ci_high"]) for r in rows]]
+    ax.errorbar(xs, [r["diff"] for r in rows], yerr=err, fmt="o", capsize=3, color="tab:blue")
+    ax.axhline(0.0, color="gray", ls="--", lw=1)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("FID - FID untouched (paired, 95% CI)")
+    if title:
+        ax.set_title(title, fontsize=10)

@@ -1,0 +1,188 @@
+"""Stochastic sampling strength (EDM S_churn) x rho: FID on a grid (seed 003, Sec. 5.5, Fig. 8).
+
+Seed 003, Sec. 5.5: stochastic sampling adds Langevin-like noise of strength tau(t) to the ODE;
+Fig. 8 crosses the stochastic strength with the skip coefficient rho and finds that the best
+strength decreases as rho decreases, and that a slight tuning (rho = 0.95) improves every strength.
+
+Here the stochastic sampler is EDM's Alg. 2 (``edm_sde``; Karras et al. 2022): at each step i of N
+with S_tmin <= t_i <= S_tmax the noise level is raised to t_hat = t_i (1 + gamma),
+
+    gamma = min(S_churn / N, sqrt(2) - 1),
+
+by adding fresh noise of standard deviation sqrt(t_hat^2 - t_i^2) S_noise, before a Heun step
+from t_hat. S_churn = 0 is exactly the deterministic Heun sampler. Because gamma saturates at
+sqrt(2) - 1, every S_churn >= (sqrt(2) - 1) N gives the same sampler; a grid with two such values
+is rejected. All samples of a seed use that seed's own noise stream, so the grid is paired: the
+same seeds at every (S_churn, rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from skiptune.analysis.base import AnalysisResult
+from skiptune.analysis.scoring import (
+    FidSetup,
+    add_fid_arguments,
+    canonical_rules,
+    check_sampling,
+    estimate_columns,
+    fid_estimates,
+    paired_difference,
+    setup_from_args,
+    significant,
+)
+from skiptune.skip import as_rule
+from skiptune.store import Store
+
+NAME = "stochastic"
+HELP = "grid of stochastic strength (EDM S_churn) x rho, FID (Fig. 8)"
+SAMPLER = "edm_sde"
+GAMMA_MAX = math.sqrt(2) - 1
+
+
+def churn_gamma(s_churn: float, steps: int) -> float:
+    """EDM Alg. 2: gamma = min(S_churn / N, sqrt(2) - 1) for a grid of N steps."""
+    return min(float(s_churn) / steps, GAMMA_MAX)
+
+
+def check_churns(churns: Sequence[float], steps: int) -> list[float]:
+    """Validated S_churn values: finite, >= 0, distinct, and giving distinct gamma (no two saturated)."""
+    vals = [float(c) for c in churns]
+    if not vals:
+        raise ValueError("give at least one S_churn value")
+    for c in vals:
+        if not math.isfinite(c) or c < 0:
+            raise ValueError(f"S_churn must be finite and >= 0, got {c}")
+    gammas: dict[float, float] = {}
+    for c in vals:
+        g = churn_gamma(c, steps)
+        if g in gammas:
+            raise ValueError(f"S_churn {gammas[g]:g} and {c:g} give the same gamma = {g:.4g} on {steps} steps "
+                             f"(gamma = min(S_churn/N, sqrt(2)-1) saturates at S_churn >= {GAMMA_MAX * steps:.3g}); "
+                             "drop one of them")
+        gammas[g] = c
+    return vals
+
+
+def rule_rho(rule: str) -> float:
+    """The rho of a one-number rule: const rho, layer rho_bottom, 1 for none (NaN otherwise)."""
+    r = as_rule(rule)
+    if str(r) == "none":
+        return 1.0
+    return float(getattr(r, "bottom", getattr(r, "rho", math.nan)))
+
+
+def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Sequence[float] = (0, 1, 2),
+                   rules: Sequence[str] = ("none", "const:0.85", "const:0.7"), s_tmin: float | None = None,
+                   s_tmax: float | None = None, s_noise: float | None = None, store: Store | None = None,
+                   progress: bool = False) -> AnalysisResult:
+    """FID of the EDM stochastic sampler for every (S_churn, rule), paired over the same seed sets.
+
+    Rows per (S_churn, rule): gamma, rho, mean FID with its 95% t interval and the paired
+    difference to the untouched network at the same S_churn. The summary names, per rule, the
+    S_churn with the lowest FID (the "sweet point" of Fig. 8).
+    """
+    setup.progress = setup.progress or progress
+    sigmas = check_sampling(net, SAMPLER, nfe, setup.grid)
+    steps = len(sigmas) - 1
+    churns = check_churns(churns, steps)
+    rules = canonical_rules(rules)
+    if "none" not in rules:
+        rules = ["none", *rules]
+    extra = {k: float(v) for k, v in (("S_tmin", s_tmin), ("S_tmax", s_tmax), ("S_noise", s_noise)) if v is not None}
+    for k, v in extra.items():
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{k} must be finite and >= 0, got {v}")
+    rows = []
+    means: dict[tuple[float, str], float] = {}
+    for c in churns:
+        est = fid_estimates(net, setup, sampler=SAMPLER, nfe=nfe, rules=rules, options={"S_churn": c, **extra},
+                            store=store)
+        base = est["none"]
+        for r in rules:
+            d = paired_difference(est[r], base)
+            means[(c, r)] = est[r].mean
+            rows.append({"S_churn": c, "gamma": churn_gamma(c, steps), "rule": r, "rho": rule_rho(r),
+                         **estimate_columns(est[r]), **estimate_columns(d, "diff"),
+                         "vs_none": "-" if r == "none" else significant(d)})
+    summary: dict = {}
+    for r in rules:
+        best = min(churns, key=lambda c, r=r: means[(c, r)])
+        summary[f"best_S_churn[{r}]"] = best
+        if r != "none":
+            summary[f"better_than_none_at_every_S_churn[{r}]"] = all(means[(c, r)] < means[(c, "none")] for c in churns)
+    c_best, r_best = min(means, key=means.get)
+    summary.update({"best_S_churn": c_best, "best_rule": r_best, "best_fid": means[(c_best, r_best)]})
+    config = {"model": setup.model_id[:16], "sampler": SAMPLER, "nfe": nfe, "steps": steps, "S_churn": churns,
+              "rules": rules, "options": extra, **setup.config()}
+    notes = [
+        f"EDM stochastic sampler (Alg. 2), NFE {nfe} ({steps} steps on the {setup.grid} grid); gamma = "
+        f"min(S_churn/{steps}, sqrt(2)-1) per step"
+        + ("; " + ", ".join(f"{k} = {v:g}" for k, v in extra.items()) if extra
+           else "; S_tmin = 0, S_tmax = inf, S_noise = 1")
+        + ". S_churn = 0 is the deterministic Heun sampler.",
+        "diff = FID(rule) - FID(untouched) at the same S_churn, paired over the seed sets.",
+        setup.note(),
+    ]
+    return AnalysisResult(NAME, config, rows, summary, notes)
+
+
+def add_arguments(p) -> None:
+    add_fid_arguments(p, sampler=SAMPLER, nfe=9, sampler_choice=False)
+    p.add_argument("--churn", default="0,1,2", help="comma-separated S_churn values (default 0,1,2)")
+    p.add_argument("--rules", default="none;const:0.85;const:0.7",
+                   help="';'-separated rules (the untouched network is always included)")
+    p.add_argument("--s-tmin", type=float, default=None, help="EDM S_tmin (default 0)")
+    p.add_argument("--s-tmax", type=float, default=None, help="EDM S_tmax (default inf)")
+    p.add_argument("--s-noise", type=float, default=None, help="EDM S_noise (default 1)")
+
+
+def from_args(args, ctx) -> AnalysisResult:
+    try:
+        churns = [float(v) for v in args.churn.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--churn must be comma-separated numbers, got {args.churn!r}") from None
+    steps = len(check_sampling(ctx.net, SAMPLER, args.nfe, args.grid)) - 1
+    check_churns(churns, steps)
+    rules = canonical_rules(args.rules)
+    return run_stochastic(ctx.net, setup_from_args(args, ctx), nfe=args.nfe, churns=churns, rules=rules,
+                          s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise, store=ctx.store)
+
+
+def plot(result: AnalysisResult, path) -> None:
+    """Left: FID vs S_churn, one line per rule (Fig. 8); right: the paired difference to the untouched
+    network at the same S_churn."""
+    from skiptune.plots import _plt
+
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for rule in dict.fromkeys(r["rule"] for r in result.rows):
+        pts = sorted((r["S_churn"], r) for r in result.rows if r["rule"] == rule)
+        label = "untouched" if rule == "none" else rule
+        for axis, key in ((ax, "fid"), (bx, "diff")):
+            if axis is bx and rule == "none":
+                continue
+            err = [[_pos(p[1][key] - p[1][f"{key}_ci_low"]) for p in pts],
+                   [_pos(p[1][f"{key}_ci_high"] - p[1][key]) for p in pts]]
+            axis.errorbar([p[0] for p in pts], [p[1][key] for p in pts], yerr=err, marker="o", capsize=3,
+                          label=label)
+    bx.axhline(0.0, color="gray", ls="--", lw=1)
+    cfg = result.config
+    ax.set_title(f"stochastic strength x rho: {cfg.get('sampler')} NFE {cfg.get('nfe')}", fontsize=10)
+    bx.set_title("paired difference to untouched at the same S_churn", fontsize=10)
+    ax.set_ylabel("FID (mean, 95% CI)")
+    bx.set_ylabel("FID - FID untouched (95% CI)")
+    for axis in (ax, bx):
+        axis.set_xlabel("S_churn (stochastic strength)")
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pos(v: float) -> float:
+    return 0.0 if v != v else max(0.0, v)

@@ -1,0 +1,165 @@
+"""FID vs rho U-curves per NFE, drawn from the sweep runs already in the results store (seed 003, Fig. 4).
+
+Seed 003, Fig. 4: FID against rho for each number of function evaluations; every curve is
+U-shaped and its minimum moves towards 1 as the NFE grows. This analysis generates nothing: it
+reads the complete sweep runs (``skiptune sweep``, ``skiptune demo`` and the FID analyses all store
+one run per (sampler, options, NFE, rule, seed set)) of one model and one feature network, groups
+them by (sampler, options, NFE, grid, mode, reference statistics, samples per set, rule), and
+averages each group over its seed sets: mean and the Student-t interval mean +- t_{0.975,S-1} s/sqrt(S).
+``diff`` is the paired difference to the untouched network over the seed sets both have.
+Only one-number rules are on the curves by default (``none``, ``const:rho``, ``layer:rho_bottom[:rho_top]``);
+the x value is rho (const) or rho_bottom (layer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from torch import nn
+
+from skiptune.analysis.base import AnalysisResult
+from skiptune.analysis.scoring import estimate_columns
+from skiptune.search import Estimate, t_interval
+from skiptune.skip import as_rule
+from skiptune.store import Store
+from skiptune.sweep import SweepRow, fingerprint
+
+NAME = "sweep"
+HELP = "FID vs rho U-curves per NFE from the sweep runs in the results store (Fig. 4)"
+CURVE_FAMILIES = ("none", "const", "layer")
+
+
+def _rho(rule: str) -> float | None:
+    r = as_rule(rule)
+    if str(r) == "none":
+        return 1.0
+    v = getattr(r, "bottom", getattr(r, "rho", None))
+    return None if v is None else float(v)
+
+
+def _label(cfg: dict, options: dict) -> str:
+    """``heun``, ``edm_sde(S_churn=2)``, ``heun grid=logsnr mode=residual`` (non-default grid and mode shown)."""
+    text = cfg["sampler"]
+    if options:
+        text += "(" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()) + ")"
+    for name, default in (("grid", "edm"), ("mode", "concat")):
+        value = cfg.get(name)
+        if value not in (None, default):
+            text += f" {name}={value}"
+    return text
+
+
+def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = None, features: str | None = None,
+              samplers: Sequence[str] | None = None, nfes: Sequence[int] | None = None, all_rules: bool = False,
+              progress: bool = False) -> AnalysisResult:
+    """Per (sampler, NFE, rule): mean FID over the stored seed sets, its t interval and the paired
+    difference to the untouched network. ``model_id`` (default: the checksum of ``net``) selects the
+    model; ``features``, ``samplers`` and ``nfes`` filter further."""
+    if store is None:
+        raise ValueError("the sweep analysis reads the sweep runs of a results store: give a store (not --no-db)")
+    if model_id is None:
+        if net is None:
+            raise ValueError("give a network or a model checksum")
+        model_id = fingerprint(net)
+    filters = {"kind": "sweep-point", "model": model_id}
+    if features:
+        filters["features"] = features
+    recs = store.runs(filters, status="complete")
+    if samplers:
+        recs = [r for r in recs if r.config.get("sampler") in set(samplers)]
+    if nfes:
+        recs = [r for r in recs if int(r.config.get("nfe")) in {int(n) for n in nfes}]
+    groups: dict[tuple, dict[str, float]] = {}
+    meta: dict[tuple, dict] = {}
+    for rec in recs:
+        cfg = rec.config
+        rule = cfg["rule"]
+        if not all_rules and rule.split(":")[0] not in CURVE_FAMILIES:
+            continue
+        m = rec.metrics.get("fid")
+        if m is None:
+            continue
+        options = cfg.get("options") or {}
+        n = m.n_samples
+        key = (cfg["sampler"], json.dumps(options, sort_keys=True), int(cfg["nfe"]), cfg.get("grid"), cfg.get("mode"),
+               cfg.get("ref"), n, rule)
+        groups.setdefault(key, {}).setdefault(cfg["seeds"], m.value)  # one value per seed set (oldest run)
+        meta[key] = {"label": _label(cfg, options), "ref": str(cfg.get("ref"))[:8]}
+    if not groups:
+        raise ValueError(f"no complete sweep runs of model {model_id[:16]} in {store.path}"
+                         + (f" with features {features}" if features else "")
+                         + ": run `skiptune sweep` (or `skiptune demo`) with this model and store first")
+    labels_n: dict[str, set] = {}
+    for key, mt in meta.items():
+        labels_n.setdefault(mt["label"], set()).add((key[6], key[5]))
+    rows = []
+    def order(k):  # by sampler, NFE, samples, then rho; rules off the rho axis last
+        rho = _rho(k[7])
+        return meta[k]["label"], k[2], k[6] or 0, rho is None, rho or 0.0, k[7]
+
+    for key in sorted(groups, key=order):
+        vals = groups[key]
+        label = meta[key]["label"]
+        if len(labels_n[label]) > 1:
+            label += f" n={key[6]} ref={meta[key]['ref']}"
+        base = groups.get((*key[:7], "none"), {})
+        common = [s for s in vals if s in base]
+        e = t_interval(list(vals.values()))
+        d = t_interval([vals[s] - base[s] for s in common]) if common else None
+        rows.append({"sampler": label, "nfe": key[2], "rule": key[7], "rho": _rho(key[7]), "n_samples": key[6],
+                     "seed_sets": len(vals), **estimate_columns(e),
+                     **({"diff": d.mean, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high} if d else
+                        {"diff": float("nan"), "diff_ci_low": float("nan"), "diff_ci_high": float("nan")})})
+    summary: dict = {"runs_read": sum(len(v) for v in groups.values())}
+    for label, nfe in dict.fromkeys((r["sampler"], r["nfe"]) for r in rows):
+        group = [r for r in rows if r["sampler"] == label and r["nfe"] == nfe]
+        best = min(group, key=lambda r: (r["fid"], r["rule"] != "none"))  # ties go to the untouched network
+        base = next((r for r in group if r["rule"] == "none"), None)
+        summary[f"best[{label}, NFE {nfe}]"] = (f"{best['rule']} {best['fid']:.4g}"
+                                                + (f" (untouched {base['fid']:.4g})" if base else ""))
+    config = {"model": model_id[:16], "features": features or "any", "samplers": list(samplers or []),
+              "nfes": [int(n) for n in nfes or []], "all_rules": all_rules}
+    notes = ["Read from the results store; every FID is the mean over the seed sets stored for that configuration "
+             "(95% Student-t interval); diff = paired difference to the untouched network over common seed sets.",
+             "Seed 003 Fig. 4: U-shaped curves at every NFE, the best rho rising towards 1 with the NFE."]
+    return AnalysisResult(NAME, config, rows, summary, notes)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--samplers", default=None, help="comma-separated samplers to include (default all)")
+    p.add_argument("--nfe", default=None, help="comma-separated NFEs to include (default all)")
+    p.add_argument("--all-rules", action="store_true",
+                   help="also tabulate rules that are not on a rho axis (ramps, windows, products)")
+
+
+def from_args(args, ctx) -> AnalysisResult:
+    if ctx.store is None:
+        raise ValueError("the sweep analysis reads the results store: drop --no-db and give --db")
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()] if args.samplers else None
+    try:
+        nfes = [int(v) for v in args.nfe.split(",") if v.strip()] if args.nfe else None
+    except ValueError:
+        raise ValueError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+    return run_sweep(ctx.net, store=ctx.store, features=ctx.features, samplers=samplers, nfes=nfes,
+                     all_rules=args.all_rules)
+
+
+def plot(result: AnalysisResult, path) -> None:
+    """Fig. 4: one panel per sampler, one line per NFE (and rule family), with the 95% intervals."""
+    from skiptune.plots import plot_fid_vs_rho
+
+    rows = [SweepRow(r["sampler"], int(r["nfe"]), r["rule"],
+                     Estimate(r["fid"], r["fid_ci_low"], r["fid_ci_high"], float("nan"), (), 0.95))
+            for r in result.rows if r.get("rho") is not None and r["rule"].split(":")[0] in CURVE_FAMILIES]
+    if not rows:
+        from skiptune.plots import _plt
+
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no rule on a rho axis in this result", ha="center", va="center")
+        ax.axis("off")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
+    plot_fid_vs_rho(rows, path, title=f"FID vs rho (model {result.config.get('model')})")

@@ -1,0 +1,85 @@
+"""``complexity``: Jacobian norms of the denoiser (seed 003, eq. 3) against a linear denoiser, and through the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from analysis_nets import LinearDenoiser, tiny_net
+from skiptune.analysis.complexity import jacobian_norms, run_complexity
+from skiptune.cli import main
+from skiptune.io import load_model, save_checkpoint
+from skiptune.store import Store
+from skiptune.train.data import load_dataset
+
+
+def _a(seed=0, d=16):
+    return torch.randn((d, d), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) / 4
+
+
+def _images(n, res=4):
+    return torch.rand((n, 1, res, res), generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_exact_norms_of_a_linear_denoiser(one_thread):
+    a = _a()
+    net = LinearDenoiser(a)
+    res = run_complexity(net, _images(3), rules="none", sigmas="0.5,20", estimator="exact")
+    ones = torch.ones(16, dtype=torch.float64)
+    for row in res.rows:  # J = A at every input and sigma
+        assert row["frobenius"] == pytest.approx(float(a.norm()), rel=1e-6)
+        assert row["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(a, 2)), rel=1e-6)
+        assert row["sum_grad"] == pytest.approx(float((a.T @ ones).norm()), rel=1e-6)
+        assert row["ratio_to_baseline"] == pytest.approx(1.0)
+    assert res.config["estimator"] == "exact" and res.summary["input_dim"] == 16
+
+
+def test_hutchinson_is_within_its_monte_carlo_error(one_thread):
+    a = _a(seed=3)
+    net = LinearDenoiser(a)
+    m = 600
+    est = jacobian_norms(net, _images(1)[0], 1.0, estimator="hutchinson", probes=m, chunk=200,
+                         generator=torch.Generator().manual_seed(0))
+    # ||A^T v||^2 = v^T M v with M = A A^T; for Rademacher v: mean ||A||_F^2, variance 2 sum_{i != j} M_ij^2
+    mm = a @ a.T
+    var = 2 * float((mm**2).sum() - (mm.diagonal() ** 2).sum()) / m
+    assert abs(est["frobenius"] ** 2 - float(a.norm()) ** 2) < 4 * math.sqrt(var)
+    assert math.isnan(est["spectral"])
+    assert est["sum_grad"] == pytest.approx(float((a.T @ torch.ones(16, dtype=torch.float64)).norm()), rel=1e-6)
+
+
+def test_errors(one_thread):
+    net = LinearDenoiser(_a())
+    with pytest.raises(ValueError, match="estimator"):
+        run_complexity(net, _images(3), rules="none", estimator="svd")
+    with pytest.raises(ValueError, match="at least 2 images"):
+        run_complexity(net, _images(1), rules="none")
+    with pytest.raises(ValueError, match="no known skip sites"):
+        run_complexity(net, _images(3), rules="const:0.5")
+
+
+def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thread):
+    model = save_checkpoint(tiny_net(), tmp_path / "tiny.safetensors")
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    args = ["analyze", "complexity", "--model", str(model), "--n", "2", "--rules", "const:0.5;none", "--sigmas", "2",
+            "--db", str(db), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    for ext in ("json", "csv", "md", "png"):
+        assert (out / f"complexity.{ext}").stat().st_size > 0
+    got = json.loads((out / "complexity.json").read_text())
+    assert got["config"]["estimator"] == "exact"  # 64 input dims
+    lib = run_complexity(load_model(str(model)), load_dataset("digits", "test", resolution=8).images[:2],
+                         rules="const:0.5;none", sigmas="2")
+    for row, ref in zip(got["rows"], lib.rows, strict=True):
+        assert row["rule"] == ref["rule"] and row["frobenius"] == pytest.approx(ref["frobenius"], rel=1e-5)
+    assert got["rows"][1]["ratio_to_baseline"] == pytest.approx(1.0)
+    with Store(db) as store:  # tamper with a stored unit: the rerun must read it, not recompute
+        units = store.analyses("unit:complexity")
+        assert len(units) == 2
+        _, key, value = units[0]
+        value["frobenius"] = [100.0, 100.0]
+        store.record_analysis("unit:complexity", key, value)
+    assert main(args) == 0
+    rows = json.loads((out / "complexity.json").read_text())["rows"]
+    assert any(r["frobenius"] == pytest.approx(100.0) for r in rows)

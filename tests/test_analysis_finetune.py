@@ -1,0 +1,102 @@
+"""``finetune``: rho fitting recovers a known optimum, full fine-tuning works on a copy, and the CLI end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from analysis_nets import MaskNet, tiny_net, toy_adapter
+from skiptune.analysis.denoising import denoise
+from skiptune.analysis.finetune import finetune_weights, fit_rho, make_loss, rho_of, theta_of
+from skiptune.cli import main
+from skiptune.io import save_checkpoint
+from skiptune.store import Store
+
+
+def _images(n, res=4, seed=1):
+    return torch.rand((n, 1, res, res), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("param, target, rho_max, init", [("raw", (0.6, 1.3), 1.0, 1.0),
+                                                          ("sigmoid", (0.6, 0.85), 1.0, 0.9),
+                                                          ("sigmoid", (0.6, 1.3), 2.0, 1.0)])
+def test_fit_recovers_the_optimum_of_a_toy_loss(param, target, rho_max, init, one_thread):
+    # MaskNet's output is linear in (rho_0, rho_1) and equals y at sigma -> 0 exactly when rho = target,
+    # so the pixel loss at sigma ~ e^-9 has its minimum there (shifted by O(sigma^2) only)
+    with toy_adapter():
+        fit = fit_rho(MaskNet(target), _images(16), make_loss("pixel"), param=param, steps=150, batch=8, lr=0.05,
+                      init=init, rho_max=rho_max, weighting="none", p_mean=-9.0, p_std=0.1, seed=0)
+    assert fit["rho"] == pytest.approx(list(target), abs=0.01)
+    assert fit["loss"][-1] < 1e-3 * fit["loss"][0]
+    if param == "sigmoid":
+        assert all(0 < r < rho_max for trace in fit["rho_trace"] for r in trace)
+
+
+def test_parametrisations_invert_and_validate():
+    for param, rho in (("raw", 1.7), ("sigmoid", 0.3)):
+        assert float(rho_of(torch.tensor(theta_of(rho, param)), param)) == pytest.approx(rho)
+    assert float(rho_of(torch.tensor(theta_of(1.5, "sigmoid", 2.0)), "sigmoid", 2.0)) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        theta_of(1.0, "sigmoid")
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("wavelet")
+    with pytest.raises(ValueError, match="needs a feature network"):
+        make_loss("feature")
+
+
+def test_rho_moves_from_one_on_a_real_net_and_the_net_is_restored(one_thread):
+    # rho = 1 exactly must still carry a gradient through the adapter's join hooks
+    net = tiny_net()
+    x = _images(2, res=8)
+    before = denoise(net, x, 1.0)
+    fit = fit_rho(net, _images(8, res=8), make_loss("pixel"), param="raw", steps=2, batch=4, lr=0.05, init=1.0)
+    assert all(r != 1.0 for r in fit["rho"])
+    assert all(p.requires_grad for p in net.parameters())  # flags restored
+    assert torch.equal(denoise(net, x, 1.0), before)  # hooks removed
+
+
+def test_full_finetuning_trains_a_copy_and_reports_checkpoints(one_thread):
+    net = tiny_net()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    seen = []
+    out = finetune_weights(net, _images(8, res=8), make_loss("pixel"), steps=3, batch=4, lr=1e-3, checkpoints=[1, 3],
+                           on_checkpoint=lambda step, m: seen.append((step, m.training)) or step * 10)
+    assert seen == [(1, False), (3, False)] and out["checkpoints"] == {1: 10, 3: 30}
+    assert len(out["loss"]) == 3 and all(math.isfinite(v) for v in out["loss"])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # the original is untouched
+    with pytest.raises(ValueError, match="checkpoints must lie in"):
+        finetune_weights(net, _images(8, res=8), make_loss("pixel"), steps=3, checkpoints=[5])
+
+
+def test_cli_end_to_end_and_resumes_from_store(tmp_path, one_thread):
+    model = save_checkpoint(tiny_net(), tmp_path / "tiny.safetensors")
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    args = ["analyze", "finetune", "--model", str(model), "--n", "64", "--rho-steps", "3", "--rho-batch", "4",
+            "--full-steps", "2", "--full-batch", "4", "--nfe", "3", "--seeds", "0-7", "--seed-sets", "2",
+            "--fid-batch", "8", "--db", str(db), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    for ext in ("json", "csv", "md", "png"):
+        assert (out / f"finetune.{ext}").stat().st_size > 0
+    got = json.loads((out / "finetune.json").read_text())
+    methods = [r["method"] for r in got["rows"]]
+    assert methods == ["baseline", "Skip-Tuning const:0.7", "rho fine-tuned (raw)", "rho fine-tuned (sigmoid)",
+                       "full fine-tune (1 steps)", "full fine-tune (2 steps)"]
+    rows = {r["method"]: r for r in got["rows"]}
+    assert rows["rho fine-tuned (raw)"]["rule"].startswith("sites:") and len(
+        rows["rho fine-tuned (raw)"]["rule"].split(",")) == 4
+    for name, r in rows.items():  # the paired difference is against the baseline's seed sets
+        if name != "baseline":
+            assert r["fid_diff"] == pytest.approx(r["fid"] - rows["baseline"]["fid"], rel=1e-9, abs=1e-9)
+    with Store(db) as store:
+        assert len(store.analyses("unit:finetune-rho")) == 2
+        (_, key, full), = store.analyses("unit:finetune-full")
+        full["checkpoints"]["2"]["none|3"] = [-1.0, -3.0]
+        store.record_analysis("unit:finetune-full", key, full)
+        runs = len(store.runs())
+    assert main(args) == 0  # every unit and FID point from the store: nothing recomputed
+    again = {r["method"]: r for r in json.loads((out / "finetune.json").read_text())["rows"]}
+    assert again["full fine-tune (2 steps)"]["fid"] == pytest.approx(-2.0)
+    assert again["rho fine-tuned (sigmoid)"]["rule"] == rows["rho fine-tuned (sigmoid)"]["rule"]
+    with Store(db) as store:
+        assert len(store.runs()) == runs

@@ -1,0 +1,101 @@
+"""``skiptune analyze sweep`` (Fig. 4 from the store) and ``skiptune analyze grid`` (Fig. 5) through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import t as student_t
+
+from analysis_tiny import common_args, run_cli, tiny_assets, unit_rows
+from skiptune import load_model
+from skiptune.analysis.context import AnalysisContext
+from skiptune.analysis.scoring import FidSetup, fid_estimates
+from skiptune.cli import main
+from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.io.images import make_grid
+from skiptune.store import Metric, Store
+from skiptune.sweep import fingerprint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _t(values):
+    m = float(np.mean(values))
+    half = student_t.ppf(0.975, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def test_sweep_reads_the_store_and_averages_over_seed_sets(tmp_path, tmp_path_factory, capsys):
+    tiny = tiny_assets(tmp_path_factory)
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    ctx = AnalysisContext(model=str(tiny["model"]), data=str(tiny["data"]), db=None, progress=False)
+    fp = fingerprint(ctx.net)
+    setup = FidSetup(ctx.extractor, ctx.reference, seeds="0-5", seed_sets=3, model_id=fp)
+    with Store(db) as store:
+        # real sweep runs: two rules on a rho axis and a ramp (not on the axis), 3 seed sets each
+        fid_estimates(ctx.net, setup, sampler="euler", nfe=3, rules=["none", "const:0.8", "ramp:down:0.8"],
+                      store=store)
+        # a run of another model and one of another feature network: both ignored
+        for other in ({"model": "0" * 64}, {"features": "inception-v3"}):
+            cfg = {**store.runs({"rule": "none"})[0].config, **other}
+            store.record_run(cfg, {"fid": Metric(1.0, n_samples=6)})
+        runs = store.runs({"model": fp, "features": "digits-classifier"}, status="complete")
+    fid = {}
+    for r in runs:
+        fid.setdefault(r.config["rule"], {})[r.config["seeds"]] = r.metrics["fid"].value
+    res = run_cli("analyze", "sweep", *common_args(tiny, db, out))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(out / "sweep.csv", newline="")))
+    assert [(r["sampler"], r["nfe"], r["rule"], r["rho"]) for r in rows] == [
+        ("euler", "3", "const:0.8", "0.8"), ("euler", "3", "none", "1.0")]
+    for r in rows:
+        vals = list(fid[r["rule"]].values())
+        m, lo, hi = _t(vals)
+        assert float(r["fid"]) == pytest.approx(m, rel=1e-12)
+        assert (float(r["fid_ci_low"]), float(r["fid_ci_high"])) == pytest.approx((lo, hi), rel=1e-9)
+        d = [fid[r["rule"]][s] - fid["none"][s] for s in fid["none"]]
+        assert float(r["diff"]) == pytest.approx(float(np.mean(d)), abs=1e-9)
+        assert int(r["seed_sets"]) == 3 and int(r["n_samples"]) == 6
+    assert (out / "sweep.png").stat().st_size > 1000
+    summary = json.loads((out / "sweep.json").read_text())["summary"]
+    best = min(rows, key=lambda r: float(r["fid"]))["rule"]
+    assert summary["best[euler, NFE 3]"].startswith(best) and summary["runs_read"] == 6
+    # --all-rules also tabulates the ramp (rho empty: it is not on the rho axis)
+    assert main(["analyze", "sweep", *common_args(tiny, db, out), "--all-rules"]) == 0
+    rows = list(csv.DictReader(open(out / "sweep.csv", newline="")))
+    assert [r["rule"] for r in rows][-1] == "ramp:down:0.8" and rows[-1]["rho"] == ""
+    capsys.readouterr()
+    assert main(["analyze", "sweep", *common_args(tiny, db, out), "--samplers", "heun"]) == 2
+    assert "no complete sweep runs" in capsys.readouterr().err
+
+
+def test_grid_same_seeds_side_by_side(tmp_path, tmp_path_factory):
+    tiny = tiny_assets(tmp_path_factory)
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    args = ["analyze", "grid", *common_args(tiny, db, out), "--samplers", "euler", "--nfe", "3",
+            "--rules", "const:0.7", "--seeds", "0-3"]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(open(out / "grid.csv", newline="")))
+    assert [r["rule"] for r in rows] == ["none", "const:0.7"]
+    net = load_model(tiny["model"])
+    panels = {}
+    for r in rows:  # each panel is exactly the samples of these seeds, tiled in one row
+        expected = to_uint8(generate(net, "0-3", SamplingSpec("euler", nfe=3), rule=r["rule"]).images)
+        panels[r["rule"]] = expected
+        png = torch.from_numpy(np.asarray(Image.open(r["file"])).copy())[None]
+        assert torch.equal(png, make_grid(expected, ncols=4))
+    diff = float((panels["const:0.7"].float() - panels["none"].float()).abs().mean())
+    assert float(rows[0]["mean_abs_diff"]) == 0.0 and float(rows[1]["mean_abs_diff"]) == pytest.approx(diff)
+    assert diff > 0  # the rule changes the images of this randomly perturbed network
+    assert (out / "grid.png").stat().st_size > 1000
+    units = unit_rows(db, "grid-panel")
+    assert len(units) == 2
+    assert main(args) == 0  # a rerun reads both panels from the store
+    assert unit_rows(db, "grid-panel") == units
