@@ -85,6 +85,18 @@ def scale_channels(x: torch.Tensor, start: int, rho: float | torch.Tensor) -> to
     return torch.cat([x[:, :start], scale_tensor(x[:, start:], rho)], dim=1)
 
 
+def hook_skip_channels(target: nn.Module, start: int, scale: ScaleFn) -> list[RemovableHandle]:
+    """A forward pre-hook on ``target`` scaling channels ``start:`` of its first input by the current rho
+    (the residual and norm modes: only that one consumer of the concatenation sees the scaled skip)."""
+
+    def channel_hook(module, args):
+        rho = scale()
+        if is_identity(rho):
+            return None
+        return (scale_channels(args[0], start, rho),) + tuple(args[1:])
+    return [target.register_forward_pre_hook(channel_hook)]
+
+
 def is_identity(rho: float | torch.Tensor) -> bool:
     """True when rho is exactly 1 for every sample (then hooks leave tensors untouched)."""
     if isinstance(rho, torch.Tensor):

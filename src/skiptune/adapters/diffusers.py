@@ -41,9 +41,8 @@ from skiptune.adapters.base import (
     JoinFn,
     ScaleFn,
     SkipSite,
-    is_identity,
+    hook_skip_channels,
     register_adapter,
-    scale_channels,
 )
 from skiptune.sampling.grids import alphas_cumprod, sigmas_from_alphas_cumprod
 from skiptune.skip.sigma import current_sigma, publish_sigma
@@ -273,14 +272,7 @@ class DiffusersUNetAdapter(Adapter):
         if target is None:
             raise ValueError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in mode '{mode}' "
                              "(the join does not change the resnet's width); use mode 'concat'")
-        start = site.main_channels
-
-        def channel_hook(module, args):
-            rho = scale()
-            if is_identity(rho):
-                return None
-            return (scale_channels(args[0], start, rho),) + tuple(args[1:])
-        return [target.register_forward_pre_hook(channel_hook)]
+        return hook_skip_channels(target, site.main_channels, scale)
 
     def attach_join(self, net, site: SkipSite, fn: JoinFn) -> list[RemovableHandle]:
         start = site.main_channels

@@ -11,9 +11,9 @@ from skiptune.adapters.base import (
     JoinFn,
     ScaleFn,
     SkipSite,
+    hook_skip_channels,
     is_identity,
     register_adapter,
-    scale_channels,
     scale_tensor,
 )
 from skiptune.nets.unets import _SkipUNet
@@ -67,14 +67,7 @@ class EDMUNetAdapter(Adapter):
         if target is None:
             raise ValueError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in "
                              f"mode '{mode}'; use mode 'concat'")
-        start = site.main_channels
-
-        def channel_hook(module, args):
-            rho = scale()
-            if is_identity(rho):
-                return None
-            return (scale_channels(args[0], start, rho),) + tuple(args[1:])
-        return [target.register_forward_pre_hook(channel_hook)]
+        return hook_skip_channels(target, site.main_channels, scale)
 
     def attach_join(self, net, site: SkipSite, fn: JoinFn) -> list[RemovableHandle]:
         def join_hook(module, args):
