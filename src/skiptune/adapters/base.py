@@ -85,6 +85,14 @@ def scale_channels(x: torch.Tensor, start: int, rho: float | torch.Tensor) -> to
     return torch.cat([x[:, :start], scale_tensor(x[:, start:], rho)], dim=1)
 
 
+def unwrap(net: nn.Module, cls: type[nn.Module]) -> nn.Module | None:
+    """``net`` itself or the network its preconditioner wraps (``net.model``), if it is a ``cls``."""
+    if isinstance(net, cls):
+        return net
+    inner = getattr(net, "model", None)
+    return inner if isinstance(inner, cls) else None
+
+
 def hook_skip_channels(target: nn.Module, start: int, scale: ScaleFn) -> list[RemovableHandle]:
     """A forward pre-hook on ``target`` scaling channels ``start:`` of its first input by the current rho
     (the residual and norm modes: only that one consumer of the concatenation sees the scaled skip)."""

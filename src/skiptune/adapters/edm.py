@@ -15,15 +15,13 @@ from skiptune.adapters.base import (
     is_identity,
     register_adapter,
     scale_tensor,
+    unwrap,
 )
 from skiptune.nets.unets import _SkipUNet
 
 
 def _unet(net: nn.Module) -> _SkipUNet | None:
-    if isinstance(net, _SkipUNet):
-        return net
-    inner = getattr(net, "model", None)
-    return inner if isinstance(inner, _SkipUNet) else None
+    return unwrap(net, _SkipUNet)
 
 
 @register_adapter

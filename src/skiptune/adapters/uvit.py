@@ -5,15 +5,21 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from skiptune.adapters.base import Adapter, JoinFn, ScaleFn, SkipSite, is_identity, register_adapter, scale_tensor
+from skiptune.adapters.base import (
+    Adapter,
+    JoinFn,
+    ScaleFn,
+    SkipSite,
+    is_identity,
+    register_adapter,
+    scale_tensor,
+    unwrap,
+)
 from skiptune.nets.uvit import UViT
 
 
 def _uvit(net: nn.Module) -> UViT | None:
-    if isinstance(net, UViT):
-        return net
-    inner = getattr(net, "model", None)
-    return inner if isinstance(inner, UViT) else None
+    return unwrap(net, UViT)
 
 
 @register_adapter
