@@ -42,11 +42,16 @@ class AnalysisContext:
         return net.to(self.device).eval()
 
     @cached_property
-    def model_id(self) -> str:
-        """Checksum of the network's weights: the identity of the model in stored results."""
+    def fingerprint(self) -> str:
+        """sha256 of the network's weights (computed once per command)."""
         from skiptune.metrics import state_dict_sha256
 
-        return state_dict_sha256(self.net)[:16]
+        return state_dict_sha256(self.net)
+
+    @property
+    def model_id(self) -> str:
+        """Short checksum of the weights: the identity of the model in stored results."""
+        return self.fingerprint[:16]
 
     def dataset(self, split: str = "train"):
         from skiptune.train.data import load_dataset

@@ -162,7 +162,7 @@ def add_fid_arguments(p, *, sampler: str, nfe: int, seeds: str = "0-99", sets: i
 def setup_from_args(args, ctx) -> FidSetup:
     return FidSetup(extractor=ctx.extractor, ref=ctx.reference, seeds=args.seeds, seed_sets=args.seed_sets,
                     grid=args.grid, mode=args.mode, batch=args.batch, device=ctx.device, progress=ctx.progress,
-                    model_id=fingerprint(ctx.net))
+                    model_id=ctx.fingerprint)
 
 
 def _bar(value: float, bound: float) -> float:
