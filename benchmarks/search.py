@@ -13,7 +13,8 @@ step: sigma / sqrt(N) = kappa * a * step^2, so kappa = 1 means that at the full 
 grid step away from the optimum costs as much as one noise std.
 
 Reference: the full grid at the finest step (0.05 over [0.5, 1.5]: 21 points) with N samples at
-every point, seed set 0. The search (skiptune.search.search_rho with its defaults) is compared
+every point, seed set 0 (with ``--select-sets S``: the mean over seed sets 0..S-1 at every point,
+and the search selects on the same S sets). The search (skiptune.search.search_rho with its defaults) is compared
 with it on the same objective: |rho_search - rho_grid|, the share within 0.02 (the goal: within
 0.02 using at most 40% of the grid's samples), the budget ratio (selection stages only, and with
 the 3-seed-set estimate that the grid does not provide), and both methods' distance to the true
@@ -21,6 +22,7 @@ optimum and true regret g(rho) - g(rho_opt).
 
     python benchmarks/search.py                 # 300 instances per noise level
     python benchmarks/search.py --instances 50  # quicker
+    python benchmarks/search.py --select-sets 3 # against a 3-seed-set grid
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ class Problem:
         return self.g(rho) + self.beta / n + self.sigma / math.sqrt(n) * noise
 
 
-def run_level(kappa: float, shared: float, instances: int, n_max: int) -> dict:
+def run_level(kappa: float, shared: float, instances: int, n_max: int, select_sets: int = 1) -> dict:
     rows = []
     for i in range(instances):
         prob = Problem(i, kappa, n_max, shared)
-        grid = full_grid(prob, n_samples=n_max, lo=LO, hi=HI, step=STEP)
-        res = search_rho(prob, n_max=n_max, lo=LO, hi=HI, step=STEP)
+        grid = full_grid(prob, n_samples=n_max, lo=LO, hi=HI, step=STEP, seed_sets=select_sets)
+        res = search_rho(prob, n_max=n_max, lo=LO, hi=HI, step=STEP, select_sets=select_sets)
         selection = sum(e.n_samples for e in res.trace if e.stage != "estimate")
         rows.append({
             "diff": abs(res.rho - grid.rho),
@@ -112,10 +114,12 @@ def main() -> None:
                     help="noise std at N in units of (curvature * step^2)")
     ap.add_argument("--shared", type=float, nargs="+", default=[0.8, 0.0],
                     help="correlation of the noise between rho values on the same seeds")
+    ap.add_argument("--select-sets", type=int, default=1, help="seed sets of the grid and of the final rung")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    print(f"full grid: {LO}..{HI} step {STEP} ({round((HI - LO) / STEP) + 1} points) x N = {args.n_max} samples, "
-          f"{args.instances} instances per noise level; search_rho defaults")
+    print(f"full grid: {LO}..{HI} step {STEP} ({round((HI - LO) / STEP) + 1} points) x N = {args.n_max} samples "
+          f"x {args.select_sets} seed set(s), {args.instances} instances per noise level; search_rho defaults, "
+          f"select_sets={args.select_sets}")
     print()
     head = (f"{'c':>3} {'kappa':>5} {'inst':>5} | {'|d| med':>7} {'p90':>5} {'max':>5} {'<=0.02':>7} | "
             f"{'budget sel':>10} {'max':>5} {'+est':>5} | {'|err| srch':>10} {'grid':>5} | "
@@ -124,7 +128,7 @@ def main() -> None:
     print("-" * len(head))
     for shared in args.shared:
         for kappa in args.kappa:
-            r = run_level(kappa, shared, args.instances, args.n_max)
+            r = run_level(kappa, shared, args.instances, args.n_max, args.select_sets)
             print(f"{r['shared']:>3g} {r['kappa']:>5g} {r['n']:>5d} | {r['diff_median']:>7.3f} {r['diff_p90']:>5.2f} "
                   f"{r['diff_max']:>5.2f} {r['within']:>7.1%} | {r['sel_mean']:>10.1%} {r['sel_max']:>5.0%} "
                   f"{r['tot_mean']:>5.0%} | {r['err_search']:>10.3f} {r['err_grid']:>5.3f} | "

@@ -32,6 +32,44 @@ def test_sweep_cli_writes_store_plot_and_csv_and_resumes(tmp_path):
     assert listing.returncode == 0 and "layer:0.5:1" in listing.stdout
 
 
+def test_search_cli_selects_on_the_mean_of_its_seed_sets_and_caches(tmp_path):
+    import json
+    import re
+    import sqlite3
+
+    from skiptune import load_model, save_checkpoint
+
+    import torch
+
+    net = load_model("ddpmpp-tiny")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # fixed non-zero weights everywhere (the zero-initialised output layers included),
+        for p in net.parameters():  # so that rho changes the images
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    model = save_checkpoint(net, tmp_path / "tiny.safetensors")
+    db = tmp_path / "s.sqlite"
+    args = ["search", "--model", str(model), "--sampler", "euler", "--nfe", "2", "--template", "const:{rho}",
+            "--lo", "0.6", "--hi", "1.4", "--step", "0.2", "--coarse-step", "0.4", "--n-max", "24",
+            "--seed-sets", "2", "--select-sets", "2", "--ref", "digits", "--db", str(db), "--batch", "24",
+            "--no-progress"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    best = re.search(r"best rule\s+(\S+)", first.stdout).group(1)
+    # the choice is the argmin, over the final rung's rules, of the FID averaged over seed sets 0 and 1 at n = 24
+    con = sqlite3.connect(db)
+    final: dict[str, list[float]] = {}
+    for config, value in con.execute("SELECT r.config, m.value FROM runs r JOIN metrics m ON m.run_key = r.key"):
+        c = json.loads(config)
+        if c["n_samples"] == 24 and c["rule"] != "none":
+            final.setdefault(c["rule"], [None, None])[c["seed_set"]] = value
+    con.close()
+    means = {rule: sum(v) / 2 for rule, v in final.items() if None not in v}
+    assert len(means) >= 2 and len(set(means.values())) == len(means)  # rho matters for this network
+    assert best == min(means, key=means.get)
+    again = run_cli(*args)
+    assert again.returncode == 0 and "; 0 newly computed" in again.stdout and f"best rule     {best}" in again.stdout
+
+
 def test_sweep_cli_validates_before_work(tmp_path, capsys):
     assert main(["sweep", "--arch", "ddpmpp-tiny", "--samplers", "heun", "--nfe", "4", "--ref", "digits",
                  "--db", str(tmp_path / "r.sqlite")]) == 2

@@ -208,3 +208,29 @@ def test_final_rung_walks_to_a_local_minimum_within_max_walk():
     assert short.rho == 1.1 and [e.rho for e in short.trace if e.stage == "final"] == [0.95, 1.0, 1.05, 1.1]
     stuck = search_rho(f, n_max=n_max, n_min=n_min, max_walk=0)
     assert stuck.rho == 1.05
+
+
+def test_selecting_on_several_seed_sets_follows_their_mean_like_the_grid():
+    # below n_max every set is centred at 1.0; at n_max seed set s has its minimum at c[s], so seed
+    # set 0 alone prefers 0.9 while the 3-set mean (rho - c_s)^2 is smallest at mean(c) = 1.05
+    n_max, n_min = 400, 50
+    c = [0.9, 1.1, 1.15]
+
+    def f(rho, n, s):
+        return (rho - (c[s % 3] if n == n_max else 1.0)) ** 2
+
+    one = search_rho(f, n_max=n_max, n_min=n_min)
+    assert one.rho == full_grid(f, n_samples=n_max).rho == 0.9
+    three = search_rho(f, n_max=n_max, n_min=n_min, select_sets=3)
+    grid = full_grid(f, n_samples=n_max, seed_sets=3)
+    assert three.rho == grid.rho == 1.05 and grid.budget == 21 * 3 * n_max and grid.seed_sets == 3
+    assert grid.values[11] == pytest.approx(sum((1.05 - x) ** 2 for x in c) / 3)
+    # final rung 0.95, 1.0, 1.05 then a walk to 1.1 (1.05 confirmed), each on 3 sets; the estimate reuses them
+    final = [(e.rho, e.seed_set) for e in three.trace if e.stage == "final"]
+    assert final == [(r, s) for r in (0.95, 1.0, 1.05, 1.1) for s in range(3)]
+    assert three.budget == 11 * n_min + 5 * 2 * n_min + 4 * 3 * n_max
+    assert three.value == pytest.approx(sum((1.05 - x) ** 2 for x in c) / 3) == three.estimate.mean
+    fresh = search_rho(f, n_max=n_max, n_min=n_min, select_sets=3, seed_sets=2, fresh_ci=True)
+    assert [e.seed_set for e in fresh.trace if e.stage == "estimate"] == [3, 4]
+    with pytest.raises(ValueError, match="select_sets"):
+        search_rho(f, n_max=n_max, select_sets=0)

@@ -17,19 +17,25 @@ range that may lie on both sides of 1 (seed 003 only uses rho < 1; small models 
    each side (clipped to the best point's neighbours; the best point itself if the fit is not
    convex), snapped to the lattice: a fit averages the noise of 5 points, where an argmin would
    follow the noise of one.
-3. Final rung at ``n_max``, seed set 0: the last centre and its two lattice neighbours, then the
-   unevaluated neighbour of the best point until the best point is a local minimum of the
-   ``n_max`` values (at most ``max_walk`` extra points). The best point is the argmin of those
-   values: exactly the decision a full grid at ``n_max`` on seed set 0 takes between these points.
+3. Final rung at ``n_max`` on seed sets 0..``select_sets``-1 (one by default), each point's value
+   being the mean over those sets: the last centre and its two lattice neighbours, then the
+   unevaluated neighbour of the best point until the best point is a local minimum of these
+   values (at most ``max_walk`` extra points). The best point is the argmin of those values:
+   exactly the decision a full grid at ``n_max`` on the same seed sets takes between these points.
+   Selecting on several seed sets costs ``select_sets`` times more at this rung and follows the
+   seed-set-averaged curve rather than the particular shape of seed set 0.
 4. Estimate: the best rule at ``n_max`` on ``seed_sets`` seed sets (0..S-1, reusing the final
-   rung's value; ``fresh_ci=True`` uses 1..S instead, avoiding the optimism of reusing the value
-   it was selected on): mean and the Student-t interval ``mean +- t_{(1+c)/2, S-1} s / sqrt(S)``.
+   rung's values; ``fresh_ci=True`` uses sets that the selection did not see, ``select_sets``..
+   ``select_sets``+S-1, avoiding the optimism of reusing the values it was selected on): mean
+   and the Student-t interval ``mean +- t_{(1+c)/2, S-1} s / sqrt(S)``.
    With ``baseline=1.0`` the same seed sets are evaluated for the baseline rule and the paired
    difference (best - baseline) gets its own t interval.
 
 Budget with the defaults on [0.5, 1.5] (coarse 0.1, step 0.05, n_min = n_max/8, growth 2,
 max_walk 2; N = n_max): 11 N/8 + 5 N/4 + (3 to 5) N to select, i.e. 27-36 % of the 21 N of a
-full grid at N, plus 2 N for the 3-seed-set estimate (``benchmarks/search.py`` measures it).
+full grid at N, plus 2 N for the 3-seed-set estimate; with ``select_sets = 3``, 11 N/8 + 5 N/4 +
+(9 to 15) N, i.e. 19-28 % of the 63 N of a full grid on 3 seed sets, and the estimate is free
+(``benchmarks/search.py`` measures both).
 
 Every distinct ``(rho, n, seed_set)`` is evaluated once; the budget is the sum of ``n`` over these
 evaluations (``computed`` excludes results a :class:`~skiptune.store.Store` already held). Nothing
@@ -108,11 +114,12 @@ def t_interval(values: list[float] | tuple[float, ...], confidence: float = 0.95
 class SearchResult:
     """Outcome of :func:`search_rho`.
 
-    ``rho``/``rule``: the chosen point; ``value``: its objective at ``n_samples`` on seed set 0
-    (the value it was selected on); ``estimate``: its mean and CI over seed sets; ``baseline`` /
-    ``difference``: the baseline rule's estimate and the paired difference best - baseline (if a
-    baseline was given); ``budget``: samples over all distinct evaluations; ``computed``: those not
-    served from the store; ``at_edge``: the best point is an end of the range (widen it).
+    ``rho``/``rule``: the chosen point; ``value``: its objective at ``n_samples``, the mean over
+    the selection's seed sets (the value it was selected on); ``estimate``: its mean and CI over
+    seed sets; ``baseline`` / ``difference``: the baseline rule's estimate and the paired
+    difference best - baseline (if a baseline was given); ``budget``: samples over all distinct
+    evaluations; ``computed``: those not served from the store; ``at_edge``: the best point is an
+    end of the range (widen it).
     """
 
     rho: float
@@ -153,7 +160,8 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class GridResult:
-    """A full grid at one sample count: ``values[i]`` belongs to ``rhos[i]``; ``rho`` is the argmin."""
+    """A full grid at one sample count: ``values[i]`` (mean over ``seed_sets`` sets) belongs to ``rhos[i]``;
+    ``rho`` is the argmin."""
 
     rho: float
     rule: str
@@ -161,6 +169,7 @@ class GridResult:
     values: tuple[float, ...]
     n_samples: int
     budget: int
+    seed_sets: int = 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -297,8 +306,9 @@ class _Evaluator:
 def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}", lo: float = 0.5, hi: float = 1.5,
                step: float = 0.05, coarse_step: float = 0.1, n_min: int | None = None, growth: float = 2.0,
                seed_sets: int = 3, confidence: float = 0.95, baseline: float | None = None, max_walk: int = 2,
-               fresh_ci: bool = False, store: Store | None = None, store_config: StoreConfig | None = None,
-               metric: str = "fid", callback: Callable[[Evaluation], None] | None = None) -> SearchResult:
+               fresh_ci: bool = False, select_sets: int = 1, store: Store | None = None,
+               store_config: StoreConfig | None = None, metric: str = "fid",
+               callback: Callable[[Evaluation], None] | None = None) -> SearchResult:
     """Find the rho of ``template`` in [lo, hi] that minimises a noisy objective (see the module doc).
 
     Args:
@@ -315,7 +325,8 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
         baseline: a rho to compare with on the same seed sets (1.0 = the untouched network for
             ``layer:{rho}`` and ramps), or None.
         max_walk: extra final-rung points allowed to reach a local minimum.
-        fresh_ci: estimate on seed sets 1..S instead of 0..S-1.
+        fresh_ci: estimate on seed sets select_sets..select_sets+S-1 instead of 0..S-1.
+        select_sets: seed sets (0..select_sets-1) whose mean the final rung selects on.
         store, store_config: cache every evaluation as a run of the store with config
             ``{**store_config, "rule", "n_samples", "seed_set"}`` (or ``store_config(rule, n, seed_set)``
             if it is callable) and metric ``metric``; a repeated search computes nothing.
@@ -338,6 +349,8 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
         raise ValueError(f"seed_sets must be a positive integer, got {seed_sets!r}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if not isinstance(select_sets, int) or isinstance(select_sets, bool) or select_sets < 1:
+        raise ValueError(f"select_sets must be a positive integer, got {select_sets!r}")
     if max_walk < 0:
         raise ValueError(f"max_walk must be >= 0, got {max_walk!r}")
     if baseline is not None:
@@ -370,7 +383,7 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
 
     def final_value(k: int) -> float:
         if k not in final:
-            final[k] = ev(lattice.rho(k), n_max, 0, "final")
+            final[k] = math.fsum(ev(lattice.rho(k), n_max, s, "final") for s in range(select_sets)) / select_sets
         return final[k]
 
     for k in (center - 1, center, center + 1):
@@ -388,8 +401,8 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
         raise ValueError(f"the objective is not finite at any final point ({len(final)} points at n = {n_max})")
     rho_best = lattice.rho(best)
     # 4. estimate over seed sets (and the paired baseline)
-    sets = list(range(1, seed_sets + 1)) if fresh_ci else list(range(seed_sets))
-    best_vals = [ev(rho_best, n_max, s, "final" if s == 0 else "estimate") for s in sets]
+    sets = list(range(select_sets, select_sets + seed_sets)) if fresh_ci else list(range(seed_sets))
+    best_vals = [ev(rho_best, n_max, s, "final" if s < select_sets else "estimate") for s in sets]
     estimate = t_interval(best_vals, confidence)
     base_est = diff_est = None
     if baseline is not None:
@@ -404,15 +417,21 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
 
 
 def full_grid(evaluate: Objective, *, n_samples: int, template: str = "layer:{rho}", lo: float = 0.5,
-              hi: float = 1.5, step: float = 0.05, seed_set: int = 0) -> GridResult:
-    """Evaluate every lattice point at ``n_samples`` on one seed set; the argmin (ties: nearer 1, then smaller).
+              hi: float = 1.5, step: float = 0.05, seed_set: int = 0, seed_sets: int = 1) -> GridResult:
+    """Evaluate every lattice point at ``n_samples`` on seed sets ``seed_set``..``seed_set + seed_sets - 1``;
+    the argmin of the means (ties: nearer 1, then smaller).
 
-    The reference that :func:`search_rho` approximates; budget ``(K + 1) * n_samples``.
+    The reference that :func:`search_rho` approximates (with ``select_sets = seed_sets``); budget
+    ``(K + 1) * n_samples * seed_sets``.
     """
     lattice = _Lattice(template, lo, hi, step)
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if not isinstance(seed_sets, int) or seed_sets < 1:
+        raise ValueError(f"seed_sets must be a positive integer, got {seed_sets!r}")
     rhos = tuple(lattice.rho(k) for k in range(lattice.K + 1))
-    values = tuple(float(evaluate(r, n_samples, seed_set)) for r in rhos)
+    values = tuple(math.fsum(float(evaluate(r, n_samples, s)) for s in range(seed_set, seed_set + seed_sets))
+                   / seed_sets for r in rhos)
     best = min(range(len(rhos)), key=lambda i: (_key(values[i]), abs(rhos[i] - 1.0), i))
-    return GridResult(rhos[best], lattice.rule(rhos[best]), rhos, values, n_samples, n_samples * len(rhos))
+    return GridResult(rhos[best], lattice.rule(rhos[best]), rhos, values, n_samples,
+                      n_samples * len(rhos) * seed_sets, seed_sets)
