@@ -37,9 +37,9 @@ def test_search_cli_selects_on_the_mean_of_its_seed_sets_and_caches(tmp_path):
     import re
     import sqlite3
 
-    from skiptune import load_model, save_checkpoint
-
     import torch
+
+    from skiptune import load_model, save_checkpoint
 
     net = load_model("ddpmpp-tiny")
     gen = torch.Generator().manual_seed(0)
@@ -55,19 +55,31 @@ def test_search_cli_selects_on_the_mean_of_its_seed_sets_and_caches(tmp_path):
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     best = re.search(r"best rule\s+(\S+)", first.stdout).group(1)
-    # the choice is the argmin, over the final rung's rules, of the FID averaged over seed sets 0 and 1 at n = 24
-    con = sqlite3.connect(db)
+    # the choice is the argmin, over the final rung's rules, of the FID averaged over seed sets 0 and 1 at
+    # n = 24, i.e. seeds 0-23 and 24-47 (the search records its sets as sweep points)
+    def stored():
+        con = sqlite3.connect(db)
+        rows = [(json.loads(c), v) for c, v in con.execute(
+            "SELECT r.config, m.value FROM runs r JOIN metrics m ON m.run_key = r.key")]
+        con.close()
+        return rows
+
     final: dict[str, list[float]] = {}
-    for config, value in con.execute("SELECT r.config, m.value FROM runs r JOIN metrics m ON m.run_key = r.key"):
-        c = json.loads(config)
-        if c["n_samples"] == 24 and c["rule"] != "none":
-            final.setdefault(c["rule"], [None, None])[c["seed_set"]] = value
-    con.close()
+    for c, value in stored():
+        if c["seeds"] in ("0-23", "24-47") and c["rule"] != "const:1":
+            final.setdefault(c["rule"], [None, None])[c["seeds"] == "24-47"] = value
     means = {rule: sum(v) / 2 for rule, v in final.items() if None not in v}
     assert len(means) >= 2 and len(set(means.values())) == len(means)  # rho matters for this network
     assert best == min(means, key=means.get)
     again = run_cli(*args)
     assert again.returncode == 0 and "; 0 newly computed" in again.stdout and f"best rule     {best}" in again.stdout
+    # a sweep over the final rung's rules on the same seed sets finds every set in the store
+    before = stored()
+    sweep = run_cli("sweep", "--model", str(model), "--rules", ";".join(sorted(means)), "--samplers", "euler",
+                    "--nfe", "2", "--seeds", "0-23", "--seed-sets", "2", "--ref", "digits", "--db", str(db),
+                    "--batch", "24", "--no-progress")
+    assert sweep.returncode == 0, sweep.stderr
+    assert stored() == before
 
 
 def test_sweep_cli_validates_before_work(tmp_path, capsys):

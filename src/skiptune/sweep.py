@@ -23,7 +23,6 @@ from skiptune.generate import SamplingSpec, generate, to_uint8
 from skiptune.metrics import (
     FeatureExtractor,
     FeatureSet,
-    FeatureStats,
     extract_features,
     fid_from_stats,
     state_dict_sha256,
@@ -142,6 +141,23 @@ def _fid(gen_feats: FeatureSet, ref: FeatureSet, feature: str) -> float:
     return float(fid_from_stats(gen_feats.get(feature), ref.get(feature)))
 
 
+def point_config(model_id: str, extractor: FeatureExtractor, ref: FeatureSet, *, sampler: str, nfe: int, rule: str,
+                 seeds: str, mode: str = "concat", grid: str = "edm", batch: int = 250, precision: str = "fp32",
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The store config of one generated set scored by FID: what :func:`run_sweep` records per point.
+
+    ``skiptune search`` records its evaluations under the same configs, so a search and a sweep on
+    one store reuse each other's sets (same seeds, batch, grid, ... -> same images and FID).
+    """
+    feature = extractor.feature_for("fid")
+    cfg = {"kind": "sweep-point", "model": model_id, "grid": grid, "mode": mode, "features": extractor.name,
+           "features_sha256": extractor.weights_sha256, "ref": reference_id(ref, feature), "ref_n": ref.get(feature).n,
+           "batch": batch}
+    if precision != "fp32":  # float32 runs keep the keys they always had
+        cfg["precision"] = precision
+    return {**cfg, "sampler": sampler, "nfe": nfe, "rule": rule, "seeds": seeds, "options": dict(options or {})}
+
+
 def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, extractor: FeatureExtractor, ref: FeatureSet,
               model_id: str | None = None, progress: bool = True, device: str = "cpu",
               keep_images: dict | None = None, dist: Dist | None = None) -> list[SweepRow]:
@@ -157,16 +173,10 @@ def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, extractor
     """
     model_id = model_id or fingerprint(net)
     feature = extractor.feature_for("fid")
-    ref_stats: FeatureStats = ref.get(feature)
-    ref_id = reference_id(ref, feature)
-    base = {"kind": "sweep-point", "model": model_id, "grid": spec.grid, "mode": spec.mode,
-            "features": extractor.name, "features_sha256": extractor.weights_sha256, "ref": ref_id,
-            "ref_n": ref_stats.n, "batch": spec.batch}
-    if spec.precision != "fp32":  # float32 runs keep the keys they always had
-        base["precision"] = spec.precision
     points = spec.points()
-    configs = [{**base, "sampler": s, "nfe": n, "rule": r, "seeds": spec.seed_sets[k],
-                "options": spec.sampler_options.get(s, {})} for s, n, r, k in points]
+    configs = [point_config(model_id, extractor, ref, sampler=s, nfe=n, rule=r, seeds=spec.seed_sets[k],
+                            mode=spec.mode, grid=spec.grid, batch=spec.batch, precision=spec.precision,
+                            options=spec.sampler_options.get(s, {})) for s, n, r, k in points]
 
     def compute(i: int) -> RunOutcome:
         sampler, nfe, rule, k = points[i]

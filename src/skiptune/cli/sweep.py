@@ -147,7 +147,7 @@ def run_search_cmd(args) -> int:
     from skiptune.metrics import extract_features, fid_from_stats
     from skiptune.search import search_rho
     from skiptune.store import Store
-    from skiptune.sweep import fingerprint
+    from skiptune.sweep import fingerprint, point_config
 
     sspec = SamplingSpec(args.sampler, nfe=args.nfe)
     sspec.sigmas()
@@ -155,17 +155,23 @@ def run_search_cmd(args) -> int:
     ext = _extractor(args)
     feature = ext.feature_for("fid")
     ref = load_reference(args.ref, ext)
-    offset = 1_000_000  # seed set k uses seeds k*offset .. k*offset + n - 1
+    model_id = fingerprint(net)
+
+    def seeds(n: int, seed_set: int) -> str:
+        # seed set k holds seeds k*n_max .. k*n_max + n_max - 1 and rungs use its first n: the final rung's
+        # sets are those of `skiptune sweep --seeds 0-{n_max - 1} --seed-sets S`, whose runs it shares
+        return f"{seed_set * args.n_max}-{seed_set * args.n_max + n - 1}"
 
     def objective(rho: float, n: int, seed_set: int) -> float:
         rule = args.template.format(rho=f"{rho:g}")
-        seeds = f"{seed_set * offset}-{seed_set * offset + n - 1}"
-        g = generate(net, seeds, sspec, rule=rule, batch_size=args.batch, device=args.device)
+        g = generate(net, seeds(n, seed_set), sspec, rule=rule, batch_size=args.batch, device=args.device)
         fs = extract_features(to_uint8(g.images), ext, features=[feature], keep=False, batch_size=args.batch)
         return float(fid_from_stats(fs.get(feature), ref.get(feature)))
 
-    config = {"kind": "search-eval", "model": fingerprint(net), "sampler": args.sampler, "nfe": args.nfe,
-              "features": ext.name, "features_sha256": ext.weights_sha256, "ref": str(args.ref)}
+    def config(rule: str, n: int, seed_set: int) -> dict:
+        return point_config(model_id, ext, ref, sampler=args.sampler, nfe=args.nfe, rule=rule,
+                            seeds=seeds(n, seed_set), batch=args.batch)
+
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
 
     def show(ev):
