@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -102,3 +104,24 @@ def test_nan_statistics_are_rejected() -> None:
         frechet_distance(mu, np.eye(3), np.zeros(3), np.eye(3))
     with pytest.raises(MetricsError, match="NaN"):
         fid_from_features(np.full((5, 3), np.nan), np.zeros((5, 3)))
+
+
+def test_fid_floor_matches_the_closed_form_for_gaussian_features():
+    # 1-D, both sets from N(0, 1): FID = (m1 - m2)^2 + (s1 - s2)^2 with s the ddof-1 sample std, so
+    # E[FID] = 1/n + 1/m + 2 - 2 c4(n) c4(m), with E[s] = c4(k) = sqrt(2/(k-1)) Gamma(k/2) / Gamma((k-1)/2)
+    from scipy.special import gammaln
+
+    from skiptune.metrics import fid_floor
+
+    def c4(k):
+        return math.sqrt(2 / (k - 1)) * math.exp(gammaln(k / 2) - gammaln((k - 1) / 2))
+
+    pool = np.random.default_rng(5).standard_normal((50_000, 1))
+    n, m, draws = 20, 80, 2000
+    values = fid_floor(pool, n, ref_n=m, draws=draws, seed=1)
+    expected = 1 / n + 1 / m + 2 - 2 * c4(n) * c4(m)
+    assert values.shape == (draws,) and (values >= 0).all()
+    assert abs(values.mean() - expected) < 4 * values.std(ddof=1) / math.sqrt(draws)
+    assert np.array_equal(values, fid_floor(pool, n, ref_n=m, draws=draws, seed=1))  # deterministic
+    with pytest.raises(MetricsError, match="lower n or ref_n"):
+        fid_floor(pool[:90], n, ref_n=m)

@@ -20,7 +20,7 @@ def run(args) -> int:
     from skiptune.demo.run import run_demo
 
     res = run_demo(args.out, quick=args.quick, progress=not args.no_progress, model=args.model, device=args.device)
-    print(f"real-vs-real floor (held-out vs training digits, same sample count): FID {res.floor:.2f}")
+    print(f"real-vs-real floor (random real digits vs 1497 others, same sample count): FID {res.floor:.2f}")
     print(res.table)
     print(f"\nreport: {res.out / 'report.md'}")
     return 0

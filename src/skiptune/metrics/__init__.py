@@ -38,7 +38,7 @@ from .extractor import (
     wrap_module,
 )
 from .featureset import FeatureSet
-from .fid import fid_from_features, fid_from_stats, frechet_distance, trace_sqrt_product
+from .fid import fid_floor, fid_from_features, fid_from_stats, frechet_distance, trace_sqrt_product
 from .images import ImageSource, open_images, to_uint8_nchw
 from .inception import (
     INCEPTION_FILENAME,
@@ -96,6 +96,7 @@ __all__ = [
     "compute_reference",
     "evaluate",
     "extract_features",
+    "fid_floor",
     "fid_from_features",
     "fid_from_stats",
     "file_sha256",

@@ -1,0 +1,69 @@
+"""Quality of digits models at NFE 39 against the real-vs-real FID floor at the same sample count.
+
+FID in the shipped digits classifier's features against the 1497 training digits, Heun NFE 39,
+untouched network; samples 0-1499 cut into sets of n. The floor at n is the FID of n real digits
+vs 1497 other real digits, both drawn uniformly from all 1797 (``skiptune.metrics.fid_floor``);
+for contrast, the FID of the held-out split in chunks of n against the training digits: at
+n = 300 that is the whole split, class-balanced (30 per class), which no unconditional sampler can
+match (its class counts never fluctuate).
+
+    python benchmarks/demo_quality.py                       # the shipped demo model
+    python benchmarks/demo_quality.py runs/demo-digits/network.safetensors ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from skiptune import load_model
+from skiptune.demo.assets import DEMO_MODEL, asset_path, classifier_extractor
+from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.metrics import extract_features, fid_floor, fid_from_features
+from skiptune.train.data import load_dataset
+
+SIZES = (100, 300)
+N_SAMPLES = 1500
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="*", help="checkpoints (default: the shipped demo model)")
+    ap.add_argument("--draws", type=int, default=40, help="random real-vs-real splits per sample count")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    ext = classifier_extractor()
+    f = ext.feature_for("fid")
+
+    def feats(images):
+        return extract_features(to_uint8(images), ext, features=[f], keep=True).get(f).features
+
+    train = feats(load_dataset("digits", split="train").images)
+    test = feats(load_dataset("digits", split="test").images)
+    pool = feats(load_dataset("digits", split="all").images)
+    floors = {n: fid_floor(pool, n, ref_n=len(train), draws=args.draws) for n in SIZES}
+    print(f"real-vs-real floor (n real vs {len(train)} other real digits, uniform draws from {len(pool)}; "
+          f"{args.draws} draws): mean, std across draws")
+    for n in SIZES:
+        strat = [fid_from_features(test[i:i + n], train) for i in range(0, len(test) - n + 1, n)]
+        print(f"  n = {n}: {floors[n].mean():.2f} (std {floors[n].std(ddof=1):.2f}); held-out split in consecutive "
+              f"chunks (the whole split has exactly 30 per class): {np.round(strat, 2).tolist()}")
+    print()
+    print(f"| model | FID n={N_SAMPLES} | " + " | ".join(f"FID n={n} (mean, std over sets) | / floor" for n in SIZES)
+          + " |")
+    print("|" + " --- |" * (2 + 2 * len(SIZES)))
+    for path in args.models or [str(asset_path(DEMO_MODEL))]:
+        net = load_model(path)
+        g = feats(generate(net, f"0-{N_SAMPLES - 1}", SamplingSpec("heun", nfe=39), batch_size=300).images)
+        cells = [f"{fid_from_features(g, train):.2f}"]
+        for n in SIZES:
+            v = np.array([fid_from_features(g[i:i + n], train) for i in range(0, N_SAMPLES, n)])
+            cells += [f"{v.mean():.2f} ({v.std(ddof=1):.2f}, {len(v)} sets)", f"{v.mean() / floors[n].mean():.2f}x"]
+        print(f"| {path} | " + " | ".join(cells) + " |", flush=True)
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
