@@ -22,7 +22,7 @@ from skiptune import load_model
 from skiptune.demo.assets import DEMO_MODEL, asset_path, classifier_extractor
 from skiptune.generate import SamplingSpec, generate, to_uint8
 from skiptune.metrics import extract_features, fid_floor, fid_from_features
-from skiptune.train.data import load_dataset
+from skiptune.train.data import digits_split_indices, load_dataset
 
 SIZES = (100, 300)
 N_SAMPLES = 1500
@@ -40,9 +40,9 @@ def main() -> None:
     def feats(images):
         return extract_features(to_uint8(images), ext, features=[f], keep=True).get(f).features
 
-    train = feats(load_dataset("digits", split="train").images)
-    test = feats(load_dataset("digits", split="test").images)
-    pool = feats(load_dataset("digits", split="all").images)
+    pool = feats(load_dataset("digits", split="all").images)  # the splits index into 'all': extract once
+    split = digits_split_indices()
+    train, test = pool[split["train"]], pool[split["test"]]
     floors = {n: fid_floor(pool, n, ref_n=len(train), draws=args.draws) for n in SIZES}
     print(f"real-vs-real floor (n real vs {len(train)} other real digits, uniform draws from {len(pool)}; "
           f"{args.draws} draws): mean, std across draws")

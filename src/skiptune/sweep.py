@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -158,6 +159,18 @@ def point_config(model_id: str, extractor: FeatureExtractor, ref: FeatureSet, *,
     return {**cfg, "sampler": sampler, "nfe": nfe, "rule": rule, "seeds": seeds, "options": dict(options or {})}
 
 
+def score_point(net: nn.Module, config: dict[str, Any], extractor: FeatureExtractor, ref: FeatureSet, *,
+                device: str = "cpu") -> tuple[float, torch.Tensor, Any]:
+    """Generate the set a :func:`point_config` describes and score it: ``(fid, uint8 images, generation)``."""
+    sspec = SamplingSpec(config["sampler"], nfe=config["nfe"], grid=config["grid"], options=config["options"])
+    g = generate(net, config["seeds"], sspec, rule=config["rule"], mode=config["mode"], batch_size=config["batch"],
+                 device=device, precision=config.get("precision", "fp32"))
+    imgs = to_uint8(g.images)
+    feature = extractor.feature_for("fid")
+    fs = extract_features(imgs, extractor, features=[feature], keep=False, batch_size=config["batch"])
+    return _fid(fs, ref, feature), imgs, g
+
+
 def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, extractor: FeatureExtractor, ref: FeatureSet,
               model_id: str | None = None, progress: bool = True, device: str = "cpu",
               keep_images: dict | None = None, dist: Dist | None = None) -> list[SweepRow]:
@@ -172,7 +185,6 @@ def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, extractor
     finished round; a restart computes each missing point exactly once.
     """
     model_id = model_id or fingerprint(net)
-    feature = extractor.feature_for("fid")
     points = spec.points()
     configs = [point_config(model_id, extractor, ref, sampler=s, nfe=n, rule=r, seeds=spec.seed_sets[k],
                             mode=spec.mode, grid=spec.grid, batch=spec.batch, precision=spec.precision,
@@ -180,15 +192,9 @@ def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, extractor
 
     def compute(i: int) -> RunOutcome:
         sampler, nfe, rule, k = points[i]
-        cfg = configs[i]
-        sspec = SamplingSpec(sampler, nfe=nfe, grid=spec.grid, options=cfg["options"])
-        g = generate(net, cfg["seeds"], sspec, rule=rule, mode=spec.mode, batch_size=spec.batch, device=device,
-                     precision=spec.precision)
-        imgs = to_uint8(g.images)
+        fid, imgs, g = score_point(net, configs[i], extractor, ref, device=device)
         if keep_images is not None and k == 0:
             keep_images[(sampler, nfe, rule)] = imgs
-        fs = extract_features(imgs, extractor, features=[feature], keep=False, batch_size=spec.batch)
-        fid = _fid(fs, ref, feature)
         return RunOutcome({"fid": Metric(fid, feature_net=extractor.name, feature_checksum=extractor.weights_sha256,
                                          n_samples=len(g.seeds))},
                           timings={"generate_s": g.seconds, "device": str(device)})

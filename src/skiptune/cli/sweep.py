@@ -143,34 +143,27 @@ def run_sweep_cmd(args) -> int:
 
 
 def run_search_cmd(args) -> int:
-    from skiptune.generate import SamplingSpec, generate, to_uint8
-    from skiptune.metrics import extract_features, fid_from_stats
+    from skiptune.generate import SamplingSpec
     from skiptune.search import search_rho
     from skiptune.store import Store
-    from skiptune.sweep import fingerprint, point_config
+    from skiptune.sweep import fingerprint, point_config, score_point
 
-    sspec = SamplingSpec(args.sampler, nfe=args.nfe)
-    sspec.sigmas()
+    SamplingSpec(args.sampler, nfe=args.nfe).sigmas()  # a sampler/NFE pair that cannot work fails before any work
     net = load_from_args(args)
     ext = _extractor(args)
-    feature = ext.feature_for("fid")
     ref = load_reference(args.ref, ext)
     model_id = fingerprint(net)
 
-    def seeds(n: int, seed_set: int) -> str:
+    def config(rule: str, n: int, seed_set: int) -> dict:
         # seed set k holds seeds k*n_max .. k*n_max + n_max - 1 and rungs use its first n: the final rung's
         # sets are those of `skiptune sweep --seeds 0-{n_max - 1} --seed-sets S`, whose runs it shares
-        return f"{seed_set * args.n_max}-{seed_set * args.n_max + n - 1}"
+        first = seed_set * args.n_max
+        return point_config(model_id, ext, ref, sampler=args.sampler, nfe=args.nfe, rule=rule,
+                            seeds=f"{first}-{first + n - 1}", batch=args.batch)
 
     def objective(rho: float, n: int, seed_set: int) -> float:
         rule = args.template.format(rho=f"{rho:g}")
-        g = generate(net, seeds(n, seed_set), sspec, rule=rule, batch_size=args.batch, device=args.device)
-        fs = extract_features(to_uint8(g.images), ext, features=[feature], keep=False, batch_size=args.batch)
-        return float(fid_from_stats(fs.get(feature), ref.get(feature)))
-
-    def config(rule: str, n: int, seed_set: int) -> dict:
-        return point_config(model_id, ext, ref, sampler=args.sampler, nfe=args.nfe, rule=rule,
-                            seeds=seeds(n, seed_set), batch=args.batch)
+        return score_point(net, config(rule, n, seed_set), ext, ref, device=args.device)[0]
 
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
 
