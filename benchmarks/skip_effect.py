@@ -1,8 +1,9 @@
-"""Where does Skip-Tuning help? Paired FID differences (rule - untouched) across digits models.
+"""Where does Skip-Tuning help? Paired FID differences (rule - untouched) across models of one data set.
 
 For each model (e.g. snapshots of one training run, or networks of different capacity) and each
 sampler / NFE, every rule is sampled on the same seed sets as the untouched network, scored with
-the shipped digits classifier features against the training digits, and reported as the mean
+a domain classifier's features (default: the shipped digits classifier against the training
+digits; `--data shapes --features shapes-classifier` for the shapes), and reported as the mean
 paired difference with its 95% Student-t interval over the seed sets. Results live in a SQLite
 store, so an interrupted or repeated run recomputes nothing.
 
@@ -18,9 +19,8 @@ import argparse
 import time
 
 from skiptune import load_model
-from skiptune.demo.assets import classifier_extractor
 from skiptune.generate import to_uint8
-from skiptune.metrics import extract_features
+from skiptune.metrics import extract_features, get_extractor
 from skiptune.sampling import parse_seeds
 from skiptune.search import t_interval
 from skiptune.store import Store
@@ -38,11 +38,14 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=3)
     ap.add_argument("--quality-nfe", type=int, default=39, help="Heun NFE of the quality column (0: skip)")
     ap.add_argument("--db", default="runs/skip-effect.sqlite")
+    ap.add_argument("--data", default="digits", help="reference data: its training split (default digits)")
+    ap.add_argument("--features", default="digits-classifier", help="registered feature network")
+    ap.add_argument("--weights", help="weights file of the feature network (default: its shipped one)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    ext = classifier_extractor()
+    ext = get_extractor(args.features, **({"weights": args.weights} if args.weights else {}))
     feature = ext.feature_for("fid")
-    ref = extract_features(to_uint8(load_dataset("digits", split="train").images), ext, features=[feature],
+    ref = extract_features(to_uint8(load_dataset(args.data, split="train").images), ext, features=[feature],
                            keep=False)
     rules = expand_rules(args.rules)
     if rules[0] != "none":

@@ -79,6 +79,26 @@ def test_shapes_are_deterministic_prefix_stable_and_well_formed():
     assert make_shapes(4, resolution=16).images.shape == (4, 3, 16, 16)
 
 
+def test_shapes_attributes_describe_the_images():
+    from skiptune.train.data import SHAPES_BACKGROUNDS, SHAPES_PALETTES
+
+    ds = make_shapes(600, seed=5)
+    pal, bg = ds.attributes["palette"], ds.attributes["background"]
+    assert pal.shape == bg.shape == (600,) and torch.equal(make_shapes(40, seed=5).attributes["palette"], pal[:40])
+    assert set(pal.tolist()) == set(range(len(SHAPES_PALETTES))) and set(bg.tolist()) == {0, 1, 2}
+    # The four corner pixels never lie under the shape (centre >= r from each edge, shapes reach <= 1.05 r).
+    corners = (ds.images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]] + 1) / 2  # [N, 3, 4] in [0, 1]
+    spread = (corners.amax(dim=2) - corners.amin(dim=2)).amax(dim=1)
+    flat, grad = bg == SHAPES_BACKGROUNDS.index("flat"), bg == SHAPES_BACKGROUNDS.index("gradient")
+    assert float(spread[flat].max()) < 0.1 < float(spread[grad].median())  # grain only vs a colour ramp
+    # A flat background is one palette colour (+ jitter): its nearest palette colour is mostly of its palette.
+    colour = corners[flat].mean(dim=2)
+    dist = torch.cdist(colour, torch.from_numpy(SHAPES_PALETTES).reshape(-1, 3))
+    assert float(((dist.argmin(dim=1) // SHAPES_PALETTES.shape[1]) == pal[flat]).float().mean()) > 0.8
+    with pytest.raises(ValueError, match="attribute 'palette'"):
+        type(ds)("x", ds.images, attributes={"palette": pal[:3]})
+
+
 def _save_png(x: torch.Tensor, path) -> None:
     u8 = ((x + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(u8[..., 0] if u8.shape[2] == 1 else u8).save(path)

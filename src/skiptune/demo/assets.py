@@ -1,8 +1,9 @@
 """Shipped assets: where they live, how to load them, and the domain feature extractor.
 
-``skiptune/assets/`` holds the demo diffusion model (``demo-digits.safetensors``) and the digits
-classifier used as its domain feature network (``digits-classifier.safetensors``), each with the
-JSON config and training log of the recipe that made it (``make demo-assets``).
+``skiptune/assets/`` holds the demo diffusion model (``demo-digits.safetensors``), the digits
+classifier used as its domain feature network (``digits-classifier.safetensors``) and the feature
+network of the procedural shapes (``shapes-classifier.safetensors``), each with the JSON config and
+training log of the recipe that made it (``make demo-assets``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 DEMO_MODEL = "demo-digits.safetensors"
 CLASSIFIER = "digits-classifier.safetensors"
+SHAPES_CLASSIFIER = "shapes-classifier.safetensors"
 CLASSIFIER_EXTRACTOR = "digits-classifier"
 
 
@@ -61,10 +63,12 @@ def load_classifier(path: str | os.PathLike | None = None):
 
 
 def classifier_extractor(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
-    """Domain feature network for the digits: 64-d penultimate features (FID, KID, P/R, MMD), logits (IS).
+    """A domain classifier as feature network: 64-d penultimate features (FID, KID, P/R, MMD), logits (IS).
 
-    Input images (uint8 RGB, any size) are averaged to gray, mapped to [-1, 1] and resized to 16x16
-    (bilinear, antialiased) when needed.
+    Default: the shipped digits classifier. Input images (uint8, any size) are mapped to [-1, 1],
+    averaged to gray for a 1-channel classifier (a gray input is repeated for a 3-channel one), and
+    resized to the classifier's resolution (bilinear, antialiased) when needed. The extractor is
+    named after the data the classifier was trained on (``digits-classifier``, ``shapes-classifier``).
     """
     import torch.nn.functional as F
 
@@ -72,16 +76,23 @@ def classifier_extractor(weights: str | os.PathLike | None = None, device: str |
 
     path = Path(weights) if weights is not None else asset_path(CLASSIFIER)
     model = load_classifier(path).to(device)
-    res = model.resolution
+    res, channels = model.resolution, model.in_channels
+    data = model.skiptune_extra.get("data", "digits")
 
     def fn(x: torch.Tensor, wanted):
-        y = x.to(torch.float32).mean(dim=1, keepdim=True) / 127.5 - 1
+        y = x.to(torch.float32)
+        if channels == 1:
+            y = y.mean(dim=1, keepdim=True)
+        elif y.shape[1] == 1:
+            y = y.expand(-1, channels, -1, -1)
+        y = y / 127.5 - 1
         if y.shape[-1] != res:
             y = F.interpolate(y, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
         return model.features(y)
 
+    colour = "gray mean" if channels == 1 else "RGB (gray repeated)"
     return FeatureExtractor(
-        name=CLASSIFIER_EXTRACTOR, fn=fn, dims={"features": model.feature_dim, "logits": model.num_classes},
-        preprocessing=f"gray mean, [-1,1], bilinear-antialias to {res}x{res} if needed",
+        name=f"{data}-classifier", fn=fn, dims={"features": model.feature_dim, "logits": model.num_classes},
+        preprocessing=f"{colour}, [-1,1], bilinear-antialias to {res}x{res} if needed",
         weights_sha256=file_sha256(path), metric_features={"is": "logits"}, default_feature="features",
         device=device, module=model)

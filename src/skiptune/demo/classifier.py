@@ -1,4 +1,9 @@
-"""Recipe for the digits classifier: the domain feature network of the demo metrics."""
+"""Recipe for the domain classifiers: the feature networks of the demo metrics (digits, shapes).
+
+A data set with per-image ``attributes`` (shapes: palette and background) is classified on the
+joint label ``class x attribute x ...``, so that the penultimate features, and the FID computed on
+them, see colour and background as well as the shape class.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from skiptune.nets.classifier import SmallClassifier
+from skiptune.train.data import SHAPES_BACKGROUNDS, SHAPES_PALETTES
+
+_ATTRIBUTE_RANGES = {"palette": len(SHAPES_PALETTES), "background": len(SHAPES_BACKGROUNDS)}
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -24,21 +32,38 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out + 0.05 * torch.randn(out.shape, generator=g)
 
 
+def joint_labels(data) -> tuple[torch.Tensor, int]:
+    """The class label combined with every attribute (mixed radix, in key order) and its range."""
+    labels, n = data.labels, data.num_classes
+    for key in sorted(data.attributes):
+        if key not in _ATTRIBUTE_RANGES:
+            raise ValueError(f"{data.name}: attribute {key!r} has no known range; known: {sorted(_ATTRIBUTE_RANGES)}")
+        k = _ATTRIBUTE_RANGES[key]
+        labels, n = labels * k + data.attributes[key], n * k
+    return labels, n
+
+
 def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(images).argmax(1) == labels).float().mean())
 
 
 def train_classifier(out: str | Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                     progress: bool = True) -> dict:
-    """Train :class:`SmallClassifier` on the digits train split; report held-out accuracy; save it."""
+                     progress: bool = True, data: str = "digits", train_size: int | None = None,
+                     test_size: int | None = None) -> dict:
+    """Train :class:`SmallClassifier` on the train split of ``data``; report held-out accuracy; save it.
+
+    ``train_size`` / ``test_size`` set the size of procedurally generated sets (shapes).
+    """
     from skiptune.demo.assets import save_classifier
     from skiptune.train.data import load_dataset
 
     torch.manual_seed(seed)
-    train = load_dataset("digits", split="train")
-    test = load_dataset("digits", split="test")
-    model = SmallClassifier(in_channels=train.channels, resolution=train.resolution, num_classes=train.num_classes)
+    train = load_dataset(data, split="train", size=train_size)
+    test = load_dataset(data, split="test", size=test_size)
+    y_train, num_classes = joint_labels(train)
+    y_test, _ = joint_labels(test)
+    model = SmallClassifier(in_channels=train.channels, resolution=train.resolution, num_classes=num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
@@ -47,7 +72,7 @@ def train_classifier(out: str | Path, steps: int = 3000, batch: int = 128, lr: f
     for step in tqdm(range(steps), disable=not progress, desc="classifier"):
         idx = torch.randint(0, len(train), (batch,), generator=g)
         x = _augment(train.images[idx], g)
-        loss = F.cross_entropy(model(x), train.labels[idx])
+        loss = F.cross_entropy(model(x), y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -55,9 +80,15 @@ def train_classifier(out: str | Path, steps: int = 3000, batch: int = 128, lr: f
         if step % 100 == 0 or step == steps - 1:
             log.append({"step": step, "loss": loss.item()})
     model.eval()
-    report = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-              "train_accuracy": accuracy(model, train.images, train.labels),
-              "test_accuracy": accuracy(model, test.images, test.labels), "n_test": len(test)}
+    report = {"data": data, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "num_classes": num_classes,
+              "seconds": round(time.perf_counter() - t0, 1),
+              "train_accuracy": accuracy(model, train.images, y_train),
+              "test_accuracy": accuracy(model, test.images, y_test), "n_test": len(test)}
+    if train.attributes:  # also the accuracy on the class alone (the joint label's leading digit)
+        per_class = num_classes // train.num_classes
+        with torch.no_grad():
+            pred = model(test.images).argmax(1) // per_class
+        report["test_class_accuracy"] = float((pred == test.labels).float().mean())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, out, extra=report)

@@ -62,8 +62,16 @@ def _digits_classifier(**kwargs):
     return classifier_extractor(**kwargs)
 
 
+def _shapes_classifier(weights=None, **kwargs):
+    """The shipped domain feature network of the procedural shapes (see :mod:`skiptune.demo.assets`)."""
+    from skiptune.demo.assets import SHAPES_CLASSIFIER, asset_path, classifier_extractor
+
+    return classifier_extractor(weights if weights is not None else asset_path(SHAPES_CLASSIFIER), **kwargs)
+
+
 for _name, _factory in (
     ("digits-classifier", _digits_classifier),
+    ("shapes-classifier", _shapes_classifier),
     ("inception-v3", inception_v3),
     ("inception-v3-edm-pkl", load_edm_inception),
     ("clip", clip_extractor),

@@ -42,7 +42,8 @@ class ImageDataset:
     """Images in [-1, 1] (float32, ``[N, C, R, R]``), optional labels (int64, ``[N]``) and provenance.
 
     ``num_classes`` is 0 for unlabelled sets; ``class_names`` names the label values when known;
-    ``source`` says where the images came from (recorded in training configs).
+    ``source`` says where the images came from (recorded in training configs); ``attributes`` holds
+    optional further per-image integer factors (``[N]`` each), e.g. the palette of a shapes image.
     """
 
     name: str
@@ -51,6 +52,7 @@ class ImageDataset:
     num_classes: int = 0
     class_names: list[str] = field(default_factory=list)
     source: str = ""
+    attributes: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         x = self.images
@@ -63,6 +65,9 @@ class ImageDataset:
                 raise ValueError(f"{self.name}: {tuple(self.labels.shape)} labels for {x.shape[0]} images")
             if self.num_classes < 1 or int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes:
                 raise ValueError(f"{self.name}: labels must lie in 0..num_classes-1 (num_classes={self.num_classes})")
+        for key, value in self.attributes.items():
+            if value.shape != (x.shape[0],):
+                raise ValueError(f"{self.name}: attribute {key!r} has shape {tuple(value.shape)}, want ({x.shape[0]},)")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -138,6 +143,7 @@ SHAPES_PALETTES = np.array([
     [(0.98, 0.20, 0.62), (0.20, 0.95, 0.40), (0.15, 0.85, 0.98), (0.98, 0.98, 0.30), (0.10, 0.05, 0.15)],  # neon
     [(0.20, 0.20, 0.20), (0.50, 0.50, 0.50), (0.80, 0.80, 0.80), (0.97, 0.97, 0.97), (0.03, 0.03, 0.03)],  # gray
 ], dtype=np.float32)
+SHAPES_BACKGROUNDS = ("flat", "gradient", "stripes")
 _SHAPES_CHUNK = 256
 _SHAPES_STREAM = {"train": 0, "test": 1}
 
@@ -153,7 +159,9 @@ def make_shapes(n: int, seed: int = 0, resolution: int = 32, split: str = "train
     stripes. Uniform grain (std 0.02) is added and the result quantised to 8 bits, so that the set
     saves losslessly as PNG. The images are a pure function of ``(seed, split, i)``: they come from
     chunks of 256 drawn by ``numpy.random.default_rng([seed, split_id, chunk])``, so the first k images
-    of any larger set are the same, and 'train' and 'test' use different streams.
+    of any larger set are the same, and 'train' and 'test' use different streams. The dataset's
+    ``attributes`` hold each image's ``palette`` (index into :data:`SHAPES_PALETTES`) and
+    ``background`` (index into :data:`SHAPES_BACKGROUNDS`).
     """
     if n < 1:
         raise ValueError(f"shapes: n must be >= 1, got {n}")
@@ -163,13 +171,15 @@ def make_shapes(n: int, seed: int = 0, resolution: int = 32, split: str = "train
         raise ValueError(f"shapes: resolution must be >= 8, got {resolution}")
     chunks = [_render_shapes_chunk(seed, _SHAPES_STREAM[split], c, resolution)
               for c in range(math.ceil(n / _SHAPES_CHUNK))]
-    u8 = torch.from_numpy(np.concatenate(chunks)[:n])
+    u8 = torch.from_numpy(np.concatenate([img for img, _ in chunks])[:n])
+    attributes = {key: torch.from_numpy(np.concatenate([attr[key] for _, attr in chunks])[:n]).long()
+                  for key in ("palette", "background")}
     labels = torch.arange(n, dtype=torch.int64) % len(SHAPES_CLASSES)
     return ImageDataset("shapes", uint8_to_unit(u8), labels, len(SHAPES_CLASSES), list(SHAPES_CLASSES),
-                        f"skiptune shapes seed={seed} split={split} n={n} resolution={resolution}")
+                        f"skiptune shapes seed={seed} split={split} n={n} resolution={resolution}", attributes)
 
 
-def _render_shapes_chunk(seed: int, stream: int, chunk: int, res: int) -> np.ndarray:
+def _render_shapes_chunk(seed: int, stream: int, chunk: int, res: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     m = _SHAPES_CHUNK
     rng = np.random.default_rng([seed, stream, chunk])
     u = rng.random((m, 12), dtype=np.float64)
@@ -178,7 +188,8 @@ def _render_shapes_chunk(seed: int, stream: int, chunk: int, res: int) -> np.nda
     cls = (chunk * m + np.arange(m)) % len(SHAPES_CLASSES)
 
     # Colours: palette p, foreground / background / second background indices (fg != bg).
-    pal = SHAPES_PALETTES[(u[:, 0] * len(SHAPES_PALETTES)).astype(int)]
+    i_pal = (u[:, 0] * len(SHAPES_PALETTES)).astype(int)
+    pal = SHAPES_PALETTES[i_pal]
     k = pal.shape[1]
     i_fg = (u[:, 1] * k).astype(int)
     i_bg = (i_fg + 1 + (u[:, 2] * (k - 1)).astype(int)) % k
@@ -208,7 +219,7 @@ def _render_shapes_chunk(seed: int, stream: int, chunk: int, res: int) -> np.nda
     # Background: 0 flat, 1 linear gradient bg -> bg2, 2 stripes (25 % of the way to bg2).
     phi = 2 * math.pi * u[:, 8]
     along = (col(np.cos(phi)) * (px - res / 2) + col(np.sin(phi)) * (py - res / 2)) / res + 0.5
-    kind_bg = (u[:, 9] * 3).astype(int)
+    kind_bg = (u[:, 9] * len(SHAPES_BACKGROUNDS)).astype(int)
     freq = 2 * math.pi * (2 + 3 * u[:, 10])
     t = np.where(col(kind_bg) == 0, 0.0,
                  np.where(col(kind_bg) == 1, np.clip(along, 0, 1), 0.125 * (1 + np.sin(col(freq) * along))))
@@ -218,7 +229,7 @@ def _render_shapes_chunk(seed: int, stream: int, chunk: int, res: int) -> np.nda
     shade = 1 + 0.15 * (col(np.cos(psi)) * dx + col(np.sin(psi)) * dy) / rr  # light from direction psi
     front = np.clip(fg[:, :, None, None] * shade[:, None], 0, 1)
     img = back * (1 - cover) + front * cover + grain
-    return np.floor(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return np.floor(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), {"palette": i_pal, "background": kind_bg}
 
 
 def _shape_sdf(kind: int, dx: np.ndarray, dy: np.ndarray, qx: np.ndarray, qy: np.ndarray,
