@@ -3,7 +3,7 @@
     python -m skiptune.demo.make_assets --out src/skiptune/assets
 
 All three are deterministic given their seeds on the same machine and software. Run time on 2 CPU
-cores: about 10 minutes for the digits classifier, about 8 minutes for the shapes classifier and
+cores: about 10 minutes for the digits classifier, about 23 minutes for the shapes classifier and
 35-40 minutes for the diffusion model.
 """
 
@@ -19,8 +19,8 @@ from skiptune.demo.assets import CLASSIFIER, DEMO_MODEL, SHAPES_CLASSIFIER
 DEMO_TRAIN = dict(data="digits", steps=4000, batch=64, lr=2e-3, ema_halflife_images=20000, save_every=500, seed=0,
                   model_channels=32, channel_mult=(1, 2, 2), num_blocks=2, attn_resolutions=(8,))
 CLASSIFIER_TRAIN = dict(steps=1500, batch=128, lr=2e-3, seed=0)
-# The shapes classifier: joint labels shape x palette x background (75 classes), 20000 training images.
-SHAPES_CLASSIFIER_TRAIN = dict(data="shapes", train_size=20000, steps=2000, batch=128, lr=2e-3, seed=0)
+# The shapes classifier: joint labels shape x palette x background (75 classes), 40000 training images.
+SHAPES_CLASSIFIER_TRAIN = dict(data="shapes", train_size=40000, steps=5000, batch=128, lr=2e-3, seed=0)
 
 
 def make_classifier(out: Path, progress: bool = True) -> dict:
