@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--weights", help="weights file of the feature network (default: its shipped one)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    ext = get_extractor(args.features, **({"weights": args.weights} if args.weights else {}))
+    ext = get_extractor(args.features, weights=args.weights)
     feature = ext.feature_for("fid")
     ref = extract_features(to_uint8(load_dataset(args.data, split="train").images), ext, features=[feature],
                            keep=False)

@@ -72,6 +72,7 @@ def test_registry_slot_for_domain_networks() -> None:
     try:
         assert "demo-test" in available_extractors()
         assert get_extractor("demo-test", scale=2.0).name == "demo-2.0"
+        assert get_extractor("demo-test", weights=None).name == "demo-1.0"  # unset options are not passed
         with pytest.raises(ValueError, match="already registered"):
             register_extractor("demo-test", factory)
     finally:

@@ -89,7 +89,7 @@ def run(args) -> int:
                          "(an .npz from `skiptune ref`) or the training data set")
     features = args.features or ("digits-classifier" if digits else "inception-v3")
     check_pair(base, s2dm, samplers, steps, args.grid, rules)  # before extracting any reference features
-    ext = get_extractor(features, **({"weights": args.weights} if args.weights else {}))
+    ext = get_extractor(features, weights=args.weights)
     ref = load_reference(args.ref or "digits", ext, progress=not args.no_progress)
     print(f"base  {args.base}: {_describe(base)}")
     print(f"s2dm  {args.s2dm}: {_describe(s2dm)}")

@@ -19,7 +19,7 @@ def _add_extractor_options(p) -> None:
 
 
 def _extractor_kwargs(args) -> dict:
-    return {"weights": args.weights} if args.weights else {}
+    return {"weights": args.weights}
 
 
 def register(sub) -> None:

@@ -48,7 +48,7 @@ def load_reference(spec: str, extractor, progress: bool = False):
 def _extractor(args):
     from skiptune.metrics import get_extractor
 
-    return get_extractor(args.features, **({"weights": args.weights} if args.weights else {}))
+    return get_extractor(args.features, weights=args.weights)
 
 
 def register(sub) -> None:

@@ -43,9 +43,13 @@ def joint_labels(data) -> tuple[torch.Tensor, int]:
     return labels, n
 
 
-def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+def predict(model: SmallClassifier, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return float((model(images).argmax(1) == labels).float().mean())
+        return model(images).argmax(1)
+
+
+def accuracy(model: SmallClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(model, images) == labels).float().mean())
 
 
 def train_classifier(out: str | Path, steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0,
@@ -80,15 +84,14 @@ def train_classifier(out: str | Path, steps: int = 3000, batch: int = 128, lr: f
         if step % 100 == 0 or step == steps - 1:
             log.append({"step": step, "loss": loss.item()})
     model.eval()
+    pred = predict(model, test.images)
     report = {"data": data, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "num_classes": num_classes,
               "seconds": round(time.perf_counter() - t0, 1),
               "train_accuracy": accuracy(model, train.images, y_train),
-              "test_accuracy": accuracy(model, test.images, y_test), "n_test": len(test)}
+              "test_accuracy": float((pred == y_test).float().mean()), "n_test": len(test)}
     if train.attributes:  # also the accuracy on the class alone (the joint label's leading digit)
         per_class = num_classes // train.num_classes
-        with torch.no_grad():
-            pred = model(test.images).argmax(1) // per_class
-        report["test_class_accuracy"] = float((pred == test.labels).float().mean())
+        report["test_class_accuracy"] = float((pred // per_class == test.labels).float().mean())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, out, extra=report)

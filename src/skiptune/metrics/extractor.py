@@ -291,7 +291,11 @@ def available_extractors() -> list[str]:
 
 
 def get_extractor(extractor: str | FeatureExtractor, **kwargs: object) -> FeatureExtractor:
-    """Resolve an extractor: an instance is returned as is, a name is built by its factory."""
+    """Resolve an extractor: an instance is returned as is, a name is built by its factory.
+
+    Options left at ``None`` (e.g. an unset ``--weights``) are not passed: the factory's default applies.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(extractor, FeatureExtractor):
         if kwargs:
             raise TypeError("options can only be given with an extractor name, not an instance")
