@@ -218,6 +218,18 @@ def test_lower_order_final_only_below_ten_steps_for_dpmpp():
         assert (not torch.equal(a, b)) == differs
 
 
+@pytest.mark.parametrize("name,opts", [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc", {}), ("unipc", {"order": 2}),
+                                       ("unipc", {"variant": "bh2"})])
+def test_final_step_to_zero_is_not_a_solver_step(name, opts):
+    # On a grid ending at 0 the last step is x = D(x, sigma_min): the same solver steps as on the grid
+    # without the 0 (whose last step is first order under lower_order_final), then one denoising.
+    x = SeedNoise(range(3), dtype=torch.float64).randn([2]) * 80
+    sig = edm_sigmas(6, append_zero=False)
+    to_zero = SAMPLERS[name](MIX, x, torch.cat([sig, sig.new_zeros(1)]), **opts)
+    above = SAMPLERS[name](MIX, x, sig, **opts)
+    torch.testing.assert_close(to_zero, MIX(above, sig[-1]), rtol=1e-12, atol=1e-12)
+
+
 def test_edm_sde_without_churn_is_heun():
     x = SeedNoise(range(3), dtype=torch.float64).randn([2]) * 80
     sig = edm_sigmas(7)

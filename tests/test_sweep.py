@@ -69,3 +69,22 @@ def test_reference_id_names_extracted_statistics_by_provenance_not_last_bits():
     bare_a, bare_b = FeatureSet(a.stats), FeatureSet(b.stats)
     assert reference_id(bare_a, "f") != reference_id(bare_b, "f")
     assert reference_id(bare_a, "f") == reference_id(FeatureSet({"f": FeatureStats.from_features(x)}), "f")
+
+
+def test_stored_results_of_a_revised_sampler_are_recomputed(tmp_path, monkeypatch):
+    import skiptune.sampling.samplers as samplers
+
+    net = randomize(load_model("ddpmpp-tiny"), seed=4)
+    ext = _extractor()
+    ref = extract_features((torch.rand(100, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255)
+                           .to(torch.uint8), ext, keep=False)
+    spec = SweepSpec(rules=["none"], samplers=["euler", "unipc"], nfes=[3], seed_sets=["0-19"], batch=20)
+    monkeypatch.setattr(samplers, "REVISIONS", {})  # as stored before any revision
+    with Store(tmp_path / "r.sqlite") as store:
+        run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=False)
+    monkeypatch.setattr(samplers, "REVISIONS", {"unipc": 1})
+    with Store(tmp_path / "r.sqlite") as store:
+        run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=False)
+        # euler's set is reused; unipc's is computed again under its revision
+        assert store.counts()["complete"] == 3
+        assert [r.config.get("sampler_rev") for r in store.runs({"sampler": "unipc"})] in ([None, 1], [1, None])

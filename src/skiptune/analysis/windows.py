@@ -43,6 +43,7 @@ from skiptune.analysis.scoring import (
     setup_from_args,
     significant,
 )
+from skiptune.sampling import revision_fields
 from skiptune.store import Store
 
 NAME = "windows"
@@ -123,8 +124,9 @@ def run_windows(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: 
         summary.update({"best_window": best["window"],
                         "best_window_sigmas": f"{best['sigma_start']:.4g}..{best['sigma_end']:.4g}",
                         "best_window_fid": best["fid"], "best_window_diff": best["diff"]})
-    config = {"model": setup.model_id[:16], "sampler": sampler, "nfe": nfe, "steps": len(sigmas) - 1,
-              "window_steps": window_steps, "rule": inner, "windows": [w.index for w in wins], **setup.config()}
+    config = {"model": setup.model_id[:16], "sampler": sampler, **revision_fields(sampler), "nfe": nfe,
+              "steps": len(sigmas) - 1, "window_steps": window_steps, "rule": inner,
+              "windows": [w.index for w in wins], **setup.config()}
     notes = [
         f"{sampler}, NFE {nfe} ({len(sigmas) - 1} steps on the {setup.grid} grid); windows of {window_steps} step(s); "
         f"the rule `{inner}` only for sigma inside the window, rho = 1 outside (seed 003, Fig. 7: 13 windows of 4 "

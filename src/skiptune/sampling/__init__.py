@@ -33,6 +33,7 @@ from skiptune.sampling.samplers import (
     get_sampler,
     nfe_for_sigmas,
     nfe_for_steps,
+    revision_fields,
     sample,
     steps_for_nfe,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "nfe_for_sigmas",
     "nfe_for_steps",
     "parse_seeds",
+    "revision_fields",
     "sample",
     "sample_ddim",
     "sample_deis",

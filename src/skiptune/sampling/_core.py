@@ -66,6 +66,18 @@ def check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     return values
 
 
+def final_order_cap(sigmas: list[float], i: int) -> int:
+    """How many solver steps remain from step ``i`` on, not counting a final step to sigma = 0.
+
+    Multistep solvers lower their order at the final steps (official DPM-Solver and UniPC code:
+    order <= steps left, so the last step is first order). Their grids end at sigma_min; the step
+    sigma_min -> 0 of a grid ending at 0 is x = D(x, sigma_min), no solver step, so it must not
+    count, else the last real step (the largest in log-sigma on an EDM grid) keeps a higher order.
+    """
+    real = len(sigmas) - 1 - (1 if sigmas[-1] == 0 else 0)
+    return max(real - i, 1)
+
+
 def denoiser_input_dtype(denoiser: Any) -> torch.dtype | None:
     """The dtype in which ``denoiser`` wants ``x``.
 

@@ -26,6 +26,7 @@ from skiptune.sampling._core import (
     check_sigmas,
     draw,
     exprel_tail,
+    final_order_cap,
     finish,
     report,
     require_decreasing,
@@ -125,8 +126,9 @@ def sample_dpmpp(
     """Multistep DPM-Solver++ of order 1, 2 or 3 (data prediction; Lu et al. 2022b).
 
     Step i uses order min(order, i + 1) (warm-up from the history available); with
-    ``lower_order_final`` and fewer than 10 steps, also at most ``steps - i`` (official DPM-Solver's
-    rule, which stabilises few-step sampling). A step to sigma = 0 is x = D(x, sigma_i). One NFE per step.
+    ``lower_order_final`` and fewer than 10 steps, also at most the number of steps left, a final
+    step to 0 not counted (official DPM-Solver's rule, which stabilises few-step sampling). A step
+    to sigma = 0 is x = D(x, sigma_i). One NFE per step.
 
     Order 3 (3M) here is third order: with D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 m''/2, the Taylor term
     int e^{-(lambda_t - lambda)} m'' (lambda - lambda_s)^2/2 dlambda = -h^2 E_3(-h) m'' needs the weight
@@ -148,8 +150,8 @@ def sample_dpmpp(
         ms = [*ms[-(order - 1) :], denoised] if order > 1 else [denoised]
         lams = [*lams[-(order - 1) :], -math.log(s_cur)] if order > 1 else [-math.log(s_cur)]
         p = min(order, i + 1)
-        if lower_order_final and steps < 10:
-            p = min(p, steps - i)
+        if lower_order_final and final_order_cap(s, 0) < 10:
+            p = min(p, final_order_cap(s, i))
         x_next = dpmpp_step(x, ms, lams, s_cur, s_next, p, reference_3m)
         report(callback, i, s_cur, s_next, x, denoised, x_next)
         x = x_next

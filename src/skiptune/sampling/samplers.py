@@ -37,6 +37,17 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 #: Denoiser evaluations per step (before the final-step rule).
 EVALS_PER_STEP: dict[str, int] = {name: 1 for name in SAMPLERS} | {"heun": 2, "edm_sde": 2}
 
+#: Revisions of samplers whose output on the same inputs changed; configs that identify stored results
+#: carry them (:func:`revision_fields`), so results of an older behaviour are never reused.
+#: dpmpp_2m/dpmpp_3m/unipc 1: ``lower_order_final`` no longer counts a final step to 0.
+REVISIONS: dict[str, int] = {"dpmpp_2m": 1, "dpmpp_3m": 1, "unipc": 1}
+
+
+def revision_fields(name: str) -> dict[str, int]:
+    """``{"sampler_rev": n}`` for a revised sampler, else ``{}`` (so other samplers keep their keys)."""
+    return {"sampler_rev": REVISIONS[name]} if name in REVISIONS else {}
+
+
 #: Samplers that never draw noise (usable for ODE inversion). DDIM only with eta = 0.
 DETERMINISTIC: frozenset[str] = frozenset(SAMPLERS) - {"edm_sde"}
 

@@ -31,6 +31,7 @@ from skiptune.sampling._core import (
     NoiseSource,
     check_sigmas,
     exprel_tail,
+    final_order_cap,
     finish,
     report,
     start,
@@ -99,9 +100,10 @@ def sample_unipc(
 ) -> torch.Tensor:
     """Multistep UniPC-p, p = ``order`` in 1..3 (official ``multistep`` loop, data prediction).
 
-    Step i uses order min(order, i + 1) (warm-up); with ``lower_order_final`` also at most
-    ``steps - i`` whatever the number of steps (official UniPC rule). The corrector runs at every
-    step except the last. A step to sigma = 0 is x = D(x, sigma_i). One NFE per step.
+    Step i uses order min(order, i + 1) (warm-up); with ``lower_order_final`` also at most the
+    number of steps left, a final step to 0 not counted, whatever the number of steps (official
+    UniPC rule). The corrector runs at every step except the last. A step to sigma = 0 is
+    x = D(x, sigma_i). One NFE per step.
     Variants: bh1 is recommended for < 10 steps unconditional, bh2 otherwise (UniPC paper, Sec. 4).
     """
     if order not in (1, 2, 3):
@@ -126,7 +128,7 @@ def sample_unipc(
         else:
             p = min(order, i + 1)
             if lower_order_final:
-                p = min(p, steps - i)
+                p = min(p, final_order_cap(s, i))
             x_next, corrector = unipc_step(x, ms, lams, s_cur, s_next, p, variant)
             if not last:
                 m_next = ev(x_next, s_next, i)  # at the predictor, reused as the next step's history
