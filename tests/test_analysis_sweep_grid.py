@@ -41,11 +41,13 @@ def test_sweep_reads_the_store_and_averages_over_seed_sets(tmp_path, tmp_path_fa
         # real sweep runs: two rules on a rho axis and a ramp (not on the axis), 3 seed sets each
         fid_estimates(ctx.net, setup, sampler="euler", nfe=3, rules=["none", "const:0.8", "ramp:down:0.8"],
                       store=store)
-        # a run of another model and one of another feature network: both ignored
-        for other in ({"model": "0" * 64}, {"features": "inception-v3"}):
+        # a run of another model, one of another feature network and one made by another revision of
+        # the sampler (an untouched FID far below the others, so counting it would move the numbers)
+        for other in ({"model": "0" * 64}, {"features": "inception-v3"}, {"sampler_rev": 99, "seeds": "100-105"}):
             cfg = {**store.runs({"rule": "none"})[0].config, **other}
             store.record_run(cfg, {"fid": Metric(1.0, n_samples=6)})
-        runs = store.runs({"model": fp, "features": "digits-classifier"}, status="complete")
+        runs = [r for r in store.runs({"model": fp, "features": "digits-classifier"}, status="complete")
+                if "sampler_rev" not in r.config]
     fid = {}
     for r in runs:
         fid.setdefault(r.config["rule"], {})[r.config["seeds"]] = r.metrics["fid"].value

@@ -20,6 +20,7 @@ from torch import nn
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.scoring import estimate_columns
+from skiptune.sampling import revision_fields
 from skiptune.search import Estimate, t_interval
 from skiptune.skip import as_rule
 from skiptune.store import Store
@@ -74,6 +75,8 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
     meta: dict[tuple, dict] = {}
     for rec in recs:
         cfg = rec.config
+        if cfg.get("sampler_rev") != revision_fields(cfg["sampler"]).get("sampler_rev"):
+            continue  # made by an older revision of this sampler
         rule = cfg["rule"]
         if not all_rules and rule.split(":")[0] not in CURVE_FAMILIES:
             continue
