@@ -66,8 +66,8 @@ def check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     return values
 
 
-def final_order_cap(sigmas: list[float], i: int) -> int:
-    """How many solver steps remain from step ``i`` on, not counting a final step to sigma = 0.
+def solver_steps_left(sigmas: list[float], i: int) -> int:
+    """How many solver steps remain from step ``i`` on (``i`` included), a final step to 0 not counted.
 
     Multistep solvers lower their order at the final steps (official DPM-Solver and UniPC code:
     order <= steps left, so the last step is first order). Their grids end at sigma_min; the step

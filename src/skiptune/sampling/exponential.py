@@ -26,10 +26,10 @@ from skiptune.sampling._core import (
     check_sigmas,
     draw,
     exprel_tail,
-    final_order_cap,
     finish,
     report,
     require_decreasing,
+    solver_steps_left,
     start,
 )
 
@@ -150,8 +150,8 @@ def sample_dpmpp(
         ms = [*ms[-(order - 1) :], denoised] if order > 1 else [denoised]
         lams = [*lams[-(order - 1) :], -math.log(s_cur)] if order > 1 else [-math.log(s_cur)]
         p = min(order, i + 1)
-        if lower_order_final and final_order_cap(s, 0) < 10:
-            p = min(p, final_order_cap(s, i))
+        if lower_order_final and solver_steps_left(s, 0) < 10:
+            p = min(p, solver_steps_left(s, i))
         x_next = dpmpp_step(x, ms, lams, s_cur, s_next, p, reference_3m)
         report(callback, i, s_cur, s_next, x, denoised, x_next)
         x = x_next

@@ -31,9 +31,9 @@ from skiptune.sampling._core import (
     NoiseSource,
     check_sigmas,
     exprel_tail,
-    final_order_cap,
     finish,
     report,
+    solver_steps_left,
     start,
 )
 
@@ -128,7 +128,7 @@ def sample_unipc(
         else:
             p = min(order, i + 1)
             if lower_order_final:
-                p = min(p, final_order_cap(s, i))
+                p = min(p, solver_steps_left(s, i))
             x_next, corrector = unipc_step(x, ms, lams, s_cur, s_next, p, variant)
             if not last:
                 m_next = ev(x_next, s_next, i)  # at the predictor, reused as the next step's history
