@@ -100,3 +100,22 @@ def test_cli_end_to_end_and_resumes_from_store(tmp_path, one_thread):
     assert again["rho fine-tuned (sigmoid)"]["rule"] == rows["rho fine-tuned (sigmoid)"]["rule"]
     with Store(db) as store:
         assert len(store.runs()) == runs
+
+
+def test_a_revised_sampler_recomputes_the_cached_fine_tune(tmp_path, one_thread, monkeypatch):
+    """The fine-tune unit stores FIDs measured with its sampler, so its key must carry the sampler's revision."""
+    from skiptune.sampling import samplers
+
+    model = save_checkpoint(tiny_net(), tmp_path / "tiny.safetensors")
+    db = tmp_path / "r.sqlite"
+    args = ["analyze", "finetune", "--model", str(model), "--n", "16", "--params", "raw", "--rho-steps", "1",
+            "--rho-batch", "4", "--full-steps", "1", "--full-batch", "4", "--sampler", "unipc", "--nfe", "3",
+            "--seeds", "0-3", "--seed-sets", "2", "--fid-batch", "4", "--db", str(db), "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    monkeypatch.setattr(samplers, "REVISIONS", {"unipc": 1})
+    assert main(args) == 0
+    monkeypatch.setattr(samplers, "REVISIONS", {"unipc": 2})
+    assert main(args) == 0
+    with Store(db) as store:
+        assert len(store.analyses("unit:finetune-full")) == 2  # one per revision: the old FIDs are not reused
+        assert len(store.analyses("unit:finetune-rho")) == 1  # the rho fit does not sample: still shared
