@@ -1,4 +1,5 @@
-"""Multi-process runs: torch.distributed (gloo, 2 CPU processes) gives exactly the single-process results.
+"""Multi-process runs: torch.distributed (gloo, 2 CPU processes) gives the single-process results
+(images bit for bit, statistics and FIDs to round-off).
 
 The CLI tests start the real engine (``python -m torch.distributed.run``, i.e. torchrun) on the real
 entry point. Single-process reference runs use one thread, as torchrun's workers do, so that the
@@ -220,5 +221,7 @@ def test_torchrun_sweep_killed_midway_resumes_with_each_configuration_once(tmp_p
     with Store(tmp_path / "one.sqlite", create=False) as one:
         one_rows = {(r.config["nfe"], r.config["rule"], r.config["seeds"]): r.metrics["fid"].value
                     for r in one.runs()}
-    assert dist_rows == one_rows
+    # FIDs agree to round-off, as docs/distributed.md promises: float64 BLAS/LAPACK results may differ in the
+    # last bits between processes (seen with MKL on AVX-512), far below any real difference between points
+    assert dist_rows == pytest.approx(one_rows, rel=1e-12, abs=0)
     assert len(rows) == 10
