@@ -28,7 +28,7 @@ from skiptune.metrics import (
     fid_from_stats,
     state_dict_sha256,
 )
-from skiptune.sampling import parse_seeds, revision_fields
+from skiptune.sampling import parse_seeds, sampler_fields
 from skiptune.search import Estimate, t_interval
 from skiptune.skip import as_rule
 from skiptune.store import Metric, RunOutcome, Store, config_key
@@ -156,7 +156,7 @@ def point_config(model_id: str, extractor: FeatureExtractor, ref: FeatureSet, *,
            "batch": batch}
     if precision != "fp32":  # float32 runs keep the keys they always had
         cfg["precision"] = precision
-    return {**cfg, "sampler": sampler, **revision_fields(sampler), "nfe": nfe, "rule": rule, "seeds": seeds,
+    return {**cfg, **sampler_fields(sampler), "nfe": nfe, "rule": rule, "seeds": seeds,
             "options": dict(options or {})}
 
 

@@ -48,7 +48,7 @@ from skiptune.analysis.denoising import (
     model_fingerprint,
     one_hot,
 )
-from skiptune.sampling import revision_fields
+from skiptune.sampling import sampler_fields
 from skiptune.search import t_interval
 from skiptune.train.loss import edm_weight
 
@@ -283,7 +283,7 @@ def run_finetune(net: nn.Module, images: torch.Tensor, *, extractor, ref, params
                       "feature_weight": feature_weight},
               "full": {"steps": full_steps, "checkpoints": full_checkpoints, "batch": full_batch, "lr": full_lr,
                        "loss": "hybrid", "feature_weight": feature_weight},
-              "fid": {"sampler": sampler, **revision_fields(sampler), "nfes": list(nfes), "seed_sets": sets,
+              "fid": {**sampler_fields(sampler), "nfes": list(nfes), "seed_sets": sets,
                       "batch": fid_batch},
               "compare_rules": compare}
     tmp = None

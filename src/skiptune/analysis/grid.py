@@ -24,7 +24,7 @@ from skiptune.analysis.base import AnalysisResult, cached
 from skiptune.analysis.scoring import canonical_rules, check_sampling
 from skiptune.generate import SamplingSpec, generate, to_uint8
 from skiptune.io.images import save_grid
-from skiptune.sampling import parse_seeds, revision_fields
+from skiptune.sampling import parse_seeds, sampler_fields
 from skiptune.store import Store
 from skiptune.sweep import fingerprint
 
@@ -70,7 +70,7 @@ def run_grid(net: nn.Module, *, out: str | Path, samplers: Sequence[str] = ("heu
     units = [(s, n, r) for s in samplers for n in nfes for r in rules]
     panels: dict[tuple[str, int, str], torch.Tensor] = {}
     for s, n, r in tqdm(units, desc="grid", unit="panel", disable=not progress):
-        config = {"model": model_id, "sampler": s, **revision_fields(s), "nfe": n, "grid": grid, "mode": mode,
+        config = {"model": model_id, **sampler_fields(s), "nfe": n, "grid": grid, "mode": mode,
                   "rule": r, "seeds": seeds, "class_label": class_label}
 
         def compute(s=s, n=n, r=r):

@@ -49,7 +49,7 @@ from skiptune.sampling import (
     inversion_sigmas,
     invert,
     make_sigmas,
-    revision_fields,
+    sampler_fields,
 )
 from skiptune.search import t_interval
 from skiptune.skip import Identity, as_rule, skip_tuning
@@ -176,7 +176,7 @@ def run_inversion(net: nn.Module, images: torch.Tensor, *, labels: torch.Tensor 
         ref = SeedNoise(sets[k], dtype=torch.float64).randn([d])
         kernels = noise_kernels(ref, rbf_scales)
         kernel_names = list(kernels)
-        config = {"model": model_id, "rule": rule, "mode": mode, "sampler": sampler, **revision_fields(sampler),
+        config = {"model": model_id, "rule": rule, "mode": mode, **sampler_fields(sampler),
                   "steps": steps, "grid": grid, "sigma_range": list(srange), "images": _images_id(chunk),
                   "data": data_id, "noise_seeds": sets[k],
                   "kernels": {name: kern.describe() for name, kern in kernels.items()}, "unbiased": unbiased}
@@ -212,7 +212,7 @@ def run_inversion(net: nn.Module, images: torch.Tensor, *, labels: torch.Tensor 
         if rule != "none":
             rel = [r["relative"] for r in rows if r["rule"] == rule]
             summary[f"kernels_below_1[{rule}]"] = f"{sum(v < 1 for v in rel)}/{len(rel)}"
-    config = {"model": model_id, "data": data_id, "rules": rules, "sampler": sampler, **revision_fields(sampler),
+    config = {"model": model_id, "data": data_id, "rules": rules, **sampler_fields(sampler),
               "steps": steps, "grid": grid,
               "sigma_range": list(srange), "mode": mode, "noise_seed_sets": sets, "n_per_set": n,
               "kernels": kernel_names, "unbiased": unbiased}

@@ -38,7 +38,7 @@ from skiptune.analysis.scoring import (
     significant,
 )
 from skiptune.generate import SamplingSpec
-from skiptune.sampling import revision_fields
+from skiptune.sampling import sampler_fields
 from skiptune.skip import as_rule
 from skiptune.store import Store
 
@@ -103,7 +103,7 @@ def run_order(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: in
         summary[f"up_minus_down_ci[{r0:g}]"] = f"[{ud.ci_low:.4g}, {ud.ci_high:.4g}]"
         better = min(ORDERS, key=lambda o, d=d: est[d[o]].mean)
         summary[f"best_order[{r0:g}]"] = better
-    config = {"model": setup.model_id[:16], "sampler": sampler, **revision_fields(sampler), "nfe": nfe,
+    config = {"model": setup.model_id[:16], **sampler_fields(sampler), "nfe": nfe,
               "steps": len(sigmas) - 1, "rho0": [float(r) for r in rho0], "space": space, "sigma_range": list(srange),
               **setup.config()}
     notes = [

@@ -35,7 +35,7 @@ from skiptune.analysis.scoring import (
     setup_from_args,
     significant,
 )
-from skiptune.sampling import revision_fields
+from skiptune.sampling import sampler_fields
 from skiptune.skip import as_rule
 from skiptune.store import Store
 
@@ -118,7 +118,7 @@ def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Seq
             summary[f"better_than_none_at_every_S_churn[{r}]"] = all(means[(c, r)] < means[(c, "none")] for c in churns)
     c_best, r_best = min(means, key=means.get)
     summary.update({"best_S_churn": c_best, "best_rule": r_best, "best_fid": means[(c_best, r_best)]})
-    config = {"model": setup.model_id[:16], "sampler": SAMPLER, **revision_fields(SAMPLER),
+    config = {"model": setup.model_id[:16], **sampler_fields(SAMPLER),
               "nfe": nfe, "steps": steps, "S_churn": churns,
               "rules": rules, "options": extra, **setup.config()}
     notes = [

@@ -43,7 +43,7 @@ from skiptune.analysis.scoring import (
     setup_from_args,
     significant,
 )
-from skiptune.sampling import revision_fields
+from skiptune.sampling import sampler_fields
 from skiptune.store import Store
 
 NAME = "windows"
@@ -124,7 +124,7 @@ def run_windows(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: 
         summary.update({"best_window": best["window"],
                         "best_window_sigmas": f"{best['sigma_start']:.4g}..{best['sigma_end']:.4g}",
                         "best_window_fid": best["fid"], "best_window_diff": best["diff"]})
-    config = {"model": setup.model_id[:16], "sampler": sampler, **revision_fields(sampler), "nfe": nfe,
+    config = {"model": setup.model_id[:16], **sampler_fields(sampler), "nfe": nfe,
               "steps": len(sigmas) - 1, "window_steps": window_steps, "rule": inner,
               "windows": [w.index for w in wins], **setup.config()}
     notes = [

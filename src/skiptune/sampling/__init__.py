@@ -35,6 +35,7 @@ from skiptune.sampling.samplers import (
     nfe_for_steps,
     revision_fields,
     sample,
+    sampler_fields,
     steps_for_nfe,
 )
 from skiptune.sampling.unipc import sample_unipc
@@ -75,6 +76,7 @@ __all__ = [
     "sample_heun",
     "sample_ipndm",
     "sample_unipc",
+    "sampler_fields",
     "seed_batches",
     "sigmas_from_alphas_cumprod",
     "steps_for_nfe",

@@ -48,6 +48,11 @@ def revision_fields(name: str) -> dict[str, int]:
     return {"sampler_rev": REVISIONS[name]} if name in REVISIONS else {}
 
 
+def sampler_fields(name: str) -> dict[str, Any]:
+    """The fields that name a sampler in a stored config: ``{"sampler": name}`` plus its revision."""
+    return {"sampler": name, **revision_fields(name)}
+
+
 #: Samplers that never draw noise (usable for ODE inversion). DDIM only with eta = 0.
 DETERMINISTIC: frozenset[str] = frozenset(SAMPLERS) - {"edm_sde"}
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from skiptune.generate import SamplingSpec, generate, to_uint8
 from skiptune.io.checkpoint import network_config
 from skiptune.metrics import FeatureExtractor, FeatureSet, extract_features, fid_from_stats, state_dict_sha256
-from skiptune.sampling import revision_fields
+from skiptune.sampling import sampler_fields
 from skiptune.search import Estimate, t_interval
 from skiptune.skip import as_rule
 from skiptune.store import Metric, RunOutcome, Store
@@ -125,7 +125,7 @@ def compare_training(base: nn.Module, s2dm: nn.Module, samplers: Sequence[str], 
         net, model_id = models[role]
         opts = options.get(sampler, {})
         spec = SamplingSpec(sampler, steps=n, grid=grid, options=opts)
-        config = {**common, "model": model_id, "rule": rule, "sampler": sampler, **revision_fields(sampler), "steps": n,
+        config = {**common, "model": model_id, "rule": rule, **sampler_fields(sampler), "steps": n,
                   "seeds": sets_[k],
                   "options": opts}
         bar.set_postfix_str(f"{role} {rule} {sampler} {n} steps, set {k}")
