@@ -81,7 +81,10 @@ def test_windows_cli_end_to_end_resumes_and_matches_identities(tmp_path, tmp_pat
     assert len(run_rows(db)) == 5 * 2
     res = json.loads((out / "windows.json").read_text())
     by = {r["window"]: r for r in res["rows"]}
-    assert by["0"]["fid"] == by["all"]["fid"] and by["0"]["rule"].startswith("window:0:")
+    # the two FIDs come from different processes (the CLI run above and this one), whose float64 BLAS
+    # may sum in another order: equal to round-off, not bit for bit
+    assert by["0"]["fid"] == pytest.approx(by["all"]["fid"], rel=1e-12, abs=0)
+    assert by["0"]["rule"].startswith("window:0:")
     capsys.readouterr()
     assert main([*args, "--only", "7"]) == 2
     assert "window indices [7] do not exist" in capsys.readouterr().err
