@@ -31,6 +31,11 @@ def test_train_end_to_end_then_resume(tmp_path):
     log = [json.loads(line) for line in (out / "train-log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert load_model(out / "network.safetensors").skiptune_extra["step"] == 6
+    # --init-from continues from the finished network in a new run directory.
+    warm = [*args[:-5], "--out", str(tmp_path / "warm"), "--no-progress", "--threads", "1", "--steps", "1"]
+    assert main([*warm, "--init-from", str(out / "network.safetensors")]) == 0
+    init = json.loads((tmp_path / "warm/config.json").read_text())["init"]
+    assert init["path"] == str(out / "network.safetensors") and init["step"] == 6
 
 
 def test_train_options_are_validated(tmp_path, capsys):

@@ -173,3 +173,47 @@ def test_cooldown_added_when_resuming_a_constant_lr_run_matches_one_planned_run(
     with pytest.raises(ValueError, match="lr_cooldown_start/steps"):
         train(TrainConfig(out=str(tmp_path / "ext"), steps=16, lr_cooldown_start=8, **common), resume=True,
               data=data)
+
+
+def test_warm_start_begins_from_the_checkpoint_and_resumes(tmp_path):
+    from skiptune.metrics import file_sha256
+    from skiptune.train import EDMLoss
+    from skiptune.train.loop import derive_seed
+
+    data = make_shapes(32, seed=3, resolution=8)
+    common = dict(batch=8, lr=2e-3, lr_warmup_images=16, log_every=1, progress=False, data="shapes",
+                  ema_halflife_images=40, **TINY)
+    source = train(TrainConfig(out=str(tmp_path / "source"), steps=4, save_every=None, **common), data=data)
+    ckpt = tmp_path / "source.safetensors"
+    ckpt.write_bytes(source.network.read_bytes())
+    warm = dict(common, steps=6, save_every=2, seed=5, init_from=str(ckpt))
+    full = train(TrainConfig(out=str(tmp_path / "warm"), **warm), data=data)
+
+    # Oracle: the first step's loss is the EDM loss of the checkpoint's network on that step's batch and noise.
+    start = load_model(ckpt).train()
+    idx = EpochSampler(len(data), 8, 5).indices(0)
+    gen = torch.Generator().manual_seed(derive_seed(5, "step", 0))
+    with torch.no_grad():
+        expected = EDMLoss(-1.2, 1.2, 0.0)(start, data.images[idx], None, gen).mean().item()
+    assert full.losses[0] == pytest.approx(expected, rel=1e-6)
+    cold = train(TrainConfig(out=str(tmp_path / "cold"), **{**warm, "init_from": None}), data=data)
+    assert abs(cold.losses[0] - expected) > 1e-3 * expected  # the oracle tells a warm start from a cold one
+    record = json.loads((tmp_path / "warm/config.json").read_text())["init"]
+    assert record == {"path": str(ckpt), "sha256": file_sha256(ckpt), "step": 4, "images": 32}
+
+    # An interrupted warm-started run resumes from its own state, without the checkpoint it started from.
+    part = TrainConfig(out=str(tmp_path / "part"), **warm)
+    train(part, data=data, callback=lambda info: info.step == 3)
+    moved = ckpt.rename(tmp_path / "moved.safetensors")
+    with pytest.raises(ValueError, match="differs in init_from"):
+        train(TrainConfig(out=str(tmp_path / "part"), **{**warm, "init_from": str(moved)}), resume=True, data=data)
+    resumed = train(part, resume=True, data=data)
+    assert resumed.losses == full.losses[3:]
+    _assert_same_tensors(_state(full.state)["ema"], _state(resumed.state)["ema"])
+    assert json.loads((tmp_path / "part/config.json").read_text())["init"] == record
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(TrainConfig(out=str(tmp_path / "gone"), **warm), data=data)
+    other = {**warm, "init_from": str(moved), "model_channels": 16}
+    with pytest.raises(ValueError, match=r"another network .*model_channels=8 vs 16"):
+        train(TrainConfig(out=str(tmp_path / "wide"), **other), data=data)

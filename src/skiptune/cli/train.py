@@ -38,6 +38,9 @@ def register(sub) -> None:
     n.add_argument("--num-blocks", type=int, help="DDPM++ residual blocks per level (default 2)")
     n.add_argument("--attn", help="DDPM++ attention resolutions, e.g. 8 or 16,8, or 'none' (default 8)")
     n.add_argument("--dropout", type=float, help="DDPM++ dropout (default 0)")
+    n.add_argument("--init-from", metavar="CKPT",
+                   help="start the network and its EMA from this skiptune checkpoint of the same network (fresh "
+                        "optimizer and schedule): continue a finished run or fine-tune on other data")
     ob = p.add_argument_group("objective")
     ob.add_argument("--objective", default="edm", choices=["edm", "ddpm", "s2dm"],
                     help="edm (default): EDM loss and preconditioning; ddpm: discrete eps-prediction (T = 1000, "
@@ -151,7 +154,7 @@ def config_from_args(args):
         batch=args.batch, steps=args.steps, images=args.images, lr=args.lr, lr_warmup_images=args.lr_warmup,
         lr_cooldown_start=args.lr_cooldown,
         ema_halflife_images=args.ema_halflife, ema_rampup_ratio=rampup, grad_clip=grad_clip,
-        P_mean=args.p_mean, P_std=args.p_std, seed=args.seed, device=str(device),
+        P_mean=args.p_mean, P_std=args.p_std, seed=args.seed, init_from=args.init_from, device=str(device),
         save_every=args.save_every or None, log_every=args.log_every, progress=not args.no_progress, **objective,
         **ddpmpp)
     try:

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skiptune.io.checkpoint import save_checkpoint
+from skiptune.io.checkpoint import load_checkpoint, network_config, save_checkpoint
+from skiptune.metrics.extractor import file_sha256
 from skiptune.nets.presets import build_network
 from skiptune.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_network
 from skiptune.train.data import ImageDataset, load_dataset
@@ -224,6 +225,25 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
     return state
 
 
+def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module, ...]) -> dict:
+    """Copy the weights of the skiptune checkpoint ``path`` into ``nets`` (which must be the network it
+    holds) and return the record of where they came from."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    source = load_checkpoint(path)
+    have = network_config(source)
+    if have["class_name"] != class_name or have["kwargs"] != kwargs:
+        keys = sorted(k for k in set(have["kwargs"]) | set(kwargs) if have["kwargs"].get(k) != kwargs.get(k))
+        what = f"class {have['class_name']} vs {class_name}" if have["class_name"] != class_name else \
+            ", ".join(f"{k}={have['kwargs'].get(k)!r} vs {kwargs.get(k)!r}" for k in keys)
+        raise ValueError(f"init_from {path} holds another network than this run would train ({what}): give "
+                         "the network options it was trained with (its .json file lists them)")
+    for net in nets:
+        net.load_state_dict(source.state_dict())
+    extra = getattr(source, "skiptune_extra", {})
+    return {"path": str(path), "sha256": file_sha256(path), "step": extra.get("step"), "images": extra.get("images")}
+
+
 def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | None = None,
           callback: Callable[[StepInfo], bool | None] | None = None) -> TrainResult:
     """Train a network as ``config`` says (EDM, DDPM or S²-DM objective); see the module docstring for the files.
@@ -266,6 +286,10 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
         if start > total:
             raise ValueError(f"cannot resume {out} for {total} steps: it has already run {start}")
         _truncate_log(log_path, start)
+        if "init" in (before := json.loads(state["resolved"])):
+            resolved["init"] = before["init"]
+    elif config.init_from is not None:
+        resolved["init"] = _warm_start(config.init_from, class_name, kwargs, (net, ema))
 
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps({**resolved, "provenance": provenance()}, indent=2) + "\n")
