@@ -212,6 +212,15 @@ def test_warm_start_begins_from_the_checkpoint_and_resumes(tmp_path):
     _assert_same_tensors(_state(full.state)["ema"], _state(resumed.state)["ema"])
     assert json.loads((tmp_path / "part/config.json").read_text())["init"] == record
 
+    # The same weights in an EDM network pickle (read without running its code) start the same run.
+    from edm_format import write_edm_pickle
+    from skiptune.io.checkpoint import network_config
+
+    pickled = tmp_path / "source.pkl"
+    write_edm_pickle(pickled, start, network_config(start)["kwargs"])
+    from_pickle = train(TrainConfig(out=str(tmp_path / "pkl"), **{**warm, "init_from": str(pickled)}), data=data)
+    assert from_pickle.losses == full.losses
+
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(TrainConfig(out=str(tmp_path / "gone"), **warm), data=data)
     other = {**warm, "init_from": str(moved), "model_channels": 16}

@@ -39,8 +39,8 @@ def register(sub) -> None:
     n.add_argument("--attn", help="DDPM++ attention resolutions, e.g. 8 or 16,8, or 'none' (default 8)")
     n.add_argument("--dropout", type=float, help="DDPM++ dropout (default 0)")
     n.add_argument("--init-from", metavar="CKPT",
-                   help="start the network and its EMA from this skiptune checkpoint of the same network (fresh "
-                        "optimizer and schedule): continue a finished run or fine-tune on other data")
+                   help="start the network and its EMA from this skiptune checkpoint or EDM pickle of the same "
+                        "network (fresh optimizer and schedule): continue a finished run or fine-tune on other data")
     ob = p.add_argument_group("objective")
     ob.add_argument("--objective", default="edm", choices=["edm", "ddpm", "s2dm"],
                     help="edm (default): EDM loss and preconditioning; ddpm: discrete eps-prediction (T = 1000, "

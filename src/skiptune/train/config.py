@@ -46,9 +46,10 @@ class TrainConfig:
     antithetic timesteps) or ``s2dm`` (``tau L0 + (1 - tau) L_skip`` with skip span ``skip_span``; see
     :mod:`skiptune.train.s2dm`); ``skip_span`` and ``tau`` are used by ``s2dm`` only. The DDPM recipe
     clips gradients at 1.0: set ``grad_clip=1.0`` (the command line does so for ddpm/s2dm by default).
-    Warm start: ``init_from`` names a skiptune checkpoint of the same network whose weights start both
-    the network and its EMA (optimizer, schedule and step count start afresh), e.g. to continue a run
-    that has finished its cool-down or to fine-tune a trained network on other data.
+    Warm start: ``init_from`` names a skiptune checkpoint (or an EDM network pickle, read safely) of the
+    same network whose weights start both the network and its EMA (optimizer, schedule and step count
+    start afresh), e.g. to continue a run that has finished its cool-down or to fine-tune a trained
+    network on other data.
     """
 
     data: str = "digits"

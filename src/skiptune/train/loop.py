@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skiptune.io.checkpoint import load_checkpoint, network_config, save_checkpoint
+from skiptune.io.checkpoint import load_model, network_config, save_checkpoint
 from skiptune.metrics.extractor import file_sha256
 from skiptune.nets.presets import build_network
 from skiptune.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_network
@@ -226,18 +226,23 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
 
 
 def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module, ...]) -> dict:
-    """Copy the weights of the skiptune checkpoint ``path`` into ``nets`` (which must be the network it
-    holds) and return the record of where they came from."""
+    """Copy the weights of the network in ``path`` (a skiptune checkpoint or an EDM pickle, read without
+    running code from it) into ``nets``, which must be the same network, and return where they came from."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"init_from: no checkpoint at {path}")
-    source = load_checkpoint(path)
-    have = network_config(source)
+    source = load_model(path)
+    cfg = getattr(source, "skiptune_config", None)
+    if cfg is None:
+        raise ValueError(f"init_from {path}: a {type(source).__name__} cannot be trained here; give a skiptune "
+                         ".safetensors checkpoint or an EDM network pickle")
+    have = json.loads(json.dumps(network_config(source)))  # tuples as lists, as in this run's resolved config
     if have["class_name"] != class_name or have["kwargs"] != kwargs:
         keys = sorted(k for k in set(have["kwargs"]) | set(kwargs) if have["kwargs"].get(k) != kwargs.get(k))
         what = f"class {have['class_name']} vs {class_name}" if have["class_name"] != class_name else \
             ", ".join(f"{k}={have['kwargs'].get(k)!r} vs {kwargs.get(k)!r}" for k in keys)
-        raise ValueError(f"init_from {path} holds another network than this run would train ({what}): give "
-                         "the network options it was trained with (its .json file lists them)")
+        raise ValueError(f"init_from {path} holds another network than this run would train ({what}): give the "
+                         "network options it was trained with (a skiptune checkpoint's .json file lists them; "
+                         "--net-json takes any network's kwargs)")
     for net in nets:
         net.load_state_dict(source.state_dict())
     extra = getattr(source, "skiptune_extra", {})
