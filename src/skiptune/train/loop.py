@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skiptune.io.checkpoint import load_model, network_config, save_checkpoint
+from skiptune.io.checkpoint import load_model, save_checkpoint
 from skiptune.metrics.extractor import file_sha256
 from skiptune.nets.presets import build_network
 from skiptune.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_network
@@ -228,14 +228,14 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
 def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module, ...]) -> dict:
     """Copy the weights of the network in ``path`` (a skiptune checkpoint or an EDM pickle, read without
     running code from it) into ``nets``, which must be the same network, and return where they came from."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"init_from: no checkpoint at {path}")
     source = load_model(path)
     cfg = getattr(source, "skiptune_config", None)
     if cfg is None:
         raise ValueError(f"init_from {path}: a {type(source).__name__} cannot be trained here; give a skiptune "
                          ".safetensors checkpoint or an EDM network pickle")
-    have = json.loads(json.dumps(network_config(source)))  # tuples as lists, as in this run's resolved config
+    have = json.loads(json.dumps(cfg))  # tuples as lists, as in this run's resolved config
     if have["class_name"] != class_name or have["kwargs"] != kwargs:
         keys = sorted(k for k in set(have["kwargs"]) | set(kwargs) if have["kwargs"].get(k) != kwargs.get(k))
         what = f"class {have['class_name']} vs {class_name}" if have["class_name"] != class_name else \
