@@ -198,6 +198,11 @@ def _schedule_change(before: dict, resolved: dict, done: int) -> str | None:
             f"{old_c if old_c != inf else 'never'}; the new schedule would change their learning rates")
 
 
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between ``a`` and ``b`` (a key missing from one counts as None)."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
     """Read a training state and check that it belongs to the run described by ``resolved``."""
     state = torch.load(path, map_location=device, weights_only=True)
@@ -208,7 +213,7 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
     before["train"] = {**TrainConfig().to_dict(), **before["train"]}
     free = (*RESUMABLE_CHANGES, "lr_cooldown_start")
     old, new = ({k: v for k, v in r["train"].items() if k not in free} for r in (before, resolved))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = _differing_keys(old, new)
     schedule = _schedule_change(before, resolved, int(state["step"]))
     if schedule:
         diff.append(schedule)
@@ -237,9 +242,9 @@ def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module,
                          ".safetensors checkpoint or an EDM network pickle")
     have = json.loads(json.dumps(cfg))  # tuples as lists, as in this run's resolved config
     if have["class_name"] != class_name or have["kwargs"] != kwargs:
-        keys = sorted(k for k in set(have["kwargs"]) | set(kwargs) if have["kwargs"].get(k) != kwargs.get(k))
         what = f"class {have['class_name']} vs {class_name}" if have["class_name"] != class_name else \
-            ", ".join(f"{k}={have['kwargs'].get(k)!r} vs {kwargs.get(k)!r}" for k in keys)
+            ", ".join(f"{k}={have['kwargs'].get(k)!r} vs {kwargs.get(k)!r}"
+                      for k in _differing_keys(have["kwargs"], kwargs))
         raise ValueError(f"init_from {path} holds another network than this run would train ({what}): give the "
                          "network options it was trained with (a skiptune checkpoint's .json file lists them; "
                          "--net-json takes any network's kwargs)")
