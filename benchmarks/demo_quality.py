@@ -23,7 +23,7 @@ import torch
 
 from skiptune import load_model
 from skiptune.demo.assets import DEMO_MODEL, asset_path
-from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.experiment.generate import SamplingSpec, generate, to_uint8
 from skiptune.metrics import extract_features, fid_floor, fid_from_features, get_extractor
 from skiptune.train.data import digits_split_indices, load_dataset
 

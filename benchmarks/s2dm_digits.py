@@ -6,7 +6,7 @@ the same e1 and additionally uses its e2). Only the objective differs: L0 (``--o
 ``tau L0 + (1 - tau) L_skip`` (``--objective s2dm``). Then every sampler x step count is scored by FID
 in the shipped digits classifier's feature space against the digits training split, over several
 seed sets (the same seeds for both models), with the relative improvement (base - s2dm)/base and its
-paired 95% interval (:func:`skiptune.train.compare.compare_training`). A real-vs-real floor (held-out
+paired 95% interval (:func:`skiptune.runs.compare.compare_training`). A real-vs-real floor (held-out
 test digits vs the training split, at the same sample count) is printed for scale.
 
 Everything is resumable: training continues from ``OUT/{ddpm,s2dm}/training-state.pt`` and every FID
@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from skiptune.demo.assets import classifier_extractor
-    from skiptune.generate import to_uint8
+    from skiptune.experiment.generate import to_uint8
     from skiptune.io import load_model
     from skiptune.metrics import extract_features, fid_from_stats
+    from skiptune.runs.compare import compare_training, format_compare_table
     from skiptune.sampling import parse_seeds
     from skiptune.store import Store
     from skiptune.train import TrainConfig, load_dataset, train
-    from skiptune.train.compare import compare_training, format_compare_table
 
     out = Path(args.out)
     attn = () if opt["attn"].lower() == "none" else tuple(int(v) for v in opt["attn"].split(","))

@@ -14,7 +14,7 @@ grid step away from the optimum costs as much as one noise std.
 
 Reference: the full grid at the finest step (0.05 over [0.5, 1.5]: 21 points) with N samples at
 every point, seed set 0 (with ``--select-sets S``: the mean over seed sets 0..S-1 at every point,
-and the search selects on the same S sets). The search (skiptune.search.search_rho with its defaults) is compared
+and the search selects on the same S sets). The search (skiptune.runs.search.search_rho with its defaults) is compared
 with it on the same objective: |rho_search - rho_grid|, the share within 0.02 (the goal: within
 0.02 using at most 40% of the grid's samples), the budget ratio (selection stages only, and with
 the 3-seed-set estimate that the grid does not provide), and both methods' distance to the true
@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from skiptune.search import full_grid, search_rho
+from skiptune.runs.search import full_grid, search_rho
 
 LO, HI, STEP = 0.5, 1.5, 0.05
 

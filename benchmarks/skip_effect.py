@@ -19,12 +19,12 @@ import argparse
 import time
 
 from skiptune import load_model
-from skiptune.generate import to_uint8
+from skiptune.core.stats import t_interval
+from skiptune.experiment.generate import to_uint8
 from skiptune.metrics import extract_features, get_extractor
+from skiptune.runs.sweep import SweepSpec, expand_rules, fingerprint, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
-from skiptune.search import t_interval
 from skiptune.store import Store
-from skiptune.sweep import SweepSpec, expand_rules, fingerprint, run_sweep, seed_sets
 from skiptune.train.data import load_dataset
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ def build_tiny(folder: Path, n_images: int = 48) -> dict[str, Path]:
     """A randomly perturbed 4-site SongUNet (zero-initialised output layers would hide the skips) saved as a
     checkpoint, and the first ``n_images`` training digits as a uint8 .npz (resized to 8x8 on loading)."""
     from skiptune import save_checkpoint
-    from skiptune.generate import to_uint8
+    from skiptune.experiment.generate import to_uint8
     from skiptune.nets.presets import build_network
     from skiptune.train.data import load_dataset
 
@@ -58,12 +59,14 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def run_rows(db: Path) -> dict[str, tuple[str, float, int]]:
-    """``key -> (status, updated, attempts)`` of every run in the store."""
+    """``key -> (status, updated, attempts)`` of every generated-and-scored point in the store."""
     with sqlite3.connect(db) as con:
-        return {k: (s, u, a) for k, s, u, a in con.execute("SELECT key, status, updated, attempts FROM runs")}
+        rows = con.execute("SELECT key, status, updated, attempts, config FROM runs").fetchall()
+    return {k: (s, u, a) for k, s, u, a, cfg in rows if json.loads(cfg).get("kind") == "point"}
 
 
 def unit_rows(db: Path, name: str) -> dict[str, float]:
-    """``key -> created`` of the cached analysis units called ``name``."""
+    """``key -> created`` of the stored analysis units called ``name`` (runs of kind ``analysis-unit``)."""
     with sqlite3.connect(db) as con:
-        return dict(con.execute("SELECT key, created FROM analyses WHERE name = ?", (f"unit:{name}",)))
+        return {k: c for k, c, cfg in con.execute("SELECT key, created, config FROM runs")
+                if json.loads(cfg).get("kind") == "analysis-unit" and json.loads(cfg).get("unit") == name}

@@ -10,8 +10,8 @@ import pytest
 
 from analysis_tiny import run_cli
 from skiptune.analysis import AnalysisResult, cached, record_result, stored_results, write_result
-from skiptune.analysis.base import ANALYSIS_VERSION
 from skiptune.cli import main
+from skiptune.experiment.results import UNIT_VERSION
 from skiptune.store import Store
 
 
@@ -39,11 +39,11 @@ def test_cached_computes_once_and_survives_a_new_store(tmp_path):
     with Store(tmp_path / "r.sqlite") as again:  # a new process / connection on the same file
         assert cached(again, "unit-a", cfg, compute) == {"value": 3.25, "list": [1, 2]}
         assert len(calls) == 3
-        names = {n for n, _, _ in again.analyses()}
-        assert names == {"unit:unit-a", "unit:unit-b"}
+        names = {r.config["unit"] for r in again.runs({"kind": "analysis-unit"})}
+        assert names == {"unit-a", "unit-b"}  # units are runs of the store like every other result
     # without a store the value is simply computed
     assert cached(None, "unit-a", cfg, compute)["value"] == 3.25 and len(calls) == 4
-    assert ANALYSIS_VERSION >= 1
+    assert UNIT_VERSION >= 1
 
 
 def test_cached_round_trips_nan_and_inf(tmp_path):

@@ -9,6 +9,7 @@ import torch
 from analysis_nets import LinearDenoiser, tiny_net
 from skiptune.analysis.complexity import jacobian_norms, run_complexity
 from skiptune.cli import main
+from skiptune.experiment.results import units
 from skiptune.io import load_model, save_checkpoint
 from skiptune.store import Store
 from skiptune.train.data import load_dataset
@@ -75,11 +76,11 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thr
         assert row["rule"] == ref["rule"] and row["frobenius"] == pytest.approx(ref["frobenius"], rel=1e-5)
     assert got["rows"][1]["ratio_to_baseline"] == pytest.approx(1.0)
     with Store(db) as store:  # tamper with a stored unit: the rerun must read it, not recompute
-        units = store.analyses("unit:complexity")
-        assert len(units) == 2
-        _, key, value = units[0]
+        stored = units(store, "complexity")
+        assert len(stored) == 2
+        value = stored[0].result
         value["frobenius"] = [100.0, 100.0]
-        store.record_analysis("unit:complexity", key, value)
+        store.complete_run(stored[0].config, {}, result=value, overwrite=True)
     assert main(args) == 0
     rows = json.loads((out / "complexity.json").read_text())["rows"]
     assert any(r["frobenius"] == pytest.approx(100.0) for r in rows)

@@ -10,9 +10,10 @@ from analysis_nets import JoinNet, tiny_net, toy_adapter
 from skiptune.analysis.denoising import edm_lognormal_sigmas, seeded_noise
 from skiptune.analysis.dsm import haar2d, ihaar2d, run_dsm
 from skiptune.cli import main
+from skiptune.core.stats import t_interval
+from skiptune.experiment.results import units
 from skiptune.io import load_model, save_checkpoint
 from skiptune.metrics import wrap_module
-from skiptune.search import t_interval
 from skiptune.store import Store
 from skiptune.train.data import load_dataset
 from skiptune.train.loss import edm_weight
@@ -115,11 +116,11 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thr
         assert (row["space"], row["rule"]) == (ref["space"], ref["rule"])
         assert row["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     with Store(db) as store:  # tamper with one stored unit: the rerun must read it back
-        units = store.analyses("unit:dsm")
-        assert len(units) == 2 * 3
-        _, key, value = units[0]
+        stored = units(store, "dsm")
+        assert len(stored) == 2 * 3
+        value = stored[0].result
         value["pixel"] = [123.0] * 6
-        store.record_analysis("unit:dsm", key, value)
+        store.complete_run(stored[0].config, {}, result=value, overwrite=True)
     assert main(args) == 0
     rows = json.loads((out / "dsm.json").read_text())["rows"]
     assert sum(r["loss"] == pytest.approx(123.0) for r in rows) == 1
@@ -128,7 +129,7 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thr
 
 
 def test_float_features_equal_the_metric_path_on_quantised_images_and_carry_gradients(one_thread):
-    from skiptune.generate import to_uint8
+    from skiptune.experiment.generate import to_uint8
     from skiptune.metrics import get_extractor
 
     ext = get_extractor("digits-classifier")

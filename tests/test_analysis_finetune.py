@@ -10,6 +10,7 @@ from analysis_nets import MaskNet, tiny_net, toy_adapter
 from skiptune.analysis.denoising import denoise
 from skiptune.analysis.finetune import finetune_weights, fit_rho, make_loss, rho_of, theta_of
 from skiptune.cli import main
+from skiptune.experiment.results import units
 from skiptune.io import save_checkpoint
 from skiptune.store import Store
 
@@ -89,10 +90,11 @@ def test_cli_end_to_end_and_resumes_from_store(tmp_path, one_thread):
         if name != "baseline":
             assert r["fid_diff"] == pytest.approx(r["fid"] - rows["baseline"]["fid"], rel=1e-9, abs=1e-9)
     with Store(db) as store:
-        assert len(store.analyses("unit:finetune-rho")) == 2
-        (_, key, full), = store.analyses("unit:finetune-full")
+        assert len(units(store, "finetune-rho")) == 2
+        (rec,) = units(store, "finetune-full")
+        full = rec.result
         full["checkpoints"]["2"]["none|3"] = [-1.0, -3.0]
-        store.record_analysis("unit:finetune-full", key, full)
+        store.complete_run(rec.config, {}, result=full, overwrite=True)
         runs = len(store.runs())
     assert main(args) == 0  # every unit and FID point from the store: nothing recomputed
     again = {r["method"]: r for r in json.loads((out / "finetune.json").read_text())["rows"]}
@@ -117,5 +119,5 @@ def test_a_revised_sampler_recomputes_the_cached_fine_tune(tmp_path, one_thread,
     monkeypatch.setattr(samplers, "REVISIONS", {"unipc": 2})
     assert main(args) == 0
     with Store(db) as store:
-        assert len(store.analyses("unit:finetune-full")) == 2  # one per revision: the old FIDs are not reused
-        assert len(store.analyses("unit:finetune-rho")) == 1  # the rho fit does not sample: still shared
+        assert len(units(store, "finetune-full")) == 2  # one per revision: the old FIDs are not reused
+        assert len(units(store, "finetune-rho")) == 1  # the rho fit does not sample: still shared

@@ -108,16 +108,16 @@ def test_inversion_cli_end_to_end_and_resume(tmp_path, tmp_path_factory, capsys)
     res = run_cli(*args, "--seed-sets", "1")
     assert res.returncode == 0, res.stderr
     first = unit_rows(db, "inversion")
-    assert len(first) == 3
+    assert len(first) == 2  # const:1 is the untouched network: one point with none
     # the whole analysis computes the second chunk only
     assert main([*args, "--seed-sets", "2"]) == 0
     units = unit_rows(db, "inversion")
-    assert len(units) == 6 and all(units[k] == v for k, v in first.items())
+    assert len(units) == 4 and all(units[k] == v for k, v in first.items())
     rows = list(csv.DictReader(open(out / "inversion.csv", newline="")))
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
-    assert len(kernels) == 6 and len(rows) == 6 * 3
+    assert len(kernels) == 6 and len(rows) == 6 * 2 and {r["rule"] for r in rows} == {"none", "const:0.7"}
     for r in rows:
-        if r["rule"] in ("none", "const:1"):  # rho = 1 is the untouched network: relative MMD exactly 1
+        if r["rule"] == "none":  # the untouched network: relative MMD exactly 1
             assert float(r["relative"]) == 1.0 and float(r["diff"]) == 0.0
         else:
             assert float(r["relative"]) == pytest.approx(

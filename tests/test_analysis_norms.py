@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from analysis_nets import JoinNet, tiny_net, toy_adapter
+from skiptune.analysis import stored_results
 from skiptune.analysis.norms import run_norms
 from skiptune.cli import main
+from skiptune.experiment.results import units
 from skiptune.io import load_model, save_checkpoint
 from skiptune.store import Store
 from skiptune.train.data import load_dataset
@@ -76,17 +78,17 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, capsys,
     assert "mean_prop" in capsys.readouterr().out
     # a rerun reads every unit from the store: overwrite one stored unit and see it come back
     with Store(db) as store:
-        units = [(k, v) for _, k, v in store.analyses("unit:norms")]
-        assert len(units) == 2
-        (key, tampered), (_, other) = units
+        stored = units(store, "norms")
+        assert len(stored) == 2
+        tampered, other = stored[0].result, stored[1].result
         tampered["prop"][0] = [7.0] * 4
-        store.record_analysis("unit:norms", key, tampered)
+        store.complete_run(stored[0].config, {}, result=tampered, overwrite=True)
     assert main(args) == 0
     rows = json.loads((out / "norms.json").read_text())["rows"]
     site0 = next(r for r in rows if r["site"] == 0 and r["sigma"] == "mean")
     assert site0["prop"] == pytest.approx((7.0 + sum(other["prop"][0]) / 4) / 2, rel=1e-6)
     with Store(db) as store:
-        assert len(store.analyses("unit:norms")) == 2 and len(store.analyses("norms")) == 1
+        assert len(units(store, "norms")) == 2 and len(stored_results(store, "norms")) == 1
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "report")]) == 0  # redrawn from the store alone
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## norms" in text and "mean_prop" in text and ".png" in text

@@ -13,7 +13,6 @@ from skiptune.analysis.scoring import FidSetup, fid_estimates
 from skiptune.analysis.stochastic import check_churns, churn_gamma
 from skiptune.cli import main
 from skiptune.store import Store
-from skiptune.sweep import fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +46,7 @@ def test_stochastic_cli_end_to_end(tmp_path, tmp_path_factory, capsys):
     assert (out / "stochastic.png").stat().st_size > 1000
     # S_churn = 0 is the deterministic Heun sampler: the same FIDs, bit for bit, from separate Heun runs
     ctx = AnalysisContext(model=str(tiny["model"]), data=str(tiny["data"]), db=None, progress=False)
-    setup = FidSetup(ctx.extractor, ctx.reference, seeds="0-5", seed_sets=2, model_id=fingerprint(ctx.net))
+    setup = FidSetup(ctx.scorer, ctx.model_ref, seeds="0-5", seed_sets=2)
     with Store(db) as store:
         heun = fid_estimates(ctx.net, setup, sampler="heun", nfe=3, rules=["none", "const:0.8"], store=store)
     for r in rows[:2]:

@@ -17,10 +17,9 @@ from skiptune import load_model
 from skiptune.analysis.context import AnalysisContext
 from skiptune.analysis.scoring import FidSetup, fid_estimates
 from skiptune.cli import main
-from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.experiment.generate import SamplingSpec, generate, to_uint8
 from skiptune.io.images import make_grid
 from skiptune.store import Metric, Store
-from skiptune.sweep import fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,8 +34,8 @@ def test_sweep_reads_the_store_and_averages_over_seed_sets(tmp_path, tmp_path_fa
     tiny = tiny_assets(tmp_path_factory)
     db, out = tmp_path / "r.sqlite", tmp_path / "out"
     ctx = AnalysisContext(model=str(tiny["model"]), data=str(tiny["data"]), db=None, progress=False)
-    fp = fingerprint(ctx.net)
-    setup = FidSetup(ctx.extractor, ctx.reference, seeds="0-5", seed_sets=3, model_id=fp)
+    fp = ctx.fingerprint
+    setup = FidSetup(ctx.scorer, ctx.model_ref, seeds="0-5", seed_sets=3)
     with Store(db) as store:
         # real sweep runs: two rules on a rho axis and a ramp (not on the axis), 3 seed sets each
         fid_estimates(ctx.net, setup, sampler="euler", nfe=3, rules=["none", "const:0.8", "ramp:down:0.8"],
@@ -45,7 +44,7 @@ def test_sweep_reads_the_store_and_averages_over_seed_sets(tmp_path, tmp_path_fa
         # the sampler (an untouched FID far below the others, so counting it would move the numbers)
         for other in ({"model": "0" * 64}, {"features": "inception-v3"}, {"sampler_rev": 99, "seeds": "100-105"}):
             cfg = {**store.runs({"rule": "none"})[0].config, **other}
-            store.record_run(cfg, {"fid": Metric(1.0, n_samples=6)})
+            store.complete_run(cfg, {"fid": Metric(1.0, n_samples=6)})
         runs = [r for r in store.runs({"model": fp, "features": "digits-classifier"}, status="complete")
                 if "sampler_rev" not in r.config]
     fid = {}

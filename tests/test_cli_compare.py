@@ -10,6 +10,7 @@ import pytest
 
 from skiptune import load_model, save_checkpoint
 from skiptune.cli import main
+from skiptune.experiment.results import stored_results
 from skiptune.metrics import state_dict_sha256
 from skiptune.nets import build_network
 from skiptune.store import Store
@@ -48,17 +49,18 @@ def test_compare_training_cli_table_store_rows_and_resume(pair, tmp_path, capsys
     shas = {role: state_dict_sha256(load_model(path)) for role, path in pair.items()}
     expected = set(itertools.product(shas.values(), ["ddim", "ipndm"], [2, 3], ["0-39", "40-79"]))
     with Store(db) as store:
-        runs = store.runs()
+        runs = store.runs({"kind": "point"})
         counts = store.counts()
-        analyses = store.analyses("compare-training")
-    assert counts["complete"] == len(expected) == 16 and counts["pending"] == counts["failed"] == 0
-    assert {(r.config["model"]["sha256"], r.config["sampler"], r.config["steps"], r.config["seeds"])
+        analyses = stored_results(store, "compare-training")
+    assert len(runs) == len(expected) == 16  # and one more run: the analysis summary
+    assert counts["complete"] == 17 and counts["pending"] == counts["failed"] == 0
+    assert {(r.config["model"], r.config["sampler"], r.config["nfe"], r.config["seeds"])
             for r in runs} == expected
     assert all(r.config["grid"] == "discrete" and r.config["features"] == "digits-classifier" for r in runs)
     assert len(analyses) == 1
 
     # The table's numbers are the stored FIDs: per-set values in seed-set order, improvement = mean((b - s) / b).
-    fid = {(r.config["model"]["sha256"], r.config["sampler"], r.config["steps"], r.config["seeds"]):
+    fid = {(r.config["model"], r.config["sampler"], r.config["nfe"], r.config["seeds"]):
            r.metrics["fid"].value for r in runs}
     rows = json.loads((out / "compare.json").read_text())
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("ipndm", 2), ("ipndm", 3)]
@@ -75,7 +77,7 @@ def test_compare_training_cli_table_store_rows_and_resume(pair, tmp_path, capsys
     assert main(args) == 0
     assert capsys.readouterr().out == first.stdout
     with Store(db) as store:
-        again = store.runs()
+        again = store.runs({"kind": "point"})
         assert store.counts() == counts
     assert [(r.key, r.updated, r.attempts) for r in again] == [(r.key, r.updated, r.attempts) for r in runs]
 

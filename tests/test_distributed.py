@@ -176,11 +176,11 @@ def _complete_runs(db) -> int:
 
 
 def test_torchrun_sweep_killed_midway_resumes_with_each_configuration_once(tmp_path, one_thread):
-    from skiptune.cli.sweep import load_reference
     from skiptune.demo.assets import classifier_extractor
+    from skiptune.experiment import Scorer, load_reference
     from skiptune.io import load_model
+    from skiptune.runs.sweep import SweepSpec, expand_rules, run_sweep, seed_sets
     from skiptune.store import Store
-    from skiptune.sweep import SweepSpec, expand_rules, run_sweep, seed_sets
 
     rules, nfes, seeds, sets = "none;const:0.6;const:0.7;const:0.8;const:0.9", "3,5", "0-7", 2
     total = 5 * 2 * sets
@@ -212,7 +212,7 @@ def test_torchrun_sweep_killed_midway_resumes_with_each_configuration_once(tmp_p
     spec = SweepSpec(rules=expand_rules(rules), samplers=["heun"], nfes=[3, 5], seed_sets=seed_sets(seeds, sets),
                      batch=8)
     with Store(tmp_path / "one.sqlite") as one:
-        rows = run_sweep(load_model(MODEL), spec, store=one, extractor=ext, ref=load_reference("digits", ext),
+        rows = run_sweep(load_model(MODEL), spec, store=one, scorer=Scorer(ext, load_reference("digits", ext)),
                          progress=False)
         assert {r.key for r in one.runs()} == {r.key for r in runs}
     with Store(db, create=False) as store:

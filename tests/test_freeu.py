@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import randomize
-from skiptune.generate import SamplingSpec, generate
+from skiptune.experiment.generate import SamplingSpec, generate
 from skiptune.nets import build_preset
 from skiptune.skip import FreeUConfig, fourier_lowpass, freeu, skip_sites, skip_tuning
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import randomize
 from skiptune import load_model
-from skiptune.generate import SamplingSpec, generate
+from skiptune.experiment.generate import SamplingSpec, generate
 from skiptune.sampling import GaussianMixture
 
 
@@ -74,7 +74,7 @@ def test_sample_cli_writes_everything(tmp_path):
     assert len(list((out / "images").glob("*.png"))) == 6 and (out / "grid.png").exists()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["sampling"]["nfe"] == 5 and cfg["config"]["rule"] == "layer:0.7:1"
-    assert "torch_version" in cfg["environment"]
+    assert {"torch", "skiptune", "git_revision"} <= set(cfg["environment"])
 
 
 def test_sample_cli_errors(tmp_path):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import randomize
-from skiptune.generate import SamplingSpec, generate
+from skiptune.experiment.generate import SamplingSpec, generate
 from skiptune.io import load_model
 from skiptune.nets import build_network
 from skiptune.sampling import VPDenoiser, alphas_cumprod, discrete_sigmas, discrete_timesteps

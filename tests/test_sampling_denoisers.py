@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from skiptune.core.sigma import current_sigma
 from skiptune.sampling import (
     CFGDenoiser,
     EDMDenoiser,
@@ -21,7 +22,6 @@ from skiptune.sampling import (
     sample_dpmpp_2m,
     sample_heun,
 )
-from skiptune.skip.sigma import current_sigma
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

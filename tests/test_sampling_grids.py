@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from skiptune.core.schedules import vp_sigma, vp_sigma_inv
 from skiptune.sampling import (
     alphas_cumprod,
     discrete_sigmas,
@@ -18,7 +19,6 @@ from skiptune.sampling import (
     vp_time_quadratic_sigmas,
     vp_time_uniform_sigmas,
 )
-from skiptune.sampling.grids import vp_sigma, vp_sigma_inv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,6 @@
 """Automatic rho search on synthetic objectives with a known minimum."""
 
 import math
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import t as student_t
 
-from skiptune.search import full_grid, search_rho, t_interval
+from skiptune.runs.search import full_grid, search_rho, t_interval
 from skiptune.skip import parse_rule
 from skiptune.store import Store
 
@@ -141,25 +140,31 @@ def test_templates_finer_step_and_full_grid():
     assert grid.rho == 1.05 and grid.budget == 21 * 100 == sum(n for _, n, _ in f.calls) and len(grid.rhos) == 21
 
 
-def test_store_caches_evaluations(tmp_path):
+def test_values_read_from_a_store_count_as_cached(tmp_path):
+    """An objective that answers ``(value, cached)`` (as the CLI's stored objective does) is charged only for
+    what it computed; a repeated search through the same store computes nothing and decides the same."""
     base = {"model": "synthetic", "sampler": "heun", "nfe": 9}
+
+    def stored(f, store, setting):
+        def objective(rho, n, seed_set):
+            cfg = {**setting, "rho": rho, "n_samples": n, "seed_set": seed_set}
+            fresh = []
+            rec = store.run_once(cfg, lambda _cfg: fresh.append(1) or {"fid": f(rho, n, seed_set)})
+            return rec.metrics["fid"].value, not fresh
+        return objective
+
     with Store(tmp_path / "search.sqlite") as store:
         f = UShape(1.16, sigma=0.5)
-        first = search_rho(f, n_max=200, store=store, store_config=base)
+        first = search_rho(stored(f, store, base), n_max=200)
         assert first.computed == first.budget > 0 and not any(e.cached for e in first.trace)
-        runs = store.runs(base, status="complete")
-        assert len(runs) == len(first.trace)
-        at_n_max = Counter(r.config["rule"] for r in runs if r.config["n_samples"] == 200)
-        assert at_n_max[first.rule] == 3  # the final rung on seed set 0 and the estimate on seed sets 1, 2
+        assert len(store.runs(base, status="complete")) == len(first.trace) == len(f.calls)
         again = UShape(1.16, sigma=0.5)
-        second = search_rho(again, n_max=200, store=store, store_config=base)
+        second = search_rho(stored(again, store, base), n_max=200)
         assert again.calls == [] and second.computed == 0 and second.budget == first.budget
         assert second.rho == first.rho and second.estimate == first.estimate
         assert all(e.cached for e in second.trace)
-        other = search_rho(UShape(1.16, sigma=0.5), n_max=200, store=store, store_config={**base, "nfe": 19})
+        other = search_rho(stored(UShape(1.16, sigma=0.5), store, {**base, "nfe": 19}), n_max=200)
         assert other.computed == other.budget  # a different setting shares nothing
-    with pytest.raises(ValueError, match="store_config"):
-        search_rho(UShape(1.0), n_max=10, store=Store(tmp_path / "x.sqlite"))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -18,15 +18,13 @@ from skiptune.cli import main
 from skiptune.store import Metric, RunOutcome, Store, StoreError, canonical_json, config_key
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A sweep worker. store.py uses the standard library only, so the worker loads it by path and starts
-# in a fraction of a second (importing the skiptune package would import torch).
+# A sweep worker. skiptune.store uses the standard library only (importing it does not import torch), so the
+# worker starts in a fraction of a second.
 
 WORKER = textwrap.dedent("""
-    import importlib.util, os, sys, time
-    spec = importlib.util.spec_from_file_location("skiptune_store_under_test", sys.argv[1])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    import os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import skiptune.store as mod
     db, n, log, order, stall_at, marker, pause = sys.argv[2:]
     n, stall_at, pause = int(n), int(stall_at), float(pause)
     indices = list(range(n)) if order == "forward" else list(reversed(range(n)))
@@ -45,7 +43,7 @@ WORKER = textwrap.dedent("""
     for i in indices:
         cfg = {"rule": f"layer:{0.5 + 0.05 * i:.2f}", "sampler": "heun", "nfe": 9, "seeds": "0-99", "index": i}
         store.run_once(cfg, compute)
-        store.record_analysis("progress", str(i), {"done": i})
+        store.complete_run({"kind": "progress", "index": i}, {}, result={"done": i})
     print("done")
 """)
 
@@ -57,8 +55,9 @@ def expected_metrics(i: int) -> dict:
 def start_worker(tmp_path: Path, db: Path, n: int, *, order="forward", stall_at=-1, pause=0.0, log="log.txt"):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    args = [sys.executable, str(script), store_module.__file__, str(db), str(n), str(tmp_path / log), order,
-            str(stall_at), str(tmp_path / "stalled"), str(pause)]
+    src = str(Path(store_module.__file__).parents[2])
+    args = [sys.executable, str(script), src, str(db), str(n), str(tmp_path / log), order, str(stall_at),
+            str(tmp_path / "stalled"), str(pause)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -76,6 +75,8 @@ def check_consistent(db: Path, n: int, *, all_complete: bool) -> None:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = con.execute("SELECT key, config, status FROM runs").fetchall()
         assert len({k for k, _, _ in rows}) == len(rows)
+        progress = [r for r in rows if json.loads(r[1]).get("kind") == "progress"]
+        rows = [r for r in rows if json.loads(r[1]).get("kind") != "progress"]
         indices = [json.loads(c)["index"] for _, c, _ in rows]
         assert len(set(indices)) == len(indices)
         for key, cfg, status in rows:
@@ -92,7 +93,7 @@ def check_consistent(db: Path, n: int, *, all_complete: bool) -> None:
             assert sorted(indices) == list(range(n))
             assert {s for _, _, s in rows} == {"complete"}
             assert con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 2 * n
-            assert con.execute("SELECT COUNT(*) FROM analyses WHERE name = 'progress'").fetchone()[0] == n
+            assert len(progress) == n and {s for _, _, s in progress} == {"complete"}
     finally:
         con.close()
 
@@ -116,7 +117,8 @@ def test_sweep_killed_midway_and_restarted_loses_and_duplicates_nothing(tmp_path
     # killed inside compute of config `stall`: 0..stall-1 complete, `stall` pending
     with Store(db) as s:
         counts = s.counts()
-    assert counts["complete"] == stall and counts["pending"] == 1 and counts["metrics"] == 2 * stall
+    # (each finished config also wrote one progress run, complete, without metrics)
+    assert counts["complete"] == 2 * stall and counts["pending"] == 1 and counts["metrics"] == 2 * stall
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
@@ -212,12 +214,13 @@ def test_record_run_metrics_and_provenance(tmp_path):
     with Store(tmp_path / "r.sqlite") as s:
         cfg = {"rule": "layer:0.7:1", "sampler": "heun", "nfe": 9}
         with pytest.raises(ValueError, match="needs its metrics"):
-            s.record_run(cfg)
-        key = s.record_run(cfg, {"fid": Metric(3.5, std=0.1, ci_low=3.3, ci_high=3.7, ci_level=0.95,
+            s.complete_run(cfg, None)
+        assert s.complete_run(cfg, {"fid": Metric(3.5, std=0.1, ci_low=3.3, ci_high=3.7, ci_level=0.95,
                                                feature_net="inception-v3", feature_checksum="f" * 64,
                                                n_samples=2000, details={"seeds": "0-1999"}),
                                  "is": 12.0}, timings={"sample_s": 1.5})
-        assert key == config_key(cfg) and s.has_run(key)
+        key = config_key(cfg)
+        assert s.has_run(key)
         rec = s.run(key)
         fid = rec.metrics["fid"]
         assert (fid.value, fid.std, fid.ci_low, fid.ci_high, fid.n_samples) == (3.5, 0.1, 3.3, 3.7, 2000)
@@ -225,19 +228,20 @@ def test_record_run_metrics_and_provenance(tmp_path):
         assert rec.metrics["is"].value == 12.0 and rec.timings == {"sample_s": 1.5}
         assert rec.versions["python"] and rec.versions["skiptune"] and rec.created <= rec.updated
         # first writer wins; overwrite replaces the metric set
-        s.record_run(cfg, {"fid": 9.0})
+        assert not s.complete_run(cfg, {"fid": 9.0})
         assert s.run(key).metrics["fid"].value == 3.5
-        s.record_run(cfg, {"fid": 9.0}, overwrite=True)
+        assert s.complete_run(cfg, {"fid": 9.0}, overwrite=True)
         assert set(s.run(key).metrics) == {"fid"} and s.run(key).metrics["fid"].value == 9.0
-        s.record_metric(key, "kid", 0.01, ci=(0.0, 0.02), n_samples=2000)
+        s.record_metric(key, "kid", {"value": 0.01, "ci": (0.0, 0.02)}, n_samples=2000)
         s.record_metric(key, "kid", 0.02)  # replaces, never duplicates
         assert s.run(key).metrics["kid"].value == 0.02 and s.counts()["metrics"] == 2
         with pytest.raises(StoreError, match="record the run"):
             s.record_metric("0" * 64, "fid", 1.0)
-        s.record_analysis("norm_ratio", "abc", {"mean": 0.446})
-        s.record_analysis("norm_ratio", "abc", {"mean": 0.5})
-        assert s.analysis("norm_ratio", "abc") == {"mean": 0.5} and len(s.analyses("norm_ratio")) == 1
-        assert s.analysis("norm_ratio", "missing", default=0) == 0
+        # a JSON result payload (analyses), replaced only with overwrite
+        unit = {"kind": "analysis-unit", "unit": "norm_ratio"}
+        s.complete_run(unit, {}, result={"mean": 0.446})
+        s.complete_run(unit, {}, result={"mean": 0.5}, overwrite=True)
+        assert s.run(config_key(unit)).result == {"mean": 0.5} and len(s.runs({"unit": "norm_ratio"})) == 1
 
 
 def test_run_once_skips_completed_and_retries_failed(tmp_path):
@@ -270,7 +274,7 @@ def test_filters_and_csv_export(tmp_path):
             for nfe in (9, 19):
                 cfg = {"rule": "layer:0.7:1", "sampler": sampler, "nfe": nfe, "opts": {"order": 2 if sampler == "unipc"
                                                                                         else None}}
-                s.record_run(cfg, {"fid": nfe / 10 + (sampler == "unipc")})
+                s.complete_run(cfg, {"fid": nfe / 10 + (sampler == "unipc")})
         s.start_run({"rule": "none", "sampler": "heun", "nfe": 9})
         assert len(s.runs()) == 5 and len(s.runs(status="complete")) == 4 and len(s.runs(status="pending")) == 1
         heun = s.runs({"sampler": "heun"}, status="complete")
@@ -299,7 +303,7 @@ def sweep_db(tmp_path):
                 for rho in (0.7, 1.0):
                     cfg = {"model": "m1", "rule": f"layer:{rho:g}:1", "sampler": sampler, "nfe": nfe, "seeds": "0-99"}
                     fid = 10.0 * rho + nfe / 100 + (sampler == "heun")
-                    s.record_run(cfg, {"fid": Metric(fid, ci_low=fid - 0.5, ci_high=fid + 0.5, n_samples=100),
+                    s.complete_run(cfg, {"fid": Metric(fid, ci_low=fid - 0.5, ci_high=fid + 0.5, n_samples=100),
                                        "is": 2.0 + rho})
         s.start_run({"model": "m1", "rule": "layer:0.5:1", "sampler": "heun", "nfe": 9, "seeds": "0-99"})
     return db

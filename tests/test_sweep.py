@@ -5,9 +5,10 @@ import torch
 
 from conftest import randomize
 from skiptune import load_model
+from skiptune.experiment import Scorer
 from skiptune.metrics import FeatureExtractor, extract_features
+from skiptune.runs.sweep import SweepSpec, best_rows, expand_rules, run_sweep, seed_sets
 from skiptune.store import Store
-from skiptune.sweep import SweepSpec, best_rows, expand_rules, run_sweep, seed_sets
 
 
 def test_expand_rules():
@@ -40,14 +41,14 @@ def test_sweep_resumes_from_the_store(tmp_path, monkeypatch):
     spec = SweepSpec(rules=["none", "layer:0.5:1"], samplers=["euler"], nfes=[2], seed_sets=seed_sets("0-59", 2),
                      batch=30)
     with Store(tmp_path / "r.sqlite") as store:
-        rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=False)
+        rows = run_sweep(net, spec, store=store, scorer=Scorer(ext, ref), progress=False)
         assert store.counts()["complete"] == 4
     assert len(rows) == 2 and all(len(r.estimate.values) == 2 for r in rows)
     # a restart computes nothing and returns the same numbers
-    import skiptune.sweep as sw
-    monkeypatch.setattr(sw, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    import skiptune.experiment.scoring as scoring
+    monkeypatch.setattr(scoring, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     with Store(tmp_path / "r.sqlite") as store:
-        again = run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=False)
+        again = run_sweep(net, spec, store=store, scorer=Scorer(ext, ref), progress=False)
     assert [r.estimate.values for r in again] == [r.estimate.values for r in rows]
     best, base = best_rows(rows)[("euler", 2)]
     assert base.rule == "none" and best.estimate.mean == min(r.estimate.mean for r in rows)
@@ -56,8 +57,8 @@ def test_sweep_resumes_from_the_store(tmp_path, monkeypatch):
 def test_reference_id_names_extracted_statistics_by_provenance_not_last_bits():
     import numpy as np
 
+    from skiptune.experiment import reference_id
     from skiptune.metrics import FeatureSet, FeatureStats
-    from skiptune.sweep import reference_id
 
     x = np.random.default_rng(0).normal(size=(50, 4))
     meta = {"source_fingerprint": "abc", "extractor": "net", "weights_sha256": "w" * 64, "n": 50}
@@ -81,10 +82,10 @@ def test_stored_results_of_a_revised_sampler_are_recomputed(tmp_path, monkeypatc
     spec = SweepSpec(rules=["none"], samplers=["euler", "unipc"], nfes=[3], seed_sets=["0-19"], batch=20)
     monkeypatch.setattr(samplers, "REVISIONS", {})  # as stored before any revision
     with Store(tmp_path / "r.sqlite") as store:
-        run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=False)
+        run_sweep(net, spec, store=store, scorer=Scorer(ext, ref), progress=False)
     monkeypatch.setattr(samplers, "REVISIONS", {"unipc": 1})
     with Store(tmp_path / "r.sqlite") as store:
-        run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=False)
+        run_sweep(net, spec, store=store, scorer=Scorer(ext, ref), progress=False)
         # euler's set is reused; unipc's is computed again under its revision
         assert store.counts()["complete"] == 3
         assert [r.config.get("sampler_rev") for r in store.runs({"sampler": "unipc"})] in ([None, 1], [1, None])

@@ -11,7 +11,7 @@ Work is split so that the result does not depend on the number of processes:
 - feature statistics are float64 sums and counts, added across ranks with ``all_reduce``
   (:func:`reduce_feature_set`); raw features are gathered in rank order, i.e. in image order;
 - sweeps hand whole configurations to ranks; only rank 0 writes to the results store
-  (:func:`skiptune.sweep.run_sweep`), so the store needs no shared file system.
+  (:func:`skiptune.runs.sweep.run_sweep`), so the store needs no shared file system.
 
 Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs in one process and no
 process group is created.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from skiptune.core.errors import InputError
 from skiptune.metrics import FeatureSet, FeatureStats, extract_features
 from skiptune.metrics.images import open_images
 
@@ -101,7 +102,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (torchrun sets it)") from None
+        raise InputError(f"environment variable {name}={value!r} is not an integer (torchrun sets it)") from None
 
 
 def init_distributed(device: str | torch.device = "cpu", backend: str | None = None) -> Dist:
@@ -116,14 +117,14 @@ def init_distributed(device: str | torch.device = "cpu", backend: str | None = N
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+            raise InputError("--device cuda was given but torch sees no CUDA device; use --device cpu")
         dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world <= 1:
         return Dist(device=dev)
     if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world - 1}")
+        raise InputError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world - 1}")
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
@@ -138,7 +139,7 @@ def close_distributed() -> None:
 def shard_range(num_batches: int, rank: int, world_size: int) -> tuple[int, int]:
     """Contiguous ``[lo, hi)`` of batch indices for ``rank``: sizes differ by at most one."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        raise InputError(f"rank {rank} is not in 0..{world_size - 1}")
     base, extra = divmod(num_batches, world_size)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
@@ -151,7 +152,7 @@ def shard_batches(items: Sequence[Any], batch: int, rank: int, world_size: int) 
     would form with the same ``batch``.
     """
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise InputError(f"batch must be >= 1, got {batch}")
     num_batches = -(-len(items) // batch)
     lo, hi = shard_range(num_batches, rank, world_size)
     return list(items[lo * batch:hi * batch])
@@ -163,7 +164,7 @@ def reduce_feature_stats(stats: FeatureStats, d: Dist) -> FeatureStats:
     if not d.enabled:
         return stats
     if not stats.has_counts:
-        raise ValueError("statistics without sample counts cannot be reduced across processes")
+        raise InputError("statistics without sample counts cannot be reduced across processes")
     total_n = int(d.all_reduce_sum(np.array([stats.n], np.float64))[0])
     out = FeatureStats(stats.dim, keep_features=stats.keep_features, meta=stats.meta)
     out.n = total_n
@@ -216,7 +217,7 @@ def extract_features_distributed(images: Any, extractor: Any, d: Dist, *, featur
 
 
 def gather_generated(part: Any, d: Dist) -> Any:
-    """The :class:`skiptune.generate.Generated` of all ranks, concatenated in rank (= seed) order, on rank 0.
+    """The :class:`skiptune.experiment.generate.Generated` of all ranks, concatenated in rank (= seed) order, on rank 0.
 
     ``part`` is this rank's result (``None`` for a rank without seeds). Other ranks get ``None``;
     ``seconds`` is the longest rank's time and ``processes`` the number of ranks.
@@ -228,7 +229,7 @@ def gather_generated(part: Any, d: Dist) -> Any:
     parts = d.gather_object(payload)
     if not d.is_main:
         return None
-    from skiptune.generate import Generated
+    from skiptune.experiment.generate import Generated
 
     got = [p for p in parts if p is not None]
     labels = None if got[0][1] is None else torch.cat([p[1] for p in got])

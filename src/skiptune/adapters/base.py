@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from skiptune.core.errors import InputError
+
 #: current rho for a site: a float, or a 1-D tensor with one value per sample
 ScaleFn = Callable[[], "float | torch.Tensor"]
 #: a transform of one join's two inputs, ``(u, d) -> (u', d')``: u the decoder tensor, d the encoder skip
@@ -64,7 +66,7 @@ class Adapter:
 
     def attach_join(self, net: nn.Module, site: SkipSite, fn: JoinFn) -> list[RemovableHandle]:
         """Hook that replaces the join's inputs ``(u, d)`` by ``fn(u, d)`` (used by FreeU)."""
-        raise ValueError(f"{self.name} does not support feature transforms at its joins (FreeU); "
+        raise InputError(f"{self.name} does not support feature transforms at its joins (FreeU); "
                          "only Skip-Tuning rules apply to it")
 
     def attach_sigma(self, net: nn.Module) -> list[RemovableHandle]:
@@ -127,6 +129,6 @@ def find_adapter(net: nn.Module) -> Adapter:
         if cls.matches(net):
             return cls()
     names = ", ".join(c.name for c in _ADAPTERS) or "none registered"
-    raise ValueError(f"no known skip sites in a {type(net).__module__}.{type(net).__qualname__}: Skip-Tuning "
+    raise InputError(f"no known skip sites in a {type(net).__module__}.{type(net).__qualname__}: Skip-Tuning "
                      f"supports {names}. Load the model with skiptune.load_model, or write an Adapter "
                      "(skiptune.adapters.base) for this architecture")

@@ -44,8 +44,9 @@ from skiptune.adapters.base import (
     hook_skip_channels,
     register_adapter,
 )
-from skiptune.sampling.grids import alphas_cumprod, sigmas_from_alphas_cumprod
-from skiptune.skip.sigma import current_sigma, publish_sigma
+from skiptune.core.errors import InputError
+from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod
+from skiptune.core.sigma import current_sigma, publish_sigma
 
 INSTALL_HINT = "pip install 'skiptune[diffusers]'"
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -130,10 +131,10 @@ def _layout(unet: nn.Module) -> list[_Join]:
         for j, resnet in enumerate(block.resnets):
             name = f"up_blocks.{b}.resnets.{j}"
             if not pushed:
-                raise ValueError(f"{type(unet).__name__}: {name} pops a residual that the encoder never pushed")
+                raise InputError(f"{type(unet).__name__}: {name} pops a residual that the encoder never pushed")
             skip, lev = pushed.pop()
             if resnet.in_channels != width + skip:
-                raise ValueError(f"{type(unet).__name__}: {name} takes {resnet.in_channels} channels, but the decoder "
+                raise InputError(f"{type(unet).__name__}: {name} takes {resnet.in_channels} channels, but the decoder "
                                  f"carries {width} and the popped residual has {skip}; cannot place this skip")
             res = size
             for _ in range(lev if size else 0):
@@ -141,7 +142,7 @@ def _layout(unet: nn.Module) -> list[_Join]:
             joins.append(_Join(SkipSite(len(joins), name, res or 0, skip, width), b, j))
             width = resnet.out_channels
     if pushed:
-        raise ValueError(f"{type(unet).__name__}: {len(pushed)} encoder residuals are never popped by the decoder")
+        raise InputError(f"{type(unet).__name__}: {len(pushed)} encoder residuals are never popped by the decoder")
     return joins
 
 
@@ -160,7 +161,7 @@ def schedule_from_config(config: Mapping[str, Any]) -> torch.Tensor:
     has sigma_T = inf and is refused.
     """
     if config.get("rescale_betas_zero_snr"):
-        raise ValueError("schedules rescaled to zero terminal SNR have an infinite sigma at the last timestep and "
+        raise InputError("schedules rescaled to zero terminal SNR have an infinite sigma at the last timestep and "
                          "are not supported")
     cfg = {**DEFAULT_SCHEDULE, **{k: v for k, v in config.items() if v is not None}}
     if config.get("trained_betas") is not None:
@@ -169,7 +170,7 @@ def schedule_from_config(config: Mapping[str, Any]) -> torch.Tensor:
     names = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
     kind = cfg["beta_schedule"]
     if kind not in names:
-        raise ValueError(f"unsupported beta_schedule {kind!r}; known: {', '.join(names)}")
+        raise InputError(f"unsupported beta_schedule {kind!r}; known: {', '.join(names)}")
     return alphas_cumprod(int(cfg["num_train_timesteps"]), names[kind], float(cfg["beta_start"]),
                           float(cfg["beta_end"]))
 
@@ -183,7 +184,7 @@ def attach_schedule(unet: nn.Module, schedule: Any) -> torch.Tensor:
     """
     target = diffusers_unet(unet)
     if target is None:
-        raise ValueError(f"attach_schedule needs a diffusers UNet2DModel/UNet2DConditionModel, got "
+        raise InputError(f"attach_schedule needs a diffusers UNet2DModel/UNet2DConditionModel, got "
                          f"{type(unet).__name__}")
     if isinstance(schedule, Mapping):
         abar = schedule_from_config(schedule)
@@ -198,7 +199,7 @@ def attach_schedule(unet: nn.Module, schedule: Any) -> torch.Tensor:
         abar = torch.as_tensor(schedule, dtype=torch.float64)
     abar = abar.detach().cpu().to(torch.float64).reshape(-1)
     if abar.numel() < 2 or not bool(((abar > 0) & (abar < 1)).all()) or not bool((abar[1:] < abar[:-1]).all()):
-        raise ValueError("alphas_cumprod must hold at least 2 values in (0, 1), strictly decreasing in t")
+        raise InputError("alphas_cumprod must hold at least 2 values in (0, 1), strictly decreasing in t")
     _SCHEDULES[target] = abar
     return abar
 
@@ -270,7 +271,7 @@ class DiffusersUNetAdapter(Adapter):
         target = {"concat": resnet, "residual": getattr(resnet, "conv_shortcut", None),
                   "norm": getattr(resnet, "norm1", None)}[mode]
         if target is None:
-            raise ValueError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in mode '{mode}' "
+            raise InputError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in mode '{mode}' "
                              "(the join does not change the resnet's width); use mode 'concat'")
         return hook_skip_channels(target, site.main_channels, scale)
 

@@ -17,6 +17,7 @@ from skiptune.adapters.base import (
     scale_tensor,
     unwrap,
 )
+from skiptune.core.errors import InputError
 from skiptune.nets.unets import _SkipUNet
 
 
@@ -63,7 +64,7 @@ class EDMUNetAdapter(Adapter):
         block = unet.dec[block_name]
         target = block.skip if mode == "residual" else block.norm0
         if target is None:
-            raise ValueError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in "
+            raise InputError(f"site {site.index} ({site.name}) has no inner shortcut conv to scale in "
                              f"mode '{mode}'; use mode 'concat'")
         return hook_skip_channels(target, site.main_channels, scale)
 

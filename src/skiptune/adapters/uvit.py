@@ -15,6 +15,7 @@ from skiptune.adapters.base import (
     scale_tensor,
     unwrap,
 )
+from skiptune.core.errors import InputError
 from skiptune.nets.uvit import UViT
 
 
@@ -48,7 +49,7 @@ class UViTAdapter(Adapter):
 
     def attach(self, net, site: SkipSite, mode: str, scale: ScaleFn) -> list[RemovableHandle]:
         if mode != "concat":
-            raise ValueError(f"mode {mode!r} has no counterpart in U-ViT, whose long skips are fused by one linear "
+            raise InputError(f"mode {mode!r} has no counterpart in U-ViT, whose long skips are fused by one linear "
                              "layer over cat([x, skip]) without an inner shortcut or GroupNorm; use mode 'concat'")
         join = _uvit(net).get_submodule(site.name).skip_join
 

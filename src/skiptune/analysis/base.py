@@ -10,8 +10,9 @@ Every analysis is one module ``skiptune.analysis.<name>`` with
 
 Results are plain tables (a list of row dicts) plus a few headline numbers, so that one writer
 produces JSON, CSV, a markdown table and a plot for all of them. Long analyses are split into units
-(one rho, one window, one sigma, ...) cached in the results store with :func:`cached`, so an
-interrupted run resumes where it stopped and a rerun recomputes nothing.
+(one rho, one window, one sigma, ...) stored as runs of the results store with :func:`cached`
+(:mod:`skiptune.experiment.results`), so an interrupted run resumes where it stopped and a rerun
+recomputes nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skiptune.store import Store, canonical_config, config_key
+from skiptune.experiment import results
+from skiptune.experiment.results import cached
+from skiptune.store import Store, config_key
 
-ANALYSIS_VERSION = 1
+__all__ = ["AnalysisResult", "cached", "record_result", "stored_results", "write_result"]
 
 
 @dataclass
@@ -108,50 +111,11 @@ def write_result(result: AnalysisResult, out: str | Path, plot: Callable[[Analys
     return paths
 
 
-def _jsonable(value: Any) -> Any:
-    """NaN/inf are not JSON: store them as strings and read them back with :func:`_unjson`."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _unjson(value: Any) -> Any:
-    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-        return float(value)
-    if isinstance(value, Mapping):
-        return {k: _unjson(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unjson(v) for v in value]
-    return value
-
-
-def cached(store: Store | None, name: str, config: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
-    """``compute()`` once per (analysis unit ``name``, ``config``): stored in ``store`` and reused.
-
-    The unit's JSON value is committed as soon as it is computed, so an analysis killed midway
-    keeps every finished unit. Without a store the value is just computed.
-    """
-    if store is None:
-        return compute()
-    key = config_key({"analysis_version": ANALYSIS_VERSION, **canonical_config(config)})
-    hit = store.analysis(f"unit:{name}", key)
-    if hit is not None:
-        return _unjson(hit)
-    value = compute()
-    store.record_analysis(f"unit:{name}", key, _jsonable(value))
-    return value
-
-
 def record_result(store: Store | None, result: AnalysisResult) -> None:
     """Keep the finished result in the store (``skiptune report`` reads it back)."""
-    if store is not None:
-        store.record_analysis(result.name, result.key, _jsonable(result.to_dict()))
+    results.record_result(store, result.name, result.config, result.to_dict())
 
 
 def stored_results(store: Store, name: str | None = None) -> list[AnalysisResult]:
-    """All finished analysis results (of one name) in the store, oldest name first."""
-    return [AnalysisResult.from_dict(_unjson(r)) for n, _, r in store.analyses(name) if not n.startswith("unit:")]
+    """All finished analysis results (of one name) in the store, oldest first."""
+    return [AnalysisResult.from_dict(r) for r in results.stored_results(store, name)]

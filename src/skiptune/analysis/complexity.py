@@ -33,14 +33,14 @@ from skiptune.analysis.denoising import (
     attached,
     check_rule,
     denoise,
-    digest,
     images_for,
     interval,
-    model_fingerprint,
     one_hot,
     parse_sigmas,
     seeded_noise,
 )
+from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.errors import InputError
 
 NAME = "complexity"
 HELP = "denoiser input-gradient norm E_x ||dD(x)/dx|| against rho (Table 1, Fig. 3)"
@@ -70,7 +70,7 @@ def jacobian_norms(net: nn.Module, x: torch.Tensor, sigma: float, label: torch.T
     ``generator`` (spectral is NaN). ``sum_grad = ||J^T 1||`` is exact in both.
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        raise InputError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
     d = x.numel()
     if estimator == "auto":
         estimator = "exact" if d <= EXACT_MAX_DIM else "hutchinson"
@@ -87,7 +87,7 @@ def jacobian_norms(net: nn.Module, x: torch.Tensor, sigma: float, label: torch.T
         return {"frobenius": float(jac.norm()), "spectral": float(torch.linalg.matrix_norm(jac, ord=2)),
                 "sum_grad": sum_grad}
     if probes < 1:
-        raise ValueError("probes must be >= 1")
+        raise InputError("probes must be >= 1")
     total = 0.0
     for start in range(0, probes, chunk):
         m = min(chunk, probes - start)
@@ -125,18 +125,18 @@ def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | s
     """Per (rule, sigma): mean over images of the Jacobian norms of D (seed 003, eq. 3, Table 1, Fig. 3).
 
     ``rules``: a list, or a sweep string (``"none;const:0.6:1.2:0.2"``, see
-    :func:`skiptune.sweep.expand_rules`); the first untouched rule (``none`` or ``const:1``) is the
+    :func:`skiptune.runs.sweep.expand_rules`); the first untouched rule (``none`` or ``const:1``) is the
     baseline for the paired ratios ``frobenius / frobenius(baseline)`` on the same inputs.
     Each (rule, sigma) is one unit in ``store``.
     """
-    from skiptune.sweep import expand_rules
+    from skiptune.runs.sweep import expand_rules
 
     if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        raise InputError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
     images = images_for(net, images)
     n = len(images)
     if n < 2:
-        raise ValueError("need at least 2 images (intervals are over images)")
+        raise InputError("need at least 2 images (intervals are over images)")
     rule_list = expand_rules(rules) if isinstance(rules, str) else [str(r) for r in rules]
     rule_list = [check_rule(net, r) for r in rule_list]
     sig = parse_sigmas(sigmas)
@@ -145,7 +145,7 @@ def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | s
     onehot = one_hot(net, labels, n)
     noise = seeded_noise(seed, n, images.shape[1:])
     probe_seed = seed + 1_000_000
-    config = {"model": model_id or model_fingerprint(net), "data": digest(images), "n": n, "seed": seed,
+    config = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n, "seed": seed,
               "rules": rule_list, "sigmas": sig, "estimator": resolved,
               "probes": probes if resolved == "hutchinson" else None}
     units: dict[tuple[str, float], dict] = {}
@@ -219,12 +219,12 @@ def from_args(args, ctx) -> AnalysisResult:
     return run_complexity(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas,
                           estimator=args.estimator, probes=args.probes, seed=args.seed,
                           labels=None if labels is None else labels[:args.n], chunk=args.chunk, store=ctx.store,
-                          progress=ctx.progress, model_id=ctx.model_id)
+                          progress=ctx.progress, model_id=ctx.fingerprint)
 
 
 def plot(result: AnalysisResult, path: str | Path) -> Path:
     """Fig. 3: Jacobian norm against rho, one line per sigma (left); paired ratio to the baseline (right)."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -1,4 +1,4 @@
-"""What every analysis command needs: the model, data, feature network, store and output folder."""
+"""What every analysis command needs: the model, data, scorer (feature network and reference), store."""
 
 from __future__ import annotations
 
@@ -10,48 +10,52 @@ from typing import Any
 import torch
 from torch import nn
 
+from skiptune.experiment import ModelRef, Scorer, load_reference, open_store
 from skiptune.store import Store
+
+DEFAULT_MODEL = "demo-digits"
 
 
 @dataclass
 class AnalysisContext:
-    """Resolved common options of ``skiptune analyze``.
+    """Resolved common options of ``skiptune analyze``; each part is loaded once, on first use.
 
-    ``model`` is a checkpoint path or preset name (the shipped demo model when None); ``data`` a data
-    set spec for :func:`skiptune.train.data.load_dataset` (``digits`` for the demo model);
-    ``features`` a registered feature network name (``digits-classifier`` for the demo model).
+    ``model`` is a checkpoint path, shipped model or preset name (the shipped ``demo-digits`` when
+    None); ``data`` a data set spec for :func:`skiptune.train.data.load_dataset` (``digits`` for the
+    demo model); ``features`` a registered feature network name (``digits-classifier`` for it).
     """
 
     model: str | None = None
     data: str = "digits"
     features: str = "digits-classifier"
     weights: str | None = None
-    out: Path = Path("analysis-out")
+    out: Path = Path("runs/analysis")
     db: Path | None = Path("runs/results.sqlite")
     device: str = "cpu"
     progress: bool = True
     trust_code: bool = False
     _store: Store | None = field(default=None, init=False, repr=False)
 
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL
+
     @cached_property
     def net(self) -> nn.Module:
-        from skiptune.demo.assets import DEMO_MODEL, asset_path
         from skiptune.io import load_model
 
-        net = load_model(self.model or asset_path(DEMO_MODEL), trust_code=self.trust_code)
-        return net.to(self.device).eval()
+        return load_model(self.model_name, trust_code=self.trust_code).to(self.device).eval()
 
     @cached_property
-    def fingerprint(self) -> str:
-        """sha256 of the network's weights (computed once per command)."""
-        from skiptune.metrics import state_dict_sha256
+    def model_ref(self) -> ModelRef:
+        """The model's identity in stored results (sha256 of the weights, computed once per command)."""
+        from skiptune.runs.sweep import model_ref
 
-        return state_dict_sha256(self.net)
+        return model_ref(self.net, self.model_name)
 
     @property
-    def model_id(self) -> str:
-        """Short checksum of the weights: the identity of the model in stored results."""
-        return self.fingerprint[:16]
+    def fingerprint(self) -> str:
+        return self.model_ref.sha256
 
     def dataset(self, split: str = "train"):
         from skiptune.train.data import load_dataset
@@ -68,23 +72,24 @@ class AnalysisContext:
     def extractor(self):
         from skiptune.metrics import get_extractor
 
-        return get_extractor(self.features, **({"weights": self.weights} if self.weights else {}))
+        return get_extractor(self.features, weights=self.weights, device=self.device)
 
     @cached_property
-    def reference(self):
-        """Features of the data set's training split (the FID reference)."""
-        from skiptune.generate import to_uint8
-        from skiptune.metrics import extract_features
+    def scorer(self) -> Scorer:
+        """The feature network with the data set's training split as FID reference."""
+        res = getattr(self.net, "img_resolution", None)
+        return Scorer(self.extractor, load_reference(self.data, self.extractor, resolution=res))
 
-        ext = self.extractor
-        return extract_features(to_uint8(self.images("train")), ext, features=[ext.feature_for("fid")], keep=False)
+    @property
+    def reference(self):
+        return self.scorer.ref
 
     @property
     def store(self) -> Store | None:
         if self.db is None:
             return None
         if self._store is None:
-            self._store = Store(self.db)
+            self._store = open_store(self.db)
         return self._store
 
     def close(self) -> None:
@@ -93,4 +98,4 @@ class AnalysisContext:
             self._store = None
 
     def describe(self) -> dict[str, Any]:
-        return {"model": str(self.model or "shipped demo model"), "model_sha256": self.model_id, "data": self.data}
+        return {"model": self.model_name, "model_sha256": self.fingerprint, "data": self.data}

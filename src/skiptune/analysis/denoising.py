@@ -9,7 +9,6 @@ Student-t intervals.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -19,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from skiptune.core.errors import InputError
+from skiptune.core.stats import t_interval
 from skiptune.sampling import EDMDenoiser, SeedNoise
-from skiptune.search import t_interval
 from skiptune.skip import Identity, as_rule, skip_tuning
 
 #: ln sigma ~ N(P_mean, P_std^2) of EDM training (Karras et al. 2022, Table 1)
@@ -69,13 +69,13 @@ def parse_sigmas(text: str | Sequence[float]) -> list[float]:
             else:
                 values = [float(v) for v in spec.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"cannot read noise levels {text!r}: use edm:N[:LO:HI], lognormal:K[:PMEAN:PSTD] "
+            raise InputError(f"cannot read noise levels {text!r}: use edm:N[:LO:HI], lognormal:K[:PMEAN:PSTD] "
                              "or a comma-separated list such as 80,5,0.5") from None
     if not values:
-        raise ValueError("no noise levels given")
+        raise InputError("no noise levels given")
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]
     if bad:
-        raise ValueError(f"noise levels must be finite and > 0, got {bad}")
+        raise InputError(f"noise levels must be finite and > 0, got {bad}")
     return [float(v) for v in values]
 
 
@@ -91,13 +91,13 @@ def images_for(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """``images`` (float [N, C, H, W] in [-1, 1]) checked against the network: float32, gray repeated to
     RGB or RGB averaged to gray when the network wants the other; ValueError otherwise."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError("images must be a float tensor [N, C, H, W] in [-1, 1]")
+        raise InputError("images must be a float tensor [N, C, H, W] in [-1, 1]")
     if images.shape[0] == 0:
-        raise ValueError("no images: the data set or the requested count is empty")
+        raise InputError("no images: the data set or the requested count is empty")
     res = getattr(net, "img_resolution", None)
     ch = getattr(net, "img_channels", None)
     if res is not None and tuple(images.shape[2:]) != (res, res):
-        raise ValueError(f"images are {images.shape[2]}x{images.shape[3]} but the network works at {res}x{res}: "
+        raise InputError(f"images are {images.shape[2]}x{images.shape[3]} but the network works at {res}x{res}: "
                          "load the data at the network's resolution")
     x = images.to(torch.float32)
     if ch is not None and x.shape[1] != ch:
@@ -106,7 +106,7 @@ def images_for(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
         elif x.shape[1] == 3 and ch == 1:
             x = x.mean(dim=1, keepdim=True)
         else:
-            raise ValueError(f"images have {x.shape[1]} channels but the network {ch}")
+            raise InputError(f"images have {x.shape[1]} channels but the network {ch}")
     return x
 
 
@@ -116,34 +116,20 @@ def one_hot(net: nn.Module, labels: torch.Tensor | None, n: int) -> torch.Tensor
     if not dim:
         return None
     if labels is None:
-        raise ValueError(f"the network is class-conditional ({dim} classes): give the images' labels")
+        raise InputError(f"the network is class-conditional ({dim} classes): give the images' labels")
     labels = torch.as_tensor(labels).reshape(-1).long()
     if labels.numel() < n:
-        raise ValueError(f"{labels.numel()} labels for {n} images")
+        raise InputError(f"{labels.numel()} labels for {n} images")
     labels = labels[:n]
     if int(labels.min()) < 0 or int(labels.max()) >= dim:
-        raise ValueError(f"labels must lie in 0..{dim - 1} for this network")
+        raise InputError(f"labels must lie in 0..{dim - 1} for this network")
     return torch.eye(dim)[labels]
-
-
-def digest(t: torch.Tensor) -> str:
-    """Short sha256 of a tensor's shape and bytes: identifies the data behind a stored result."""
-    t = t.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 def seeded_noise(seed: int, n: int, shape: Sequence[int]) -> torch.Tensor:
     """Unit normal noise ``[n, *shape]``; row j comes from its own generator seeded ``seed + j``, so a
     sample's noise does not depend on how many samples are drawn."""
     return SeedNoise(list(range(seed, seed + n))).randn(tuple(shape))
-
-
-def model_fingerprint(net: nn.Module) -> str:
-    from skiptune.metrics import state_dict_sha256
-
-    return state_dict_sha256(net)[:16]
 
 
 # -- running the denoiser ----------------------------------------------------------------------------------------------
@@ -205,6 +191,6 @@ def interval(values: Sequence[float], name: str) -> dict[str, float]:
 def batches(n: int, size: int):
     """``range`` slices of ``0..n`` of at most ``size``."""
     if size < 1:
-        raise ValueError("batch size must be >= 1")
+        raise InputError("batch size must be >= 1")
     for i in range(0, n, size):
         yield slice(i, min(n, i + size))

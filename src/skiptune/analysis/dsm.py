@@ -42,15 +42,15 @@ from skiptune.analysis.denoising import (
     batches,
     check_rule,
     denoise,
-    digest,
     edm_lognormal_sigmas,
     images_for,
     interval,
-    model_fingerprint,
     one_hot,
     parse_sigmas,
     seeded_noise,
 )
+from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.errors import InputError
 from skiptune.train.loss import edm_weight
 
 NAME = "dsm"
@@ -72,7 +72,7 @@ def haar2d(x: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     h, w = x.shape[-2], x.shape[-1]
     if h % 2 or w % 2:
-        raise ValueError(f"the Haar transform needs even height and width, got {h}x{w}")
+        raise InputError(f"the Haar transform needs even height and width, got {h}x{w}")
     a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
     c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
     return {"LL": (a + b + c + d) / 2, "LH": (a + b - c - d) / 2, "HL": (a - b + c - d) / 2,
@@ -145,10 +145,10 @@ def run_dsm(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = ("
     images = images_for(net, images)
     n = len(images)
     if n < 2:
-        raise ValueError("need at least 2 images (intervals are over images)")
+        raise InputError("need at least 2 images (intervals are over images)")
     rule_list = [r.strip() for r in rules.split(";") if r.strip()] if isinstance(rules, str) else list(rules)
     if len(rule_list) < 2:
-        raise ValueError("give a baseline rule and at least one rule to compare, e.g. 'none;const:0.7'")
+        raise InputError("give a baseline rule and at least one rule to compare, e.g. 'none;const:0.7'")
     rule_list = list(dict.fromkeys(check_rule(net, r) for r in rule_list))
     sig: list = parse_sigmas(sigmas) + ([LOGNORMAL] if lognormal else [])
     spaces = _spaces(extractors)
@@ -162,7 +162,7 @@ def run_dsm(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = ("
                                      for sl in batches(n, batch)]) for k, (ext, f) in spaces.items()}
     feat_cfg = {k: {"extractor": ext.name, "feature": f, "weights_sha256": ext.weights_sha256}
                 for k, (ext, f) in spaces.items()}
-    config = {"model": model_id or model_fingerprint(net), "data": digest(images), "n": n, "seed": seed,
+    config = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n, "seed": seed,
               "rules": rule_list, "sigmas": sig, "features": feat_cfg, "sigma_data": sigma_data,
               "lognormal_seed": lognormal_seed if lognormal else None}
     units = {}
@@ -253,13 +253,13 @@ def from_args(args, ctx) -> AnalysisResult:
     return run_dsm(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas, extractors=exts,
                    lognormal=not args.no_lognormal, seed=args.seed,
                    labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
-                   progress=ctx.progress, model_id=ctx.model_id)
+                   progress=ctx.progress, model_id=ctx.fingerprint)
 
 
 def plot(result: AnalysisResult, path: str | Path) -> Path:
     """Paired relative change of each loss (tuned vs baseline) against sigma: pixel and Haar bands (left),
     feature spaces (right); 95% intervals."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -18,7 +18,7 @@ per-sample pixel loss = mean over pixels, feature loss = mean over feature dims 
 feature network's FID feature (differentiable through
 :meth:`~skiptune.metrics.FeatureExtractor.float_features`); Adam with cosine learning-rate decay;
 raw rho is projected onto rho >= 0.001 after each step (rules need rho > 0). The learned rho
-becomes a ``sites:`` rule, and FIDs of every variant are computed by :func:`skiptune.sweep.run_sweep`
+becomes a ``sites:`` rule, and FIDs of every variant are computed by :func:`skiptune.runs.sweep.run_sweep`
 with the same seeds (so differences to the baseline are paired).
 """
 
@@ -42,14 +42,14 @@ from skiptune.analysis.denoising import (
     attach_joins,
     check_rule,
     denoise,
-    digest,
     edm_lognormal_sigmas,
     images_for,
-    model_fingerprint,
     one_hot,
 )
+from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.errors import InputError
+from skiptune.core.stats import t_interval
 from skiptune.sampling import sampler_fields
-from skiptune.search import t_interval
 from skiptune.train.loss import edm_weight
 
 NAME = "finetune"
@@ -67,9 +67,9 @@ def make_loss(kind: str, extractor=None, feature: str | None = None, feature_wei
     """Per-sample loss ``(denoised, clean) -> [N]``: ``pixel`` = mean (D - y)^2 over pixels, ``feature`` =
     mean (f(D) - f(y))^2 over feature dims, ``hybrid`` = pixel + feature_weight * feature (seed 003, Sec. 5.3)."""
     if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; use one of {', '.join(LOSSES)}")
+        raise InputError(f"unknown loss {kind!r}; use one of {', '.join(LOSSES)}")
     if kind != "pixel" and extractor is None:
-        raise ValueError(f"the {kind} loss needs a feature network")
+        raise InputError(f"the {kind} loss needs a feature network")
     feature = feature or (extractor.feature_for("fid") if extractor is not None else None)
 
     def pixel(d, y):
@@ -118,7 +118,7 @@ def _weighted_mean(per_sample: torch.Tensor, sigma: torch.Tensor, weighting: str
         return (per_sample * edm_weight(sigma, sigma_data).to(per_sample)).mean()
     if weighting == "none":
         return per_sample.mean()
-    raise ValueError(f"unknown weighting {weighting!r}; use edm or none")
+    raise InputError(f"unknown weighting {weighting!r}; use edm or none")
 
 
 # -- fine-tuning rho ---------------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def rho_of(theta: torch.Tensor, param: str, rho_max: float = 1.0) -> torch.Tenso
         return theta
     if param == "sigmoid":
         return rho_max * torch.sigmoid(theta)
-    raise ValueError(f"unknown parametrisation {param!r}; use raw or sigmoid")
+    raise InputError(f"unknown parametrisation {param!r}; use raw or sigmoid")
 
 
 def theta_of(rho: float, param: str, rho_max: float = 1.0) -> float:
@@ -137,7 +137,7 @@ def theta_of(rho: float, param: str, rho_max: float = 1.0) -> float:
     if param == "raw":
         return rho
     if not 0 < rho < rho_max:
-        raise ValueError(f"sigmoid rho lives in (0, {rho_max:g}); initial rho {rho} is outside")
+        raise InputError(f"sigmoid rho lives in (0, {rho_max:g}); initial rho {rho} is outside")
     p = rho / rho_max
     return math.log(p / (1 - p))
 
@@ -157,7 +157,7 @@ def fit_rho(net: nn.Module, images: torch.Tensor, loss: LossFn, *, param: str = 
     from skiptune.adapters import find_adapter
 
     if steps < 1 or batch < 1 or not lr > 0:
-        raise ValueError("steps and batch must be >= 1 and lr > 0")
+        raise InputError("steps and batch must be >= 1 and lr > 0")
     k = len(find_adapter(net).sites(net))
     theta = torch.full((k,), theta_of(init, param, rho_max), dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
@@ -207,10 +207,10 @@ def finetune_weights(net: nn.Module, images: torch.Tensor, loss: LossFn, *, step
     called with the copy in eval mode. Returns ``{"loss": [per step], "checkpoints": {step: value}}``.
     """
     if steps < 1 or batch < 1 or not lr > 0:
-        raise ValueError("steps and batch must be >= 1 and lr > 0")
+        raise InputError("steps and batch must be >= 1 and lr > 0")
     bad = [c for c in checkpoints if not 1 <= c <= steps]
     if bad:
-        raise ValueError(f"checkpoints must lie in 1..{steps}, got {bad}")
+        raise InputError(f"checkpoints must lie in 1..{steps}, got {bad}")
     model = copy.deepcopy(net).requires_grad_(True)
     params = [p for p in model.parameters() if p.is_floating_point()]
     opt = torch.optim.Adam(params, lr=lr)
@@ -255,28 +255,29 @@ def run_finetune(net: nn.Module, images: torch.Tensor, *, extractor, ref, params
     ``images``: training images in [-1, 1]; ``extractor`` the feature network of both the training
     loss and the FID, ``ref`` its reference :class:`~skiptune.metrics.FeatureSet`. ``params=()`` skips
     the rho fits, ``full_steps=0`` the full fine-tuning. Units in ``store``: each rho fit, the whole
-    full fine-tuning (with its FIDs), and every FID point (via :func:`skiptune.sweep.run_sweep`).
+    full fine-tuning (with its FIDs), and every FID point (via :func:`skiptune.runs.sweep.run_sweep`).
     """
     from skiptune.adapters import find_adapter
+    from skiptune.experiment import Scorer
+    from skiptune.runs.sweep import SweepSpec, run_sweep, seed_sets
     from skiptune.store import Store
-    from skiptune.sweep import SweepSpec, run_sweep, seed_sets
 
     images = images_for(net, images)
     n = len(images)
     for p in params:
         if p not in PARAMS:
-            raise ValueError(f"unknown parametrisation {p!r}; use raw and/or sigmoid")
+            raise InputError(f"unknown parametrisation {p!r}; use raw and/or sigmoid")
     if weighting not in ("edm", "none"):
-        raise ValueError(f"unknown weighting {weighting!r}; use edm or none")
+        raise InputError(f"unknown weighting {weighting!r}; use edm or none")
     compare = [check_rule(net, r) for r in compare_rules]
     onehot = one_hot(net, labels, n)
-    model_id = model_id or model_fingerprint(net)
+    model_id = model_id or state_dict_sha256(net)
     feature = extractor.feature_for("fid")
     feat_cfg = {"extractor": extractor.name, "feature": feature, "weights_sha256": extractor.weights_sha256}
     sets = seed_sets(seeds, num_seed_sets)
     full_checkpoints = sorted(set(full_checkpoints or ([full_steps // 2, full_steps] if full_steps > 1
                                                        else [full_steps])) - {0}) if full_steps else []
-    config = {"model": model_id, "data": digest(images), "n": n, "seed": seed, "features": feat_cfg,
+    config = {"model": model_id, "data": tensor_sha256(images), "n": n, "seed": seed, "features": feat_cfg,
               "weighting": weighting,
               "rho": {"params": list(params), "loss": rho_loss, "steps": rho_steps, "batch": rho_batch, "lr": rho_lr,
                       "init_raw": init_raw, "init_sigmoid": init_sigmoid, "sigmoid_max": sigmoid_max,
@@ -309,7 +310,7 @@ def run_finetune(net: nn.Module, images: torch.Tensor, *, extractor, ref, params
         def fids(model, rules):  # FID points keyed by the full weights fingerprint, shared with `skiptune sweep`
             spec = SweepSpec(rules=list(dict.fromkeys(rules)), samplers=[sampler], nfes=list(nfes), seed_sets=sets,
                              batch=fid_batch)
-            rows = run_sweep(model, spec, store=store, extractor=extractor, ref=ref, progress=progress)
+            rows = run_sweep(model, spec, store=store, scorer=Scorer(extractor, ref), progress=progress)
             return {f"{r.rule}|{r.nfe}": list(r.estimate.values) for r in rows}
 
         rule_fids = fids(net, [r for _, r in methods])
@@ -385,7 +386,7 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+        raise InputError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_arguments(p) -> None:
@@ -428,12 +429,12 @@ def from_args(args, ctx) -> AnalysisResult:
                         weighting=args.weighting, compare_rules=compare, sampler=args.sampler, nfes=_ints(args.nfe),
                         seeds=args.seeds, num_seed_sets=args.seed_sets, fid_batch=args.fid_batch, seed=args.seed,
                         labels=None if labels is None else labels[:n], store=ctx.store, progress=ctx.progress,
-                        model_id=ctx.model_id)
+                        model_id=ctx.fingerprint)
 
 
 def plot(result: AnalysisResult, path: str | Path) -> Path:
     """Per-site rho of every compared rule (left); each method's FID minus the baseline's on the same seeds (right)."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
     from skiptune.skip import as_rule
 
     plt = _plt()

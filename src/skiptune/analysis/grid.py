@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from skiptune.analysis.base import AnalysisResult, cached
 from skiptune.analysis.scoring import canonical_rules, check_sampling
-from skiptune.generate import SamplingSpec, generate, to_uint8
+from skiptune.core.checksums import state_dict_sha256
+from skiptune.core.errors import InputError
+from skiptune.experiment.generate import SamplingSpec, generate, to_uint8
 from skiptune.io.images import save_grid
 from skiptune.sampling import parse_seeds, sampler_fields
 from skiptune.store import Store
-from skiptune.sweep import fingerprint
 
 NAME = "grid"
 HELP = "baseline vs tuned images with the same seeds, side by side (Fig. 5)"
@@ -57,15 +58,15 @@ def run_grid(net: nn.Module, *, out: str | Path, samplers: Sequence[str] = ("heu
     rules = ["none", *(r for r in canonical_rules(rules) if r != "none")]
     seed_list = parse_seeds(seeds)
     if not seed_list:
-        raise ValueError("no seeds given")
+        raise InputError("no seeds given")
     if ncols < 1:
-        raise ValueError("ncols must be >= 1")
+        raise InputError("ncols must be >= 1")
     for s in samplers:
         for n in nfes:
             check_sampling(net, s, n, grid)
     files = Path(out) / "grid-files"
     files.mkdir(parents=True, exist_ok=True)
-    model_id = fingerprint(net)[:16]
+    model_id = state_dict_sha256(net)
     rows = []
     units = [(s, n, r) for s in samplers for n in nfes for r in rules]
     panels: dict[tuple[str, int, str], torch.Tensor] = {}
@@ -110,9 +111,9 @@ def from_args(args, ctx) -> AnalysisResult:
     try:
         nfes = [int(v) for v in args.nfe.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+        raise InputError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
     if not samplers or not nfes:
-        raise ValueError("give at least one sampler and one NFE")
+        raise InputError("give at least one sampler and one NFE")
     return run_grid(ctx.net, out=ctx.out, samplers=samplers, nfes=nfes, rules=canonical_rules(args.rules),
                     seeds=args.seeds, grid=args.grid, mode=args.mode, ncols=args.ncols, class_label=args.class_label,
                     batch=args.batch, device=ctx.device, store=ctx.store, progress=ctx.progress)
@@ -120,7 +121,7 @@ def from_args(args, ctx) -> AnalysisResult:
 
 def plot(result: AnalysisResult, path) -> None:
     """One row per (sampler, NFE), one column per rule, from the PNG files listed in the rows."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     keys = list(dict.fromkeys((r["sampler"], r["nfe"]) for r in result.rows))

@@ -28,7 +28,6 @@ value mean(rule) / mean(untouched) (the paper's normalisation) and the paired di
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -39,9 +38,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from skiptune.analysis.base import AnalysisResult, cached
-from skiptune.analysis.scoring import canonical_rules, estimate_columns, paired_difference
-from skiptune.generate import SamplingSpec
+from skiptune.analysis.scoring import canonical_rules, estimate_columns
+from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.errors import InputError
+from skiptune.core.stats import paired_difference, t_interval
+from skiptune.experiment.generate import SamplingSpec
 from skiptune.metrics.mmd import Kernel, mmd2
+from skiptune.runs.sweep import seed_sets
 from skiptune.sampling import (
     DETERMINISTIC,
     EDMDenoiser,
@@ -51,10 +54,8 @@ from skiptune.sampling import (
     make_sigmas,
     sampler_fields,
 )
-from skiptune.search import t_interval
 from skiptune.skip import Identity, as_rule, skip_tuning
 from skiptune.store import Store
-from skiptune.sweep import fingerprint, seed_sets
 
 NAME = "inversion"
 HELP = "ODE-invert real images with and without tuning, MMD of the noise to N(0, I) under several kernels (Table 13)"
@@ -65,7 +66,7 @@ def inversion_grid(net: nn.Module | None, steps: int, grid: str = "edm", sigma_r
     """Increasing grid sigma_min = s_0 < ... < s_steps = sigma_max: the sampler's grid of ``steps + 1``
     positive sigmas, reversed (``steps`` integration intervals)."""
     if int(steps) != steps or steps < 1:
-        raise ValueError(f"inversion steps must be an integer >= 1, got {steps}")
+        raise InputError(f"inversion steps must be an integer >= 1, got {steps}")
     lo, hi = sigma_range or SamplingSpec("heun", steps=steps, grid=grid).sigma_range(net)
     return inversion_sigmas(make_sigmas(grid, steps + 1, lo, hi))
 
@@ -78,7 +79,7 @@ def invert_to_noise(denoiser, images: torch.Tensor, sigmas: torch.Tensor, *, sam
     ``labels`` (one-hot [N, label_dim]) go to the denoiser as ``class_labels``.
     """
     if batch < 1:
-        raise ValueError("batch must be >= 1")
+        raise InputError("batch must be >= 1")
     out = []
     for i in range(0, images.shape[0], batch):
         x = images[i:i + batch].to(torch.float64)
@@ -92,14 +93,14 @@ def noise_kernels(reference: torch.Tensor, rbf_scales: Sequence[float] = (0.5, 1
     distance (both medians of ``reference``), cubic polynomial (gamma = 1/d, coef0 = 1) and linear."""
     ref = torch.as_tensor(reference, dtype=torch.float64)
     if ref.ndim != 2 or ref.shape[0] < 2:
-        raise ValueError("the reference draws must be a [n >= 2, d] matrix")
+        raise InputError("the reference draws must be a [n >= 2, d] matrix")
     empty = ref[:0]
     l2 = float(Kernel("rbf", sigma="median").resolve(empty, ref).sigma)
     l1 = float(Kernel("laplacian", sigma="median").resolve(empty, ref).sigma)
     out = {}
     for c in rbf_scales:
         if not (math.isfinite(c) and c > 0):
-            raise ValueError(f"RBF bandwidth scales must be > 0, got {c}")
+            raise InputError(f"RBF bandwidth scales must be > 0, got {c}")
         out[f"rbf {c:g}x median"] = Kernel("rbf", sigma=c * l2)
     out["laplacian median"] = Kernel("laplacian", sigma=l1)
     out["polynomial 3"] = Kernel("polynomial", degree=3, coef0=1.0)
@@ -115,19 +116,15 @@ def noise_mmd(z: torch.Tensor, reference: torch.Tensor, kernels: dict[str, Kerne
     return {name: float(mmd2(a, b, k, unbiased=unbiased)) for name, k in kernels.items()}
 
 
-def _images_id(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()[:32]
-
-
 def _one_hot(labels: torch.Tensor | None, label_dim: int, n: int) -> torch.Tensor | None:
     if not label_dim:
         return None
     if labels is None:
-        raise ValueError(f"the network is class-conditional ({label_dim} classes) but the images have no labels; "
+        raise InputError(f"the network is class-conditional ({label_dim} classes) but the images have no labels; "
                          "inversion needs each image's class")
     labels = labels[:n].long()
     if int(labels.min()) < 0 or int(labels.max()) >= label_dim:
-        raise ValueError(f"image labels must lie in 0..{label_dim - 1} for this network")
+        raise InputError(f"image labels must lie in 0..{label_dim - 1} for this network")
     return torch.eye(label_dim, dtype=torch.float64)[labels]
 
 
@@ -144,27 +141,27 @@ def run_inversion(net: nn.Module, images: torch.Tensor, *, labels: torch.Tensor 
     k-th seed set (``seeds``, then shifted copies).
     """
     if sampler not in DETERMINISTIC:
-        raise ValueError(f"inversion needs a deterministic sampler, one of {sorted(DETERMINISTIC)}; got {sampler!r}")
+        raise InputError(f"inversion needs a deterministic sampler, one of {sorted(DETERMINISTIC)}; got {sampler!r}")
     rules = canonical_rules(rules)
     if "none" not in rules:
         rules = ["none", *rules]
     sets = seed_sets(seeds, seed_sets_count)
     n = len(SeedNoise(sets[0]).seeds)
     if images.ndim != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        raise InputError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
     if images.shape[0] < n * len(sets):
-        raise ValueError(f"inversion needs {len(sets)} chunks of {n} images = {n * len(sets)}, but only "
+        raise InputError(f"inversion needs {len(sets)} chunks of {n} images = {n * len(sets)}, but only "
                          f"{images.shape[0]} are available; use fewer seeds per set or fewer seed sets")
     shape = tuple(images.shape[1:])
     expected = (getattr(net, "img_channels", shape[0]), getattr(net, "img_resolution", shape[1]),
                 getattr(net, "img_resolution", shape[2]))
     if shape != expected:
-        raise ValueError(f"images are {shape} but the network expects {expected}")
+        raise InputError(f"images are {shape} but the network expects {expected}")
     net = net.to(device).eval()
     srange = SamplingSpec(sampler, steps=steps, grid=grid).sigma_range(net)
     sig = inversion_grid(net, steps, grid, srange)
     onehot = _one_hot(labels, int(getattr(net, "label_dim", 0) or 0), images.shape[0])
-    model_id = fingerprint(net)[:16]
+    model_id = state_dict_sha256(net)
     d = int(np.prod(shape))
     per: dict[tuple[str, int], dict] = {}
     kernel_names: list[str] = []
@@ -177,7 +174,7 @@ def run_inversion(net: nn.Module, images: torch.Tensor, *, labels: torch.Tensor 
         kernels = noise_kernels(ref, rbf_scales)
         kernel_names = list(kernels)
         config = {"model": model_id, "rule": rule, "mode": mode, **sampler_fields(sampler),
-                  "steps": steps, "grid": grid, "sigma_range": list(srange), "images": _images_id(chunk),
+                  "steps": steps, "grid": grid, "sigma_range": list(srange), "images": tensor_sha256(chunk),
                   "data": data_id, "noise_seeds": sets[k],
                   "kernels": {name: kern.describe() for name, kern in kernels.items()}, "unbiased": unbiased}
         bar.set_postfix_str(f"{rule} chunk {k}")
@@ -252,10 +249,10 @@ def from_args(args, ctx) -> AnalysisResult:
     try:
         scales = [float(v) for v in args.rbf_scales.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--rbf-scales must be comma-separated numbers, got {args.rbf_scales!r}") from None
+        raise InputError(f"--rbf-scales must be comma-separated numbers, got {args.rbf_scales!r}") from None
     rules = canonical_rules(args.rules)
     if args.sampler not in DETERMINISTIC:
-        raise ValueError(f"--sampler must be deterministic for inversion: one of {sorted(DETERMINISTIC)}")
+        raise InputError(f"--sampler must be deterministic for inversion: one of {sorted(DETERMINISTIC)}")
     split = args.split
     if split == "auto":
         try:
@@ -267,7 +264,7 @@ def from_args(args, ctx) -> AnalysisResult:
         try:
             data = ctx.dataset(split)
         except ValueError as exc:
-            raise ValueError(f"{exc} (pass --split train)") from None
+            raise InputError(f"{exc} (pass --split train)") from None
     res = run_inversion(ctx.net, data.images, labels=data.labels, rules=rules, sampler=args.sampler, steps=args.steps,
                         grid=args.grid, seeds=args.seeds, seed_sets_count=args.seed_sets, rbf_scales=scales,
                         unbiased=not args.biased, mode=args.mode, batch=args.batch, device=ctx.device,
@@ -279,7 +276,7 @@ def from_args(args, ctx) -> AnalysisResult:
 
 def plot(result: AnalysisResult, path) -> None:
     """Relative MMD^2 per kernel (bars per rule), baseline = 1 (Table 13)."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     kernels = list(dict.fromkeys(r["kernel"] for r in result.rows))

@@ -27,14 +27,14 @@ from skiptune.analysis.denoising import (
     batches,
     check_rule,
     denoise,
-    digest,
     images_for,
     interval,
-    model_fingerprint,
     one_hot,
     parse_sigmas,
     seeded_noise,
 )
+from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.errors import InputError
 
 NAME = "norms"
 HELP = "per-site skip-to-decoder norm ratio ||d_i|| / ||u_i|| (Fig. 2)"
@@ -87,7 +87,7 @@ def run_norms(net: nn.Module, images: torch.Tensor, *, sigmas: str | list[float]
     n, k = len(images), len(sites)
     onehot = one_hot(net, labels, n)
     noise = seeded_noise(seed, n, images.shape[1:])
-    config = {"model": model_id or model_fingerprint(net), "data": digest(images), "n": n, "seed": seed,
+    config = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n, "seed": seed,
               "rule": rule, "sigmas": sig, "batch": batch}
     units = {}
     for s in tqdm(sig, desc="norms", unit="sigma", disable=not progress):
@@ -152,18 +152,18 @@ def add_arguments(p) -> None:
 
 def from_args(args, ctx) -> AnalysisResult:
     if args.n < 2:
-        raise ValueError("--n must be >= 2 (intervals need two images)")
+        raise InputError("--n must be >= 2 (intervals need two images)")
     ds = ctx.dataset(args.split)
     images = ds.images[:args.n]
     labels = getattr(ds, "labels", None)
     return run_norms(ctx.net, images, sigmas=args.sigmas, seed=args.seed, rule=args.rule,
                      labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
-                     progress=ctx.progress, model_id=ctx.model_id)
+                     progress=ctx.progress, model_id=ctx.fingerprint)
 
 
 def plot(result: AnalysisResult, path: str | Path) -> Path:
     """Fig. 2: bar per site (averaged over sigma, 95% CI) with the layer mean; right, prop_i against sigma."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     avg = [r for r in result.rows if r["sigma"] == "mean"]

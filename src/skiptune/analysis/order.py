@@ -33,11 +33,11 @@ from skiptune.analysis.scoring import (
     check_sampling,
     estimate_columns,
     fid_estimates,
-    paired_difference,
     setup_from_args,
-    significant,
 )
-from skiptune.generate import SamplingSpec
+from skiptune.core.errors import InputError
+from skiptune.core.stats import paired_difference, significant
+from skiptune.experiment.generate import SamplingSpec
 from skiptune.sampling import sampler_fields
 from skiptune.skip import as_rule
 from skiptune.store import Store
@@ -52,7 +52,7 @@ def order_rules(rho0: float, space: str = "sigma") -> dict[str, str]:
     """``{order: rule}`` for one rho_0: ``const:rho0``, ``ramp:up:rho0``, ``ramp:down:rho0`` (``:log``)."""
     tail = ":log" if space == "log" else ""
     if space not in ("sigma", "log"):
-        raise ValueError(f"ramp space must be 'sigma' or 'log', got {space!r}")
+        raise InputError(f"ramp space must be 'sigma' or 'log', got {space!r}")
     rules = {"constant": f"const:{rho0:g}", "increasing": f"ramp:up:{rho0:g}{tail}",
              "decreasing": f"ramp:down:{rho0:g}{tail}"}
     return {k: canonical_rules([v])[0] for k, v in rules.items()}
@@ -74,14 +74,13 @@ def run_order(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: in
     untouched network, and the mean rho over the sampling steps. The summary gives, per rho_0, the
     paired difference increasing - decreasing (negative: increasing is better).
     """
-    setup.progress = setup.progress or progress
     if not rho0:
-        raise ValueError("give at least one rho_0")
+        raise InputError("give at least one rho_0")
     sigmas = check_sampling(net, sampler, nfe, setup.grid)
     srange = SamplingSpec(sampler, nfe=nfe, grid=setup.grid).sigma_range(net)
     per = {float(r): order_rules(float(r), space) for r in rho0}
     rules = ["none", *(r for d in per.values() for r in d.values())]
-    est = fid_estimates(net, setup, sampler=sampler, nfe=nfe, rules=rules, store=store)
+    est = fid_estimates(net, setup, sampler=sampler, nfe=nfe, rules=rules, store=store, progress=progress)
     base = est["none"]
     rows = [{"rho0": 1.0, "order": "untouched", "rule": "none", "rho_at_sigma_min": 1.0, "rho_at_sigma_max": 1.0,
              "mean_rho_steps": 1.0, **estimate_columns(base), **estimate_columns(paired_difference(base, base), "diff"),
@@ -103,7 +102,7 @@ def run_order(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: in
         summary[f"up_minus_down_ci[{r0:g}]"] = f"[{ud.ci_low:.4g}, {ud.ci_high:.4g}]"
         better = min(ORDERS, key=lambda o, d=d: est[d[o]].mean)
         summary[f"best_order[{r0:g}]"] = better
-    config = {"model": setup.model_id[:16], **sampler_fields(sampler), "nfe": nfe,
+    config = {**sampler_fields(sampler), "nfe": nfe,
               "steps": len(sigmas) - 1, "rho0": [float(r) for r in rho0], "space": space, "sigma_range": list(srange),
               **setup.config()}
     notes = [
@@ -128,7 +127,7 @@ def from_args(args, ctx) -> AnalysisResult:
     try:
         rho0 = [float(v) for v in args.rho0.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--rho0 must be comma-separated numbers, got {args.rho0!r}") from None
+        raise InputError(f"--rho0 must be comma-separated numbers, got {args.rho0!r}") from None
     for r in rho0:
         order_rules(r, args.space)  # validates rho_0 > 0 before any work
     check_sampling(ctx.net, args.sampler, args.nfe, args.grid)
@@ -139,7 +138,7 @@ def from_args(args, ctx) -> AnalysisResult:
 def plot(result: AnalysisResult, path) -> None:
     """Left: FID per order for each rho_0 with the untouched level; right: paired differences to untouched."""
     from skiptune.analysis.scoring import plot_paired
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     base = next((r for r in result.rows if r["rule"] == "none"), None)

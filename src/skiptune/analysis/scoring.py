@@ -1,6 +1,6 @@
 """FID of several rules on the same seed sets, shared by the ``windows``, ``order`` and ``stochastic`` analyses.
 
-Every (sampler, sampler options, NFE, rule, seed set) is one run of :func:`skiptune.sweep.run_sweep`
+Every (sampler, sampler options, NFE, rule, seed set) is one run of :func:`skiptune.runs.sweep.run_sweep`
 in the results store, keyed by its full configuration (model checksum, grid, mode, feature network,
 reference statistics, batch), so these analyses share runs with each other and with ``skiptune
 sweep``, and an interrupted analysis recomputes only the runs that were not complete.
@@ -14,45 +14,47 @@ interval is the t interval of the d_k.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from skiptune.generate import SamplingSpec
+from skiptune.core.errors import InputError
+from skiptune.core.stats import Estimate
+from skiptune.experiment import ModelRef, SamplingSpec, Scorer
+from skiptune.runs.sweep import SweepSpec, model_ref, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
-from skiptune.search import Estimate, t_interval
-from skiptune.skip import as_rule
+from skiptune.skip import canonical_rule
 from skiptune.store import Store
-from skiptune.sweep import SweepSpec, fingerprint, run_sweep, seed_sets
 
 
 def canonical_rules(rules: Sequence[str] | str) -> list[str]:
-    """Rules in canonical string form (``layer:0.7`` -> ``layer:0.7:1``), without duplicates, in order."""
+    """Rules in canonical string form (``layer:0.7`` -> ``layer:0.7:1``, ``const:1`` -> ``none``), without
+    duplicates, in order."""
     if isinstance(rules, str):
         rules = [r for r in (p.strip() for p in rules.split(";")) if r]
-    out = [str(as_rule(r)) for r in rules]
+    out = [str(canonical_rule(r)) for r in rules]
     if not out:
-        raise ValueError("no rules given")
+        raise InputError("no rules given")
     return list(dict.fromkeys(out))
 
 
-@dataclass
+@dataclass(frozen=True)
 class FidSetup:
-    """How FIDs are measured: feature network and reference, seed sets, sampling grid, batch, device.
+    """How FIDs are measured: which model, the scorer (feature network and reference), seed sets, sampling
+    grid, mode, batch, device.
 
     ``seeds`` is the first seed set (e.g. ``0-99``); the further ``seed_sets - 1`` sets are shifted
-    copies (``100-199``, ...). ``model_id`` is the network's checksum used in run keys (computed from
-    the weights when None).
+    copies (``100-199``, ...). Frozen: an analysis that needs other settings builds another setup
+    (``dataclasses.replace``).
     """
 
-    extractor: Any
-    ref: Any
+    scorer: Scorer
+    model: ModelRef
     seeds: str = "0-99"
     seed_sets: int = 3
     grid: str = "edm"
@@ -60,35 +62,36 @@ class FidSetup:
     batch: int = 250
     device: str = "cpu"
     progress: bool = False
-    model_id: str | None = None
-    _sets: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):
         if self.seed_sets < 1:
-            raise ValueError(f"need at least one seed set, got {self.seed_sets}")
+            raise InputError(f"need at least one seed set, got {self.seed_sets}")
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        self._sets = seed_sets(self.seeds, self.seed_sets)
+            raise InputError(f"batch must be >= 1, got {self.batch}")
+        seed_sets(self.seeds, self.seed_sets)  # validates the seeds
+
+    @classmethod
+    def for_net(cls, net: nn.Module, scorer: Scorer, **kwargs: Any) -> FidSetup:
+        """A setup for a loaded network (its :class:`ModelRef` is computed from the weights)."""
+        return cls(scorer, model_ref(net), **kwargs)
 
     @property
     def sets(self) -> list[str]:
-        return list(self._sets)
+        return seed_sets(self.seeds, self.seed_sets)
 
     @property
     def n_samples(self) -> int:
-        return len(parse_seeds(self._sets[0]))
+        return len(parse_seeds(self.sets[0]))
 
     def config(self) -> dict[str, Any]:
         """The part of an analysis config that this setup determines."""
-        ref_stats = self.ref.get(self.extractor.feature_for("fid"))
-        return {"features": self.extractor.name, "features_sha256": self.extractor.weights_sha256,
-                "ref_n": int(ref_stats.n), "seed_sets": self.sets, "n_per_set": self.n_samples, "grid": self.grid,
-                "mode": self.mode, "batch": self.batch}
+        return {"model": self.model.sha256, **self.scorer.spec().to_config(), "seed_sets": self.sets,
+                "n_per_set": self.n_samples, "grid": self.grid, "mode": self.mode, "batch": self.batch}
 
     def note(self) -> str:
-        n_ref = self.ref.get(self.extractor.feature_for("fid")).n
-        return (f"FID in the feature space of `{self.extractor.name}` against {n_ref} reference images; "
-                f"{len(self._sets)} seed sets of {self.n_samples} samples ({', '.join(self._sets)}); "
+        n_ref = self.scorer.spec().ref_n
+        return (f"FID in the feature space of `{self.scorer.extractor.name}` against {n_ref} reference images; "
+                f"{self.seed_sets} seed sets of {self.n_samples} samples ({', '.join(self.sets)}); "
                 "mean and 95% Student-t interval over the seed sets; differences are paired over the same seed sets.")
 
 
@@ -108,41 +111,22 @@ def check_sampling(net: nn.Module, sampler: str, nfe: int, grid: str) -> list[fl
 
 
 def fid_estimates(net: nn.Module, setup: FidSetup, *, sampler: str, nfe: int, rules: Sequence[str],
-                  options: dict[str, Any] | None = None, store: Store | None = None) -> dict[str, Estimate]:
+                  options: dict[str, Any] | None = None, store: Store | None = None,
+                  progress: bool = False) -> dict[str, Estimate]:
     """FID per rule (canonical rule string -> :class:`Estimate` over the seed sets), via the sweep runner."""
     rules = canonical_rules(rules)
     check_sampling(net, sampler, nfe, setup.grid)
-    if setup.model_id is None:
-        setup.model_id = fingerprint(net)
     spec = SweepSpec(rules=rules, samplers=[sampler], nfes=[nfe], seed_sets=setup.sets, mode=setup.mode,
                      grid=setup.grid, batch=setup.batch, sampler_options={sampler: dict(options)} if options else {})
     with results_store(store) as st:
-        rows = run_sweep(net, spec, store=st, extractor=setup.extractor, ref=setup.ref, model_id=setup.model_id,
-                         progress=setup.progress, device=setup.device)
+        rows = run_sweep(net, spec, store=st, scorer=setup.scorer, model=setup.model,
+                         progress=setup.progress or progress, device=setup.device)
     return {r.rule: r.estimate for r in rows}
-
-
-def paired_difference(a: Estimate, b: Estimate) -> Estimate:
-    """t interval of the per-seed-set differences a_k - b_k (same seed sets, same order)."""
-    if len(a.values) != len(b.values):
-        raise ValueError(f"paired difference needs the same seed sets: {len(a.values)} vs {len(b.values)} values")
-    return t_interval([x - y for x, y in zip(a.values, b.values, strict=True)], a.confidence)
 
 
 def estimate_columns(est: Estimate, prefix: str = "fid") -> dict[str, float]:
     """``{prefix: mean, prefix_ci_low: ..., prefix_ci_high: ...}`` (NaN bounds for a single seed set)."""
     return {prefix: est.mean, f"{prefix}_ci_low": est.ci_low, f"{prefix}_ci_high": est.ci_high}
-
-
-def significant(diff: Estimate) -> str:
-    """``lower`` / ``higher`` when the interval excludes 0, ``n.s.`` when it contains 0, ``n/a`` without one."""
-    if math.isnan(diff.ci_low):
-        return "n/a"
-    if diff.ci_high < 0:
-        return "lower"
-    if diff.ci_low > 0:
-        return "higher"
-    return "n.s."
 
 
 def add_fid_arguments(p, *, sampler: str, nfe: int, seeds: str = "0-99", sets: int = 3,
@@ -160,9 +144,8 @@ def add_fid_arguments(p, *, sampler: str, nfe: int, seeds: str = "0-99", sets: i
 
 
 def setup_from_args(args, ctx) -> FidSetup:
-    return FidSetup(extractor=ctx.extractor, ref=ctx.reference, seeds=args.seeds, seed_sets=args.seed_sets,
-                    grid=args.grid, mode=args.mode, batch=args.batch, device=ctx.device, progress=ctx.progress,
-                    model_id=ctx.fingerprint)
+    return FidSetup(ctx.scorer, ctx.model_ref, seeds=args.seeds, seed_sets=args.seed_sets, grid=args.grid,
+                    mode=args.mode, batch=args.batch, device=ctx.device, progress=ctx.progress)
 
 
 def _bar(value: float, bound: float) -> float:

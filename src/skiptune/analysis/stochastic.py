@@ -31,10 +31,10 @@ from skiptune.analysis.scoring import (
     check_sampling,
     estimate_columns,
     fid_estimates,
-    paired_difference,
     setup_from_args,
-    significant,
 )
+from skiptune.core.errors import InputError
+from skiptune.core.stats import paired_difference, significant
 from skiptune.sampling import sampler_fields
 from skiptune.skip import as_rule
 from skiptune.store import Store
@@ -54,15 +54,15 @@ def check_churns(churns: Sequence[float], steps: int) -> list[float]:
     """Validated S_churn values: finite, >= 0, distinct, and giving distinct gamma (no two saturated)."""
     vals = [float(c) for c in churns]
     if not vals:
-        raise ValueError("give at least one S_churn value")
+        raise InputError("give at least one S_churn value")
     for c in vals:
         if not math.isfinite(c) or c < 0:
-            raise ValueError(f"S_churn must be finite and >= 0, got {c}")
+            raise InputError(f"S_churn must be finite and >= 0, got {c}")
     gammas: dict[float, float] = {}
     for c in vals:
         g = churn_gamma(c, steps)
         if g in gammas:
-            raise ValueError(f"S_churn {gammas[g]:g} and {c:g} give the same gamma = {g:.4g} on {steps} steps "
+            raise InputError(f"S_churn {gammas[g]:g} and {c:g} give the same gamma = {g:.4g} on {steps} steps "
                              f"(gamma = min(S_churn/N, sqrt(2)-1) saturates at S_churn >= {GAMMA_MAX * steps:.3g}); "
                              "drop one of them")
         gammas[g] = c
@@ -87,7 +87,6 @@ def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Seq
     difference to the untouched network at the same S_churn. The summary names, per rule, the
     S_churn with the lowest FID (the "sweet point" of Fig. 8).
     """
-    setup.progress = setup.progress or progress
     sigmas = check_sampling(net, SAMPLER, nfe, setup.grid)
     steps = len(sigmas) - 1
     churns = check_churns(churns, steps)
@@ -97,12 +96,12 @@ def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Seq
     extra = {k: float(v) for k, v in (("S_tmin", s_tmin), ("S_tmax", s_tmax), ("S_noise", s_noise)) if v is not None}
     for k, v in extra.items():
         if not math.isfinite(v) or v < 0:
-            raise ValueError(f"{k} must be finite and >= 0, got {v}")
+            raise InputError(f"{k} must be finite and >= 0, got {v}")
     rows = []
     means: dict[tuple[float, str], float] = {}
     for c in churns:
         est = fid_estimates(net, setup, sampler=SAMPLER, nfe=nfe, rules=rules, options={"S_churn": c, **extra},
-                            store=store)
+                            store=store, progress=progress)
         base = est["none"]
         for r in rules:
             d = paired_difference(est[r], base)
@@ -118,7 +117,7 @@ def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Seq
             summary[f"better_than_none_at_every_S_churn[{r}]"] = all(means[(c, r)] < means[(c, "none")] for c in churns)
     c_best, r_best = min(means, key=means.get)
     summary.update({"best_S_churn": c_best, "best_rule": r_best, "best_fid": means[(c_best, r_best)]})
-    config = {"model": setup.model_id[:16], **sampler_fields(SAMPLER),
+    config = {**sampler_fields(SAMPLER),
               "nfe": nfe, "steps": steps, "S_churn": churns,
               "rules": rules, "options": extra, **setup.config()}
     notes = [
@@ -147,7 +146,7 @@ def from_args(args, ctx) -> AnalysisResult:
     try:
         churns = [float(v) for v in args.churn.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--churn must be comma-separated numbers, got {args.churn!r}") from None
+        raise InputError(f"--churn must be comma-separated numbers, got {args.churn!r}") from None
     steps = len(check_sampling(ctx.net, SAMPLER, args.nfe, args.grid)) - 1
     check_churns(churns, steps)
     rules = canonical_rules(args.rules)
@@ -158,7 +157,7 @@ def from_args(args, ctx) -> AnalysisResult:
 def plot(result: AnalysisResult, path) -> None:
     """Left: FID vs S_churn, one line per rule (Fig. 8); right: the paired difference to the untouched
     network at the same S_churn."""
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))

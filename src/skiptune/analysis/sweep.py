@@ -20,11 +20,14 @@ from torch import nn
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.scoring import estimate_columns
+from skiptune.core.checksums import state_dict_sha256
+from skiptune.core.errors import InputError
+from skiptune.core.stats import Estimate, t_interval
+from skiptune.experiment import POINT_KIND
+from skiptune.runs.sweep import SweepRow
 from skiptune.sampling import revision_fields
-from skiptune.search import Estimate, t_interval
 from skiptune.skip import as_rule
 from skiptune.store import Store
-from skiptune.sweep import SweepRow, fingerprint
 
 NAME = "sweep"
 HELP = "FID vs rho U-curves per NFE from the sweep runs in the results store (Fig. 4)"
@@ -58,15 +61,15 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
     difference to the untouched network. ``model_id`` (default: the checksum of ``net``) selects the
     model; ``features``, ``samplers`` and ``nfes`` filter further."""
     if store is None:
-        raise ValueError("the sweep analysis reads the sweep runs of a results store: give a store (not --no-db)")
+        raise InputError("the sweep analysis reads the sweep runs of a results store: give a store (not --no-db)")
     if model_id is None:
         if net is None:
-            raise ValueError("give a network or a model checksum")
-        model_id = fingerprint(net)
-    filters = {"kind": "sweep-point", "model": model_id}
+            raise InputError("give a network or a model checksum")
+        model_id = state_dict_sha256(net)
+    filters = {"kind": POINT_KIND, "model": model_id}
     if features:
         filters["features"] = features
-    recs = store.runs(filters, status="complete")
+    recs = [r for r in store.runs(filters, status="complete") if "nfe" in r.config]  # steps-based points: no NFE
     if samplers:
         recs = [r for r in recs if r.config.get("sampler") in set(samplers)]
     if nfes:
@@ -90,7 +93,7 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
         groups.setdefault(key, {}).setdefault(cfg["seeds"], m.value)  # one value per seed set (oldest run)
         meta[key] = {"label": _label(cfg, options), "ref": str(cfg.get("ref"))[:8]}
     if not groups:
-        raise ValueError(f"no complete sweep runs of model {model_id[:16]} in {store.path}"
+        raise InputError(f"no complete sweep runs of model {model_id[:16]} in {store.path}"
                          + (f" with features {features}" if features else "")
                          + ": run `skiptune sweep` (or `skiptune demo`) with this model and store first")
     labels_n: dict[str, set] = {}
@@ -121,7 +124,7 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
         base = next((r for r in group if r["rule"] == "none"), None)
         summary[f"best[{label}, NFE {nfe}]"] = (f"{best['rule']} {best['fid']:.4g}"
                                                 + (f" (untouched {base['fid']:.4g})" if base else ""))
-    config = {"model": model_id[:16], "features": features or "any", "samplers": list(samplers or []),
+    config = {"model": model_id, "features": features or "any", "samplers": list(samplers or []),
               "nfes": [int(n) for n in nfes or []], "all_rules": all_rules}
     notes = ["Read from the results store; every FID is the mean over the seed sets stored for that configuration "
              "(95% Student-t interval); diff = paired difference to the untouched network over common seed sets.",
@@ -138,25 +141,25 @@ def add_arguments(p) -> None:
 
 def from_args(args, ctx) -> AnalysisResult:
     if ctx.store is None:
-        raise ValueError("the sweep analysis reads the results store: drop --no-db and give --db")
+        raise InputError("the sweep analysis reads the results store: drop --no-db and give --db")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()] if args.samplers else None
     try:
         nfes = [int(v) for v in args.nfe.split(",") if v.strip()] if args.nfe else None
     except ValueError:
-        raise ValueError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+        raise InputError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
     return run_sweep(ctx.net, store=ctx.store, features=ctx.features, samplers=samplers, nfes=nfes,
                      all_rules=args.all_rules)
 
 
 def plot(result: AnalysisResult, path) -> None:
     """Fig. 4: one panel per sampler, one line per NFE (and rule family), with the 95% intervals."""
-    from skiptune.plots import plot_fid_vs_rho
+    from skiptune.report.plots import plot_fid_vs_rho
 
     rows = [SweepRow(r["sampler"], int(r["nfe"]), r["rule"],
                      Estimate(r["fid"], r["fid_ci_low"], r["fid_ci_high"], float("nan"), (), 0.95))
             for r in result.rows if r.get("rho") is not None and r["rule"].split(":")[0] in CURVE_FAMILIES]
     if not rows:
-        from skiptune.plots import _plt
+        from skiptune.report.plots import _plt
 
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5, 2))

@@ -39,10 +39,10 @@ from skiptune.analysis.scoring import (
     check_sampling,
     estimate_columns,
     fid_estimates,
-    paired_difference,
     setup_from_args,
-    significant,
 )
+from skiptune.core.errors import InputError
+from skiptune.core.stats import paired_difference, significant
 from skiptune.sampling import sampler_fields
 from skiptune.store import Store
 
@@ -69,9 +69,9 @@ def step_windows(sigmas: Sequence[float], window_steps: int, rule: str) -> list[
     s = [float(v) for v in sigmas]
     n = len(s) - 1
     if n < 1 or any(b >= a for a, b in zip(s, s[1:], strict=False)):
-        raise ValueError("step_windows needs a strictly decreasing sigma grid with at least one step")
+        raise InputError("step_windows needs a strictly decreasing sigma grid with at least one step")
     if int(window_steps) != window_steps or window_steps < 1:
-        raise ValueError(f"window size must be a whole number of steps >= 1, got {window_steps}")
+        raise InputError(f"window size must be a whole number of steps >= 1, got {window_steps}")
     inner = canonical_rules([rule])[0]
     out = []
     for j, first in enumerate(range(0, n, window_steps)):
@@ -92,18 +92,17 @@ def run_windows(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: 
     window, with the mean FID over the seed sets, its 95% t interval and the paired difference to
     the untouched network. ``only`` restricts the windows computed (indices; for partial runs).
     """
-    setup.progress = setup.progress or progress
     sigmas = check_sampling(net, sampler, nfe, setup.grid)
     inner = canonical_rules([rule])[0]
     wins = step_windows(sigmas, window_steps, inner)
     if only is not None:
         bad = sorted(set(only) - {w.index for w in wins})
         if bad:
-            raise ValueError(f"window indices {bad} do not exist: the grid has {len(wins)} windows "
+            raise InputError(f"window indices {bad} do not exist: the grid has {len(wins)} windows "
                              f"(0..{len(wins) - 1})")
         wins = [w for w in wins if w.index in set(only)]
     rules = ["none", inner, *(w.rule for w in wins)]
-    est = fid_estimates(net, setup, sampler=sampler, nfe=nfe, rules=rules, store=store)
+    est = fid_estimates(net, setup, sampler=sampler, nfe=nfe, rules=rules, store=store, progress=progress)
     base = est["none"]
     rows = []
     for label, w, r in [("none", None, "none"), ("all", None, inner), *((str(w.index), w, w.rule) for w in wins)]:
@@ -124,7 +123,7 @@ def run_windows(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: 
         summary.update({"best_window": best["window"],
                         "best_window_sigmas": f"{best['sigma_start']:.4g}..{best['sigma_end']:.4g}",
                         "best_window_fid": best["fid"], "best_window_diff": best["diff"]})
-    config = {"model": setup.model_id[:16], **sampler_fields(sampler), "nfe": nfe,
+    config = {**sampler_fields(sampler), "nfe": nfe,
               "steps": len(sigmas) - 1, "window_steps": window_steps, "rule": inner,
               "windows": [w.index for w in wins], **setup.config()}
     notes = [
@@ -151,7 +150,7 @@ def from_args(args, ctx) -> AnalysisResult:
         try:
             only = [int(v) for v in args.only.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"--only must be comma-separated window indices, got {args.only!r}") from None
+            raise InputError(f"--only must be comma-separated window indices, got {args.only!r}") from None
     step_windows(check_sampling(ctx.net, args.sampler, args.nfe, args.grid), args.window_steps, args.rule)
     return run_windows(ctx.net, setup_from_args(args, ctx), sampler=args.sampler, nfe=args.nfe,
                        window_steps=args.window_steps, rule=args.rule, only=only, store=ctx.store)
@@ -161,7 +160,7 @@ def plot(result: AnalysisResult, path) -> None:
     """Left: FID per window (labelled by its sigmas) with the untouched and all-steps levels; right: the paired
     differences to the untouched network, which carry the comparison (the seed-set noise cancels)."""
     from skiptune.analysis.scoring import plot_paired
-    from skiptune.plots import _plt
+    from skiptune.report.plots import _plt
 
     plt = _plt()
     rows = {r["window"]: r for r in result.rows}

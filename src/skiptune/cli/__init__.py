@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from skiptune.core.errors import SkiptuneError, UsageError
 
 COMMAND_MODULES = [
     "skiptune.cli.info",
@@ -23,15 +26,12 @@ COMMAND_MODULES = [
 ]
 
 
-class UsageError(ValueError):
-    """A command-line option is invalid (reported without a traceback)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     from skiptune import __version__
 
     parser = argparse.ArgumentParser(prog="skiptune", description="Training-free Skip-Tuning of diffusion UNets.")
     parser.add_argument("--version", action="version", version=f"skiptune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -60,8 +60,9 @@ def load_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skiptune.io.edm_pickle import CheckpointError, UnsafePickleError
-
+    """Run one command. A :class:`~skiptune.core.errors.SkiptuneError` (raised on purpose, its message names
+    the problem and the fix) prints one line and exits 2, with its traceback under ``--debug``; any other
+    exception is a bug and shows its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -69,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, CheckpointError, UnsafePickleError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"skiptune {args.command}: error: {message}", file=sys.stderr)
+    except SkiptuneError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"skiptune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"skiptune {args.command}: interrupted", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from skiptune.core.errors import MissingFileError
+
 
 def _add_common(p) -> None:
     p.add_argument("--model", default=None, metavar="PATH|PRESET",
@@ -70,14 +72,14 @@ def run_analysis(args) -> int:
 
 def run_report(args) -> int:
     from skiptune.analysis import analysis_modules, stored_results, write_result
-    from skiptune.store import Store
+    from skiptune.experiment import open_store
 
     db = Path(args.db)
     if not db.is_file():
-        raise FileNotFoundError(f"no results store at {db}: run `skiptune analyze ...` first or pass --db")
+        raise MissingFileError(f"no results store at {db}: run `skiptune analyze ...` first or pass --db")
     out = Path(args.out)
     mods = analysis_modules()
-    with Store(db, create=False) as store:
+    with open_store(db, create=False) as store:
         results = stored_results(store)
     if not results:
         print(f"no analyses in {db}")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from skiptune.cli import UsageError
-from skiptune.cli.sweep import _csv, load_reference
+from skiptune.cli.sweep import _csv
 
 
 def register(sub) -> None:
@@ -59,12 +59,11 @@ def _describe(net) -> str:
 def run(args) -> int:
     import torch
 
+    from skiptune.experiment import Scorer, open_store
     from skiptune.io import load_model
-    from skiptune.metrics import get_extractor
+    from skiptune.runs.compare import check_pair, compare_training, format_compare_table
+    from skiptune.runs.sweep import expand_rules
     from skiptune.sampling import SAMPLERS, parse_seeds
-    from skiptune.store import Store
-    from skiptune.sweep import expand_rules
-    from skiptune.train.compare import check_pair, compare_training, format_compare_table
 
     samplers = _csv(args.samplers)
     steps = _csv(args.steps, int)
@@ -89,17 +88,17 @@ def run(args) -> int:
                          "(an .npz from `skiptune ref`) or the training data set")
     features = args.features or ("digits-classifier" if digits else "inception-v3")
     check_pair(base, s2dm, samplers, steps, args.grid, rules)  # before extracting any reference features
-    ext = get_extractor(features, weights=args.weights)
-    ref = load_reference(args.ref or "digits", ext, progress=not args.no_progress)
+    open_store(args.db).close()  # a store that cannot be used fails before any reference features are extracted
+    scorer = Scorer.load(features, args.ref or "digits", weights=args.weights, device=args.device,
+                         progress=not args.no_progress)
     print(f"base  {args.base}: {_describe(base)}")
     print(f"s2dm  {args.s2dm}: {_describe(s2dm)}")
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    with Store(args.db) as store:
-        rows = compare_training(base, s2dm, samplers, steps, args.seeds, args.seed_sets, ext, ref, store,
+    with open_store(args.db) as store:
+        rows = compare_training(base, s2dm, samplers, steps, args.seeds, args.seed_sets, scorer, store,
                                 rules=rules, grid=args.grid, mode=args.mode, batch=args.batch, device=args.device,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, sources=(args.base, args.s2dm))
     table = format_compare_table(rows)
-    print(f"FID ({ext.name} features, vs {ref.get(ext.feature_for('fid')).n} reference images): mean ± 95% "
+    print(f"FID ({scorer.extractor.name} features, vs {scorer.spec().ref_n} reference images): mean ± 95% "
           f"half-width over {args.seed_sets} seed sets of {len(parse_seeds(args.seeds))} samples; relative "
           "improvement = (base - s2dm) / base, paired per seed set")
     print(table)

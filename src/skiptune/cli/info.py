@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from skiptune.cli import add_model_options, load_from_args
+from skiptune.core.errors import InputError
 
 
 def register(sub) -> None:
@@ -28,7 +29,7 @@ def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
     sites, stages = adapter.sites(net), adapter.stages(net)
     rule.check(len(sites))
     if rule.sigma_dependent and sigma is None:
-        raise ValueError(f"rule '{rule}' depends on sigma: pass --sigma")
+        raise InputError(f"rule '{rule}' depends on sigma: pass --sigma")
     cfg = getattr(net, "skiptune_config", {})
     inner = getattr(net, "model", net)
     return {

@@ -42,10 +42,10 @@ def parse_filters(items: list[str]) -> dict[str, str]:
 
 
 def _canonical_rule(text: Any) -> str | None:
-    from skiptune.skip import parse_rule
+    from skiptune.skip import canonical_rule
 
     try:
-        return str(parse_rule(str(text)))
+        return str(canonical_rule(str(text)))
     except ValueError:
         return None
 
@@ -120,15 +120,13 @@ def table(records: list, metrics: list[str] | None) -> str:
 
 
 def run(args) -> int:
-    from skiptune.store import Store, StoreError, write_csv
+    from skiptune.experiment import open_store
+    from skiptune.store import write_csv
 
     filters = parse_filters(args.filter)
     status = None if args.status == "all" else args.status
-    try:
-        with Store(args.db, create=False) as store:
-            records = select(store, filters, status)
-    except StoreError as exc:
-        raise UsageError(str(exc)) from None
+    with open_store(args.db, create=False) as store:
+        records = select(store, filters, status)
     if args.sort:
         records.sort(key=lambda r: _sort_key(r, args.sort))
     if args.json:

@@ -30,7 +30,7 @@ def parse_options(text: str | None) -> dict:
 
 def add_sampling_options(p) -> None:
     """Sampler, NFE/steps, grid and rule options shared by sampling commands."""
-    from skiptune.generate import DISCRETE_GRIDS
+    from skiptune.experiment.generate import DISCRETE_GRIDS
     from skiptune.sampling import GRIDS, SAMPLERS
 
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
@@ -47,7 +47,7 @@ def add_sampling_options(p) -> None:
 
 
 def spec_from_args(args):
-    from skiptune.generate import SamplingSpec
+    from skiptune.experiment.generate import SamplingSpec
 
     nfe = args.nfe if args.nfe is not None or args.steps is not None else 9
     return SamplingSpec(args.sampler, nfe=nfe if args.steps is None else None, steps=args.steps, grid=args.grid,
@@ -75,10 +75,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from skiptune.core.provenance import write_run_json
     from skiptune.distributed import gather_generated, init_distributed, shard_batches
-    from skiptune.generate import generate, to_uint8
+    from skiptune.experiment.generate import generate, to_uint8
     from skiptune.io.images import save_grid, save_npz, save_png
-    from skiptune.provenance import write_run_json
     from skiptune.sampling import parse_seeds
     from skiptune.skip import FreeUConfig, as_rule
 
@@ -132,7 +132,7 @@ def _save_latents(args, net, spec, rule, res, extra: dict, scale: float, out: Pa
     """A latent model's samples: float32 latents in OUT/latents.npz (no autoencoder ships with skiptune)."""
     import numpy as np
 
-    from skiptune.provenance import write_run_json
+    from skiptune.core.provenance import write_run_json
 
     latents = res.images.float().cpu().numpy()
     np.savez(out / "latents.npz", latents=latents, latent_scale_factor=np.float64(scale), **extra)

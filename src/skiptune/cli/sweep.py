@@ -26,29 +26,11 @@ def add_scoring_options(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def load_reference(spec: str, extractor, progress: bool = False):
-    """A FeatureSet: a statistics .npz as it is, or the features of a data set's training split."""
-    import numpy as np
+def load_scorer(args, *, progress: bool = False):
+    """The :class:`~skiptune.experiment.Scorer` of ``--features/--weights/--ref``."""
+    from skiptune.experiment import Scorer
 
-    from skiptune.generate import to_uint8
-    from skiptune.metrics import FeatureSet, extract_features
-
-    path = Path(spec)
-    if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if "mu" in data.files:
-                return FeatureSet.load(path)
-    from skiptune.train.data import load_dataset
-
-    data = load_dataset(spec, split="train")
-    return extract_features(to_uint8(data.images), extractor, features=[extractor.feature_for("fid")], keep=False,
-                            progress=progress)
-
-
-def _extractor(args):
-    from skiptune.metrics import get_extractor
-
-    return get_extractor(args.features, weights=args.weights)
+    return Scorer.load(args.features, args.ref, weights=args.weights, device=args.device, progress=progress)
 
 
 def register(sub) -> None:
@@ -92,31 +74,27 @@ def register(sub) -> None:
 
 
 def run_sweep_cmd(args) -> int:
-    from skiptune.plots import plot_fid_vs_rho
-    from skiptune.store import Store
-    from skiptune.sweep import SweepSpec, best_rows, expand_rules, fingerprint, run_sweep, seed_sets, write_best_grids
+    from contextlib import nullcontext
+
+    from skiptune.distributed import init_distributed
+    from skiptune.experiment import SamplingSpec, open_store
+    from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
+    from skiptune.runs.sweep import SweepSpec, best_rows, expand_rules, model_ref, run_sweep, seed_sets
 
     spec = SweepSpec(rules=expand_rules(args.rules), samplers=_csv(args.samplers), nfes=_csv(args.nfe, int),
                      seed_sets=seed_sets(args.seeds, args.seed_sets), mode=args.mode, grid=args.grid,
                      batch=args.batch, precision=args.precision)
-    from skiptune.generate import SamplingSpec
-
     for s in spec.samplers:  # validate every sampler/NFE pair before any work
         for n in spec.nfes:
             SamplingSpec(s, nfe=n).sigmas()
-    from contextlib import nullcontext
-
-    from skiptune.distributed import init_distributed
-
     d = init_distributed(args.device)  # one process unless started by torchrun
+    if d.is_main:  # a store that cannot be used fails before models and references are loaded
+        open_store(args.db).close()
     net = load_from_args(args)
-    ext = _extractor(args)
-    ref = load_reference(args.ref, ext, progress=not args.no_progress and d.is_main)
-    if d.is_main:
-        Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    scorer = load_scorer(args, progress=not args.no_progress and d.is_main)
     # only rank 0 opens the store: no shared file system or file locking across nodes is needed
-    with Store(args.db) if d.is_main else nullcontext() as store:
-        rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, model_id=fingerprint(net),
+    with open_store(args.db) if d.is_main else nullcontext() as store:
+        rows = run_sweep(net, spec, store=store, scorer=scorer, model=model_ref(net, args.model or args.arch),
                          progress=not args.no_progress, device=str(d.device), dist=d)
     if not d.is_main:
         return 0
@@ -143,41 +121,39 @@ def run_sweep_cmd(args) -> int:
 
 
 def run_search_cmd(args) -> int:
-    from skiptune.generate import SamplingSpec
-    from skiptune.search import search_rho
-    from skiptune.store import Store
-    from skiptune.sweep import fingerprint, point_config, score_point
+    from skiptune.experiment import Point, SamplingSpec, open_store, score_stored
+    from skiptune.runs.search import search_rho
+    from skiptune.runs.sweep import model_ref
 
-    SamplingSpec(args.sampler, nfe=args.nfe).sigmas()  # a sampler/NFE pair that cannot work fails before any work
+    sampling = SamplingSpec(args.sampler, nfe=args.nfe)
+    sampling.sigmas()  # a sampler/NFE pair that cannot work fails before any work
+    open_store(args.db).close()
     net = load_from_args(args)
-    ext = _extractor(args)
-    ref = load_reference(args.ref, ext)
-    model_id = fingerprint(net)
+    scorer = load_scorer(args)
+    base = Point(model_ref(net, args.model or args.arch), sampling, "none", "0", scorer.spec(), batch=args.batch)
 
-    def config(rule: str, n: int, seed_set: int) -> dict:
+    def point(rule: str, n: int, seed_set: int) -> Point:
         # seed set k holds seeds k*n_max .. k*n_max + n_max - 1 and rungs use its first n: the final rung's
         # sets are those of `skiptune sweep --seeds 0-{n_max - 1} --seed-sets S`, whose runs it shares
         first = seed_set * args.n_max
-        return point_config(model_id, ext, ref, sampler=args.sampler, nfe=args.nfe, rule=rule,
-                            seeds=f"{first}-{first + n - 1}", batch=args.batch)
-
-    def objective(rho: float, n: int, seed_set: int) -> float:
-        rule = args.template.format(rho=f"{rho:g}")
-        return score_point(net, config(rule, n, seed_set), ext, ref, device=args.device)[0]
-
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+        return base.with_rule(rule).with_seeds(f"{first}-{first + n - 1}")
 
     def show(ev):
         if not args.no_progress:
             print(f"  {ev.stage:<10} {ev.rule:<20} n={ev.n_samples:<6} set {ev.seed_set}  FID {ev.value:.3f}"
                   + (" (cached)" if ev.cached else ""), flush=True)
 
-    with Store(args.db) as store:
+    with open_store(args.db) as store:
+        def objective(rho: float, n: int, seed_set: int) -> tuple[float, bool]:
+            scored = score_stored(net, point(args.template.format(rho=f"{rho:g}"), n, seed_set), scorer, store,
+                                  device=args.device)
+            return scored.fid, scored.cached
+
         try:
             res = search_rho(objective, n_max=args.n_max, template=args.template, lo=args.lo, hi=args.hi,
                              step=args.step, coarse_step=args.coarse_step, seed_sets=args.seed_sets,
                              select_sets=args.select_sets, baseline=1.0 if args.lo <= 1.0 <= args.hi else None,
-                             store=store, store_config=config, callback=show)
+                             callback=show)
         except KeyError as exc:
             raise UsageError(f"--template must contain {{rho}}: {exc}") from None
     print(res.summary())

@@ -1,4 +1,4 @@
-"""Shipped assets: where they live, how to load them, and the domain feature extractor.
+"""Shipped assets: how to load them, and the domain feature extractor (their location: :mod:`skiptune.core.assets`).
 
 ``skiptune/assets/`` holds the demo diffusion model (``demo-digits.safetensors``), the digits
 classifier used as its domain feature network (``digits-classifier.safetensors``) and the feature
@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-DEMO_MODEL = "demo-digits.safetensors"
-CLASSIFIER = "digits-classifier.safetensors"
-SHAPES_CLASSIFIER = "shapes-classifier.safetensors"
+from skiptune.core.assets import (  # noqa: F401 - the asset names are part of this module's interface
+    CLASSIFIER,
+    DEMO_MODEL,
+    SHAPES_CLASSIFIER,
+    asset_path,
+    assets_dir,
+)
+from skiptune.core.errors import InputError
+
 CLASSIFIER_EXTRACTOR = "digits-classifier"
-
-
-def assets_dir() -> Path:
-    """The package's asset folder (overridable with $SKIPTUNE_ASSETS, e.g. for freshly made assets)."""
-    override = os.environ.get("SKIPTUNE_ASSETS")
-    return Path(override) if override else Path(str(resources.files("skiptune") / "assets"))
-
-
-def asset_path(name: str) -> Path:
-    path = assets_dir() / name
-    if not path.exists():
-        raise FileNotFoundError(f"shipped asset {path} is missing; rebuild it with `make demo-assets` "
-                                "(or point $SKIPTUNE_ASSETS at a folder that has it)")
-    return path
 
 
 def save_classifier(model, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -55,11 +46,21 @@ def load_classifier(path: str | os.PathLike | None = None):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("skiptune-classifier", "{}"))
     if "config" not in meta:
-        raise ValueError(f"{path} is not a skiptune classifier checkpoint")
+        raise InputError(f"{path} is not a skiptune classifier checkpoint")
     model = SmallClassifier(**meta["config"])
     model.load_state_dict(load_file(str(path)), strict=True)
     model.skiptune_extra = meta.get("extra", {})
     return model.eval()
+
+
+def digits_classifier_extractor(**kwargs):
+    """``digits-classifier``: the shipped digits classifier as feature network (entry point of skiptune.extractors)."""
+    return classifier_extractor(**kwargs)
+
+
+def shapes_classifier_extractor(weights=None, **kwargs):
+    """``shapes-classifier``: the shipped shapes classifier as feature network (entry point of skiptune.extractors)."""
+    return classifier_extractor(weights if weights is not None else asset_path(SHAPES_CLASSIFIER), **kwargs)
 
 
 def classifier_extractor(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from skiptune.core.errors import InputError
 from skiptune.nets.classifier import SmallClassifier
 from skiptune.train.data import SHAPES_BACKGROUNDS, SHAPES_PALETTES
 
@@ -37,7 +38,7 @@ def joint_labels(data) -> tuple[torch.Tensor, int]:
     labels, n = data.labels, data.num_classes
     for key in sorted(data.attributes):
         if key not in _ATTRIBUTE_RANGES:
-            raise ValueError(f"{data.name}: attribute {key!r} has no known range; known: {sorted(_ATTRIBUTE_RANGES)}")
+            raise InputError(f"{data.name}: attribute {key!r} has no known range; known: {sorted(_ATTRIBUTE_RANGES)}")
         k = _ATTRIBUTE_RANGES[key]
         labels, n = labels * k + data.attributes[key], n * k
     return labels, n

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from skiptune.demo.assets import DEMO_MODEL, asset_path, classifier_extractor
-from skiptune.generate import to_uint8
+from skiptune.core.stats import t_interval
+from skiptune.demo.assets import DEMO_MODEL, classifier_extractor
+from skiptune.experiment import Scorer, open_store, to_uint8
 from skiptune.metrics import extract_features, fid_floor
-from skiptune.plots import plot_fid_vs_rho
+from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
+from skiptune.runs.sweep import SweepRow, SweepSpec, best_rows, expand_rules, model_ref, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
-from skiptune.search import t_interval
-from skiptune.store import Store
-from skiptune.sweep import SweepRow, SweepSpec, best_rows, expand_rules, run_sweep, seed_sets, write_best_grids
 
 FULL = dict(samplers=["heun", "unipc"], nfes=[5, 9, 19],
             rules="none;layer:0.8;const:0.7;const:1.2", seeds="0-99", sets=3, grid_seeds="0-31")
@@ -72,7 +71,7 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
     cfg = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    net = load_model(model or asset_path(DEMO_MODEL))
+    net = load_model(model or "demo-digits")
     ext = classifier_extractor(device=device)
     feature = ext.feature_for("fid")
     ref = extract_features(_digits_uint8("train"), ext, features=[feature], keep=False)
@@ -85,8 +84,9 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
     floor = float(floors.mean())
     spec = SweepSpec(rules=expand_rules(cfg["rules"]), samplers=cfg["samplers"], nfes=cfg["nfes"], seed_sets=sets,
                      batch=300)
-    with Store(out / "results.sqlite") as store:
-        rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, progress=progress, device=device)
+    with open_store(out / "results.sqlite") as store:
+        rows = run_sweep(net, spec, store=store, scorer=Scorer(ext, ref),
+                         model=model_ref(net, str(model or "demo-digits")), progress=progress, device=device)
     table = format_table(rows)
     plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho")
     grids = [p.name for p in write_best_grids(net, rows, out, seeds=cfg["grid_seeds"], device=device)]

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skiptune.io.edm_pickle import CheckpointError, load_edm_pickle
+from skiptune.core.assets import SHIPPED_MODELS, asset_path
+from skiptune.core.errors import CheckpointError, InputError, MissingFileError
+from skiptune.io.edm_pickle import load_edm_pickle
 from skiptune.io.uvit import is_uvit_state, load_uvit, read_state_dict
 from skiptune.nets.presets import build_network, build_preset, preset_config, preset_names
 
@@ -26,7 +28,7 @@ def network_config(net: nn.Module) -> dict:
     """``{'class_name', 'kwargs'}`` of one of our networks (recorded when it was built or loaded)."""
     cfg = getattr(net, "skiptune_config", None)
     if cfg is None:
-        raise ValueError(f"{type(net).__name__} has no recorded config: build it with skiptune.nets.build_network "
+        raise InputError(f"{type(net).__name__} has no recorded config: build it with skiptune.nets.build_network "
                          "or skiptune.load_model so that it can be saved")
     return cfg
 
@@ -37,7 +39,7 @@ def save_checkpoint(net: nn.Module, path: str | os.PathLike, extra: dict | None 
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"checkpoint path must end in .safetensors, got {path}")
+        raise InputError(f"checkpoint path must end in .safetensors, got {path}")
     cfg = {"format": FORMAT, "version": FORMAT_VERSION, **network_config(net), "extra": extra or {}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,8 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
                key: str = "ema") -> nn.Module:
     """Load any supported model, ready for :func:`skiptune.skip_tuning`.
 
-    ``spec`` is a preset name (a randomly initialised network, e.g. ``adm-tiny``), a skiptune
+    ``spec`` is a shipped model's name (``demo-digits``), a preset name (a randomly initialised network,
+    e.g. ``adm-tiny``), a skiptune
     ``.safetensors`` checkpoint, an EDM network pickle (``.pkl``, loaded safely unless
     ``trust_code``; ``key`` picks the entry, default ``ema``), or a raw state dict
     (``.safetensors``/``.pt``/``.pth``) when ``arch`` names the preset it belongs to. A public
@@ -107,15 +110,17 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
     Returns the preconditioned network in eval mode: ``net(x, sigma, class_labels) -> x0``.
     """
     text = str(spec)
+    if text in SHIPPED_MODELS and not Path(text).exists():
+        text = str(asset_path(SHIPPED_MODELS[text]))
     path = Path(text)
     if not path.exists():
         try:
             preset_config(text)
         except ValueError:
-            raise FileNotFoundError(f"{text!r} is neither an existing file nor a preset name; presets: "
-                                    f"{', '.join(preset_names())}") from None
+            raise MissingFileError(f"{text!r} is neither an existing file nor a preset name (nor a shipped model: "
+                                   f"{', '.join(SHIPPED_MODELS)}); presets: {', '.join(preset_names())}") from None
         if arch is not None:
-            raise ValueError("give either a preset name or a file with arch=PRESET, not both")
+            raise InputError("give either a preset name or a file with arch=PRESET, not both")
         return build_preset(text)
     if path.is_dir():
         from skiptune.io.diffusers import diffusers_layout, load_diffusers
@@ -124,7 +129,7 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
             raise CheckpointError(f"{path} is a directory but not a diffusers model or pipeline folder; expected a "
                                   ".safetensors checkpoint, an EDM .pkl file or a diffusers save_pretrained folder")
         if arch is not None:
-            raise ValueError("arch does not apply to a diffusers folder, which carries its own config")
+            raise InputError("arch does not apply to a diffusers folder, which carries its own config")
         return load_diffusers(path)
     suffix = path.suffix.lower()
     if arch is not None:

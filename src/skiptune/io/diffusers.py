@@ -32,7 +32,7 @@ from skiptune.adapters.diffusers import (
     require_diffusers,
     schedule_from_config,
 )
-from skiptune.io.edm_pickle import CheckpointError
+from skiptune.core.errors import CheckpointError, InputError
 from skiptune.sampling.denoisers import VPDenoiser
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
@@ -69,7 +69,7 @@ class DiffusersDenoiser(VPDenoiser):
         elif class_labels is not None and class_labels.is_floating_point():
             class_labels = class_labels.reshape(-1, self.label_dim).argmax(dim=1)
         if type(self.model).__name__ == "UNet2DConditionModel" and cond.get("encoder_hidden_states") is None:
-            raise ValueError("a UNet2DConditionModel needs encoder_hidden_states (e.g. text embeddings of shape "
+            raise InputError("a UNet2DConditionModel needs encoder_hidden_states (e.g. text embeddings of shape "
                              "[batch, tokens, cross_attention_dim]); pass them as a keyword to the denoiser")
         if class_labels is not None:
             cond["class_labels"] = class_labels

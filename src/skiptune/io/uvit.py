@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skiptune.io.edm_pickle import CheckpointError
+from skiptune.core.errors import CheckpointError
 from skiptune.nets.presets import PRESETS, build_preset, preset_config
 from skiptune.nets.uvit import UViTPrecond
 

@@ -9,9 +9,10 @@ number, the extractor, weights sha256, resize policy and sample counts.
 
 Registered extractors: ``'inception-v3'`` (the FID network, torch-fidelity ``.pth`` weights from
 a local file or ``$SKIPTUNE_WEIGHTS``), ``'inception-v3-edm-pkl'`` (EDM's pickle, see
-:mod:`.edm_pickle`), ``'clip'`` (optional ``open_clip``), ``'digits-classifier'`` (the demo's
-domain network, shipped). Add your own with
-:func:`register_extractor` or wrap any module with :func:`wrap_module`.
+:mod:`.edm_pickle`), ``'clip'`` (optional ``open_clip``), ``'digits-classifier'`` and
+``'shapes-classifier'`` (the demo's shipped domain networks, offered through the ``skiptune.extractors``
+entry-point group, so this package never imports the demo). Add your own with :func:`register_extractor`,
+an entry point of that group, or wrap any module with :func:`wrap_module`.
 """
 
 from __future__ import annotations
@@ -54,24 +55,7 @@ from .mmd import DEFAULT_MMD_KERNELS, Kernel, cmmd, kid, make_kernel, mmd2, mmd_
 from .precision_recall import PrecisionRecall, precision_recall
 from .stats import FeatureStats
 
-
-def _digits_classifier(**kwargs):
-    """The shipped domain feature network of the demo digits (see :mod:`skiptune.demo.assets`)."""
-    from skiptune.demo.assets import classifier_extractor
-
-    return classifier_extractor(**kwargs)
-
-
-def _shapes_classifier(weights=None, **kwargs):
-    """The shipped domain feature network of the procedural shapes (see :mod:`skiptune.demo.assets`)."""
-    from skiptune.demo.assets import SHAPES_CLASSIFIER, asset_path, classifier_extractor
-
-    return classifier_extractor(weights if weights is not None else asset_path(SHAPES_CLASSIFIER), **kwargs)
-
-
 for _name, _factory in (
-    ("digits-classifier", _digits_classifier),
-    ("shapes-classifier", _shapes_classifier),
     ("inception-v3", inception_v3),
     ("inception-v3-edm-pkl", load_edm_inception),
     ("clip", clip_extractor),

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from skiptune.io.edm_pickle import SafeUnpickler, UnsafePickleError
+from skiptune.core.errors import UnsafePickleError
+from skiptune.core.safe_pickle import SafeUnpickler
 
 from .errors import MetricsError, MissingWeightsError
 from .extractor import FeatureExtractor, file_sha256

@@ -1,13 +1,16 @@
 """Exceptions raised by :mod:`skiptune.metrics`.
 
 Every error names the problem and the fix. They subclass the built-in exception a caller would
-naturally catch (``ValueError`` for bad inputs, ``FileNotFoundError`` for missing weights).
+naturally catch (``ValueError`` for bad inputs, ``FileNotFoundError`` for missing weights), and all are
+:class:`~skiptune.core.errors.SkiptuneError`.
 """
 
 from __future__ import annotations
 
+from skiptune.core.errors import InputError, MissingFileError
 
-class MetricsError(ValueError):
+
+class MetricsError(InputError):
     """Base class of the input errors of the metrics library."""
 
 
@@ -23,7 +26,7 @@ class ImageFormatError(MetricsError):
     """Images of the wrong shape, dtype or value range, or containing NaN/inf."""
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(MissingFileError):
     """A feature network's weights file is not on this machine (nothing is ever downloaded)."""
 
 

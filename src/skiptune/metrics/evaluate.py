@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from skiptune.core.errors import InputError
+
 from .errors import FeatureDimMismatchError, MetricsError
 from .extractor import FeatureExtractor, get_extractor
 from .featureset import FeatureSet
@@ -194,10 +196,10 @@ def evaluate(
     metrics = [m.lower() for m in metrics]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {METRICS}")
+        raise InputError(f"unknown metrics {unknown}; choose from {METRICS}")
     needs_ref = [m for m in metrics if m != "is"]
     if needs_ref and ref is None:
-        raise ValueError(f"metrics {needs_ref} need a reference (ref=...)")
+        raise InputError(f"metrics {needs_ref} need a reference (ref=...)")
 
     ext_cache: list[FeatureExtractor] = []
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError, UnknownNameError
+
 from .errors import FeatureDimMismatchError, MetricsError
 from .images import ImageArray, to_uint8_nchw
 
@@ -266,6 +268,31 @@ def wrap_module(
 
 ExtractorFactory = Callable[..., FeatureExtractor]
 _REGISTRY: dict[str, ExtractorFactory] = {}
+#: entry-point group through which installed packages (skiptune's own demo among them) offer extractors
+ENTRY_POINT_GROUP = "skiptune.extractors"
+
+
+def _load_entry_points() -> None:
+    """Register every ``skiptune.extractors`` entry point not registered yet (loaded on first use).
+
+    Higher layers (the demo's shipped classifiers) and third-party packages offer feature networks
+    this way, so the metrics layer never imports them.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            _REGISTRY[ep.name] = _LazyFactory(ep)
+
+
+class _LazyFactory:
+    """An entry point imported only when its extractor is built."""
+
+    def __init__(self, ep):
+        self.ep = ep
+
+    def __call__(self, **kwargs):
+        return self.ep.load()(**kwargs)
 
 
 def register_extractor(name: str, factory: ExtractorFactory, *, overwrite: bool = False) -> None:
@@ -274,9 +301,9 @@ def register_extractor(name: str, factory: ExtractorFactory, *, overwrite: bool 
     This is the slot for domain feature networks (e.g. the demo classifier registers itself here).
     """
     if not name or not isinstance(name, str):
-        raise ValueError("extractor name must be a non-empty string")
+        raise InputError("extractor name must be a non-empty string")
     if name in _REGISTRY and not overwrite:
-        raise ValueError(f"extractor {name!r} is already registered; pass overwrite=True to replace it")
+        raise InputError(f"extractor {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[name] = factory
 
 
@@ -286,7 +313,8 @@ def unregister_extractor(name: str) -> None:
 
 
 def available_extractors() -> list[str]:
-    """Registered extractor names, sorted."""
+    """Registered extractor names (including installed entry points), sorted."""
+    _load_entry_points()
     return sorted(_REGISTRY)
 
 
@@ -301,5 +329,7 @@ def get_extractor(extractor: str | FeatureExtractor, **kwargs: object) -> Featur
             raise TypeError("options can only be given with an extractor name, not an instance")
         return extractor
     if extractor not in _REGISTRY:
-        raise KeyError(f"unknown feature extractor {extractor!r}; registered: {available_extractors()}")
+        _load_entry_points()
+    if extractor not in _REGISTRY:
+        raise UnknownNameError(f"unknown feature extractor {extractor!r}; registered: {available_extractors()}")
     return _REGISTRY[extractor](**kwargs)

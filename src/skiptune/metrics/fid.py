@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 import scipy.linalg
 
+from skiptune.core.errors import InputError
+
 from .errors import FeatureDimMismatchError, MetricsError
 from .stats import FeatureStats
 
@@ -59,7 +61,7 @@ def trace_sqrt_product(
         w = np.linalg.eigvalsh((m + m.T) / 2)
         return float(np.sqrt(np.clip(w, 0, None)).sum())
     if method != "sqrtm":
-        raise ValueError(f"method must be 'sqrtm' or 'eigh', not {method!r}")
+        raise InputError(f"method must be 'sqrtm' or 'eigh', not {method!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError, MissingFileError
+
 from .errors import ImageFormatError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,7 +50,7 @@ def _channel_axis(shape: Sequence[int], layout: str) -> int:
     if layout == "NHWC":
         return 3
     if layout != "auto":
-        raise ValueError(f"layout must be 'auto', 'NCHW' or 'NHWC', not {layout!r}")
+        raise InputError(f"layout must be 'auto', 'NCHW' or 'NHWC', not {layout!r}")
     if shape[1] in (1, 3):
         return 1
     if shape[3] in (1, 3):
@@ -111,7 +113,7 @@ def to_uint8_nchw(
 def _quantize_float(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
     lo, hi = float(value_range[0]), float(value_range[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"value_range must be finite with lo < hi, got {value_range}")
+        raise InputError(f"value_range must be finite with lo < hi, got {value_range}")
     x = x.to(torch.float64)
     finite = torch.isfinite(x)
     if not bool(finite.all()):
@@ -155,14 +157,14 @@ class ImageSource:
     def subset(self, lo: int, hi: int) -> ImageSource:
         """Images ``lo .. hi-1`` of this source (same order), e.g. one process's share of a folder."""
         if not 0 <= lo <= hi <= self.num_images:
-            raise ValueError(f"subset [{lo}, {hi}) is outside the {self.num_images} images of {self.description}")
+            raise InputError(f"subset [{lo}, {hi}) is outside the {self.num_images} images of {self.description}")
         return ImageSource(f"{self.description}[{lo}:{hi}]", hi - lo, self.image_size, f"{self.fingerprint}[{lo}:{hi}]",
                            _array=None if self._array is None else self._array[lo:hi], _files=self._files[lo:hi])
 
     def batches(self, batch_size: int = 64) -> Iterator[torch.Tensor]:
         """Yield uint8 ``[B, 3, H, W]`` batches in a fixed order (sorted file names for folders)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if self._array is not None:
             for i in range(0, self.num_images, batch_size):
                 yield self._array[i : i + batch_size]
@@ -255,7 +257,7 @@ def open_images(
                 str(path), len(files), tuple(first.shape[:2]), h.hexdigest(), _files=tuple(files)
             )
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"image source {path} does not exist (expected a folder or .npz/.npy file)"
             )
         if path.suffix.lower() not in (".npz", ".npy"):

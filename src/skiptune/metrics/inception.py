@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError
+
 from .errors import ChecksumMismatchError, MetricsError, MissingWeightsError
 from .extractor import FeatureExtractor, file_sha256
 
@@ -66,7 +68,7 @@ def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     resampling the 2015 graph applied and that FID numbers in the literature depend on.
     """
     if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError("resize_bilinear_tf1 expects a float NCHW tensor")
+        raise InputError("resize_bilinear_tf1 expects a float NCHW tensor")
     out_h, out_w = size
     in_h, in_w = x.shape[2], x.shape[3]
 
@@ -225,7 +227,7 @@ class InceptionV3(nn.Module):
     def __init__(self, width: float = 1.0, num_classes: int = 1008) -> None:
         super().__init__()
         if width <= 0:
-            raise ValueError(f"width must be > 0, got {width}")
+            raise InputError(f"width must be > 0, got {width}")
         self.width = float(width)
 
         def c(n: int) -> int:
@@ -289,7 +291,7 @@ class InceptionV3(nn.Module):
     def forward(self, x: torch.Tensor, features: Sequence[str] = ("pool",)) -> dict[str, torch.Tensor]:
         unknown = set(features) - set(self.FEATURES)
         if unknown:
-            raise ValueError(f"unknown Inception features {sorted(unknown)}; choose from {self.FEATURES}")
+            raise InputError(f"unknown Inception features {sorted(unknown)}; choose from {self.FEATURES}")
         dtype = self.fc.weight.dtype
         x = resize_bilinear_tf1(x.to(dtype), (INCEPTION_SIZE, INCEPTION_SIZE))
         x = (x - 128) / 128

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.special
 
+from skiptune.core.errors import InputError
+
 from .errors import MetricsError, TooFewSamplesError
 from .stats import FeatureArray, as_feature_matrix
 
@@ -54,7 +56,7 @@ def inception_score(
             )
     n = p.shape[0]
     if splits < 1:
-        raise ValueError(f"splits must be >= 1, got {splits}")
+        raise InputError(f"splits must be >= 1, got {splits}")
     if n < splits:
         raise TooFewSamplesError(
             f"the Inception Score with {splits} splits needs at least {splits} samples, got {n}"

@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
+
 from .errors import FeatureDimMismatchError, TooFewSamplesError
 from .inception_score import MeanStd
 from .stats import FeatureArray, as_feature_matrix
@@ -54,12 +56,12 @@ class Kernel:
 
     def __post_init__(self) -> None:
         if self.name not in KERNELS:
-            raise ValueError(f"unknown kernel {self.name!r}; choose from {KERNELS}")
+            raise InputError(f"unknown kernel {self.name!r}; choose from {KERNELS}")
         if self.name in ("rbf", "laplacian"):
             if self.sigma is None:
-                raise ValueError(f"the {self.name} kernel needs sigma (a positive number or 'median')")
+                raise InputError(f"the {self.name} kernel needs sigma (a positive number or 'median')")
             if self.sigma != "median" and not (isinstance(self.sigma, (int, float)) and self.sigma > 0):
-                raise ValueError(f"sigma must be > 0 or 'median', got {self.sigma!r}")
+                raise InputError(f"sigma must be > 0 or 'median', got {self.sigma!r}")
 
     def describe(self) -> str:
         if self.name in ("rbf", "laplacian"):
@@ -87,7 +89,7 @@ class Kernel:
         iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1)
         med = float(d[iu[0], iu[1]].median())
         if not med > 0:
-            raise ValueError("median pairwise distance is 0 (all samples identical); give sigma explicitly")
+            raise InputError("median pairwise distance is 0 (all samples identical); give sigma explicitly")
         return replace(self, sigma=med)
 
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -219,7 +221,7 @@ def kid(
     if a.shape[1] != b.shape[1]:
         raise FeatureDimMismatchError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
     if subset_size < 2 or subsets < 1:
-        raise ValueError(f"need subset_size >= 2 and subsets >= 1, got {subset_size} and {subsets}")
+        raise InputError(f"need subset_size >= 2 and subsets >= 1, got {subset_size} and {subsets}")
     short = [(name, t.shape[0]) for name, t in (("first", a), ("second", b)) if t.shape[0] < subset_size]
     if short:
         have = ", ".join(f"the {name} set has {n} ({subset_size - n} short)" for name, n in short)

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
+
 from .errors import FeatureDimMismatchError, TooFewSamplesError
 from .stats import FeatureArray, as_feature_matrix
 
@@ -69,7 +71,7 @@ def precision_recall(
     if r.shape[1] != f.shape[1]:
         raise FeatureDimMismatchError(f"real features are {r.shape[1]}-d, generated {f.shape[1]}-d")
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     for name, x in (("real", r), ("generated", f)):
         if x.shape[0] <= k:
             raise TooFewSamplesError(

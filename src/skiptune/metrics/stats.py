@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
+
 from .errors import FeatureDimMismatchError, MetricsError, TooFewSamplesError
 
 FeatureArray = np.ndarray | torch.Tensor
@@ -59,7 +61,7 @@ class FeatureStats:
         self, dim: int, *, keep_features: bool = False, meta: Mapping[str, Any] | None = None
     ) -> None:
         if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+            raise InputError(f"dim must be >= 1, got {dim}")
         self.dim = int(dim)
         self.n = 0
         self._sum: np.ndarray | None = np.zeros(dim, np.float64)

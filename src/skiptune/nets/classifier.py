@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError
+
 
 class SmallClassifier(nn.Module):
     """conv-conv-pool-conv-conv-pool-fc(features)-fc(logits) with GroupNorm, for small images.
@@ -22,7 +24,7 @@ class SmallClassifier(nn.Module):
                  feature_dim: int = 64):
         super().__init__()
         if resolution % 4:
-            raise ValueError(f"resolution must be divisible by 4, got {resolution}")
+            raise InputError(f"resolution must be divisible by 4, got {resolution}")
         self.in_channels, self.resolution, self.num_classes = in_channels, resolution, num_classes
         self.width, self.feature_dim = width, feature_dim
         w = width

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError
+
 
 def random_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> torch.Tensor:
     """Random initial weights: ``xavier_uniform|xavier_normal|kaiming_uniform|kaiming_normal``."""
@@ -25,7 +27,7 @@ def random_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
         return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
     if mode == "kaiming_normal":
         return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or "
+    raise InputError(f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or "
                      "kaiming_normal")
 
 
@@ -65,7 +67,7 @@ class Conv2d(nn.Module):
                  fused_resample: bool = False, init_mode: str = "kaiming_normal",
                  init_weight: float = 1, init_bias: float = 0):
         if up and down:
-            raise ValueError("Conv2d cannot both upsample and downsample")
+            raise InputError("Conv2d cannot both upsample and downsample")
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels

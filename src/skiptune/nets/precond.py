@@ -1,7 +1,7 @@
 """Preconditioned denoisers ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`` (EDM, Table 1).
 
 Each wrapper holds the raw UNet as ``self.model`` (the EDM checkpoint layout) and publishes sigma
-to the Skip-Tuning rules (:func:`skiptune.skip.sigma.publish_sigma`) around every network call, so
+to the Skip-Tuning rules (:func:`skiptune.core.sigma.publish_sigma`) around every network call, so
 sigma-dependent rules work whatever sampler calls the denoiser.
 """
 
@@ -12,16 +12,17 @@ import math
 import torch
 from torch import nn
 
+from skiptune.core.errors import InputError
+from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod
+from skiptune.core.sigma import publish_sigma
 from skiptune.nets.unets import DhariwalUNet, SongUNet
-from skiptune.sampling.grids import alphas_cumprod, sigmas_from_alphas_cumprod
-from skiptune.skip.sigma import publish_sigma
 
 UNET_CLASSES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
 def _make_unet(model_type: str, **kwargs) -> nn.Module:
     if model_type not in UNET_CLASSES:
-        raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(UNET_CLASSES)}")
+        raise InputError(f"unknown model_type {model_type!r}; known: {sorted(UNET_CLASSES)}")
     return UNET_CLASSES[model_type](**kwargs)
 
 
@@ -185,7 +186,7 @@ class DDPMPrecond(_Precond):
                  beta_start: float = 1e-4, beta_end: float = 0.02, M: int = 1000, model_type: str = "SongUNet",
                  **model_kwargs):
         if not (0 < beta_start <= beta_end < 1 and int(M) == M and M >= 2):
-            raise ValueError(f"need 0 < beta_start <= beta_end < 1 and an integer M >= 2, got {beta_start}, "
+            raise InputError(f"need 0 < beta_start <= beta_end < 1 and an integer M >= 2, got {beta_start}, "
                              f"{beta_end}, {M}")
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.beta_start = beta_start
@@ -227,7 +228,7 @@ class DDPMPrecond(_Precond):
         """
         t = torch.as_tensor(t, device=x_t.device).reshape(-1)
         if t.is_floating_point() or bool(((t < 0) | (t >= self.M)).any()):
-            raise ValueError(f"timesteps must be integers in 0..{self.M - 1}")
+            raise InputError(f"timesteps must be integers in 0..{self.M - 1}")
         with publish_sigma(self.sigmas.to(x_t.device)[t]):
             out = self.model(x_t.to(torch.float32), t.to(torch.float32), class_labels=self._labels(class_labels,
                              x_t.device), **model_kwargs)

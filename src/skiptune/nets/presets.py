@@ -13,6 +13,7 @@ import copy
 
 from torch import nn
 
+from skiptune.core.errors import InputError
 from skiptune.nets.precond import PRECOND_CLASSES
 from skiptune.nets.uvit import UViTPrecond
 
@@ -81,7 +82,7 @@ def preset_config(name: str) -> tuple[str, dict]:
     """``(precond class name, kwargs)`` of a preset; ValueError naming the known presets otherwise."""
     key = ALIASES.get(name, name)
     if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+        raise InputError(f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
     cls, kwargs = PRESETS[key]
     return cls, copy.deepcopy(kwargs)
 
@@ -95,7 +96,7 @@ def build_preset(name: str) -> nn.Module:
 def build_network(class_name: str, kwargs: dict) -> nn.Module:
     """Construct one of our preconditioned networks from its class name and kwargs."""
     if class_name not in NETWORK_CLASSES:
-        raise ValueError(f"unknown network class {class_name!r}; known: {sorted(NETWORK_CLASSES)}")
+        raise InputError(f"unknown network class {class_name!r}; known: {sorted(NETWORK_CLASSES)}")
     net = NETWORK_CLASSES[class_name](**copy.deepcopy(kwargs)).eval()
     net.skiptune_config = {"class_name": class_name, "kwargs": copy.deepcopy(kwargs)}
     return net

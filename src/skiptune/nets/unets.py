@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError
 from skiptune.nets.layers import (
     Conv2d,
     FourierEmbedding,
@@ -74,7 +75,7 @@ class _SkipUNet(nn.Module):
     def _embed_labels(self, emb: torch.Tensor, class_labels: torch.Tensor | None, scale: float) -> torch.Tensor:
         tmp = class_labels
         if tmp is None:
-            raise ValueError("this network is class-conditional: pass class_labels (one-hot, shape [N, label_dim])")
+            raise InputError("this network is class-conditional: pass class_labels (one-hot, shape [N, label_dim])")
         if self.training and self.label_dropout:
             keep = torch.rand([tmp.shape[0], 1], device=tmp.device) >= self.label_dropout
             tmp = tmp * keep.to(tmp.dtype)
@@ -95,7 +96,7 @@ class SongUNet(_SkipUNet):
                                      (encoder_type, ("standard", "skip", "residual"), "encoder_type"),
                                      (decoder_type, ("standard", "skip"), "decoder_type")):
             if value not in allowed:
-                raise ValueError(f"{what}={value!r} is not one of {allowed}")
+                raise InputError(f"{what}={value!r} is not one of {allowed}")
         super().__init__()
         self.img_resolution = img_resolution
         self.label_dropout = label_dropout

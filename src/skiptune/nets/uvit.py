@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError
+from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod, vp_sigma, vp_sigma_inv
+from skiptune.core.sigma import publish_sigma
 from skiptune.nets.layers import PositionalEmbedding, SkipJoin
-from skiptune.sampling.grids import alphas_cumprod, sigmas_from_alphas_cumprod, vp_sigma, vp_sigma_inv
-from skiptune.skip.sigma import publish_sigma
 
 
 class TokenSkipJoin(SkipJoin):
@@ -85,7 +86,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.skip_linear is not None:
             if skip is None:
-                raise ValueError("this block fuses a long skip: pass the skip tokens")
+                raise InputError("this block fuses a long skip: pass the skip tokens")
             x = self.skip_linear(self.skip_join(x, skip))
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
@@ -101,7 +102,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {self.patch_size}")
+            raise InputError(f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {self.patch_size}")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -123,13 +124,13 @@ class UViT(nn.Module):
         for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
                             ("embed_dim", embed_dim), ("num_heads", num_heads)):
             if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+                raise InputError(f"{name} must be a positive integer, got {value}")
         if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+            raise InputError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         if embed_dim % num_heads or embed_dim % 2:
-            raise ValueError(f"embed_dim {embed_dim} must be even and divisible by num_heads {num_heads}")
+            raise InputError(f"embed_dim {embed_dim} must be even and divisible by num_heads {num_heads}")
         if depth < 0:
-            raise ValueError(f"depth must be >= 0, got {depth}")
+            raise InputError(f"depth must be >= 0, got {depth}")
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
@@ -173,7 +174,7 @@ class UViT(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
-            raise ValueError(f"this U-ViT takes {self.img_size}x{self.img_size} inputs, got {tuple(x.shape[-2:])}")
+            raise InputError(f"this U-ViT takes {self.img_size}x{self.img_size} inputs, got {tuple(x.shape[-2:])}")
         x = self.patch_embed(x)
         b = x.shape[0]
         t = torch.as_tensor(timesteps, device=x.device).reshape(-1).to(torch.float32)
@@ -182,10 +183,10 @@ class UViT(nn.Module):
         tokens = [self.time_embed(self.map_time(t).to(x.dtype))[:, None]]
         if self.num_classes > 0:
             if y is None:
-                raise ValueError(f"this U-ViT is class-conditional: pass labels y in 0..{self.num_classes - 1}")
+                raise InputError(f"this U-ViT is class-conditional: pass labels y in 0..{self.num_classes - 1}")
             tokens.insert(0, self.label_emb(y.reshape(-1).to(device=x.device, dtype=torch.long))[:, None])
         elif y is not None:
-            raise ValueError("this U-ViT is unconditional (num_classes <= 0): do not pass labels")
+            raise InputError("this U-ViT is unconditional (num_classes <= 0): do not pass labels")
         x = torch.cat([*(tok.expand(b, -1, -1) for tok in tokens), x], dim=1) + self.pos_embed.to(x.dtype)
 
         skips = []
@@ -232,9 +233,9 @@ class UViTPrecond(nn.Module):
                  latent_scale_factor: float | None = None, **model_kwargs):
         super().__init__()
         if schedule not in SCHEDULES:
-            raise ValueError(f"unknown U-ViT schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+            raise InputError(f"unknown U-ViT schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if label_dim < 0 or (null_label and label_dim == 0):
-            raise ValueError(f"label_dim must be >= 0 (and > 0 with null_label), got {label_dim}")
+            raise InputError(f"label_dim must be >= 0 (and > 0 with null_label), got {label_dim}")
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.label_dim = label_dim
@@ -282,12 +283,12 @@ class UViTPrecond(nn.Module):
             return None
         if class_labels is None:
             if not self.null_label:
-                raise ValueError("this U-ViT is class-conditional without a null label: pass class_labels")
+                raise InputError("this U-ViT is class-conditional without a null label: pass class_labels")
             return torch.full((n,), self.label_dim, dtype=torch.long, device=device)
         y = torch.as_tensor(class_labels, device=device)
         if y.is_floating_point():
             if y.ndim != 2 or y.shape[1] != self.label_dim:
-                raise ValueError(f"one-hot class_labels must have shape [N, {self.label_dim}], got {tuple(y.shape)}")
+                raise InputError(f"one-hot class_labels must have shape [N, {self.label_dim}], got {tuple(y.shape)}")
             y = y.argmax(dim=1)
         y = y.reshape(-1).to(torch.long)
         if y.numel() == 1:

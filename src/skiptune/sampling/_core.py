@@ -14,16 +14,18 @@ from typing import Any, Protocol
 
 import torch
 
+from skiptune.core.errors import InputError, SkiptuneError
+
 Denoiser = Callable[..., torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 
 
-class NonFiniteError(FloatingPointError, ValueError):
+class NonFiniteError(SkiptuneError, FloatingPointError, ValueError):
     """NaN or inf appeared during sampling; ``step`` and ``sigma`` say where.
 
     ``step`` is the index i of the step (sigmas[i] -> sigmas[i+1]) during which it happened; ``sigma``
     is the noise level of the failing denoiser call (``what="denoised"``) or of the new state
-    (``what="x"``, i.e. sigmas[i+1]). A subclass of both FloatingPointError and ValueError.
+    (``what="x"``, i.e. sigmas[i+1]). A SkiptuneError, a FloatingPointError and a ValueError.
     """
 
     def __init__(self, what: str, step: int, sigma: float):
@@ -48,21 +50,21 @@ def check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     """
     if isinstance(sigmas, torch.Tensor):
         if sigmas.ndim != 1:
-            raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+            raise InputError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
         values = [float(v) for v in sigmas.detach().to("cpu", torch.float64)]
     else:
         values = [float(v) for v in sigmas]
     if len(values) < 2:
-        raise ValueError(f"a sigma grid needs at least 2 entries (1 step), got {len(values)}")
+        raise InputError(f"a sigma grid needs at least 2 entries (1 step), got {len(values)}")
     if not all(math.isfinite(v) for v in values):
-        raise ValueError("sigmas must be finite")
+        raise InputError("sigmas must be finite")
     if any(v <= 0 for v in values[:-1]) or values[-1] < 0:
-        raise ValueError("sigmas must be > 0, except a final 0 on a decreasing grid")
+        raise InputError("sigmas must be > 0, except a final 0 on a decreasing grid")
     diffs = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]
     if not (all(d < 0 for d in diffs) or all(d > 0 for d in diffs)):
-        raise ValueError("sigmas must be strictly decreasing (sampling) or strictly increasing (inversion)")
+        raise InputError("sigmas must be strictly decreasing (sampling) or strictly increasing (inversion)")
     if values[-1] == 0 and diffs[0] > 0:
-        raise ValueError("an increasing grid cannot contain 0")
+        raise InputError("an increasing grid cannot contain 0")
     return values
 
 
@@ -121,7 +123,7 @@ class Evaluator:
         out = self.denoiser(x_in, s, **self.extra_args)
         self.nfe += 1
         if out.shape != x.shape:
-            raise ValueError(f"denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+            raise InputError(f"denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         out = out.to(torch.float64)
         check_finite(out, "denoised", step, sigma)
         return out
@@ -130,7 +132,7 @@ class Evaluator:
 def start(x: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
     """The float64 integration state, checked for finiteness."""
     if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError("x must have a leading batch dimension")
+        raise InputError("x must have a leading batch dimension")
     x = x.to(torch.float64)
     check_finite(x, "x", 0, sigmas[0])
     return x
@@ -170,7 +172,7 @@ def finish(
     if not denoise_to_zero or sigmas[-1] == 0:
         return x
     if sigmas[-1] > sigmas[0]:
-        raise ValueError("denoise_to_zero is meaningless on an increasing (inversion) grid")
+        raise InputError("denoise_to_zero is meaningless on an increasing (inversion) grid")
     step = len(sigmas) - 1
     denoised = ev(x, sigmas[-1], step)
     report(callback, step, sigmas[-1], 0.0, x, denoised, denoised)
@@ -190,13 +192,13 @@ def draw(noise: NoiseSource | torch.Generator | None, x: torch.Tensor) -> torch.
     else:
         z = noise.randn_like(x)
     if z.shape != x.shape:
-        raise ValueError(f"noise source returned shape {tuple(z.shape)} for x of shape {tuple(x.shape)}")
+        raise InputError(f"noise source returned shape {tuple(z.shape)} for x of shape {tuple(x.shape)}")
     return z.to(device=x.device, dtype=torch.float64)
 
 
 def require_decreasing(sigmas: list[float], name: str) -> None:
     if sigmas[-1] > sigmas[0]:
-        raise ValueError(f"{name} is stochastic and cannot run on an increasing (inversion) grid")
+        raise InputError(f"{name} is stochastic and cannot run on an increasing (inversion) grid")
 
 
 def exprel_tail(z: float, k: int) -> float:
@@ -207,7 +209,7 @@ def exprel_tail(z: float, k: int) -> float:
     E_k(z) = z phi_k(z) with phi_k(z) = sum_{j>=0} z^j/(j+k)!.
     """
     if k < 1:
-        raise ValueError("k >= 1")
+        raise InputError("k >= 1")
     if abs(z) < 0.5:
         # Series z * sum_j z^j/(j+k)!: 30 terms reach double precision for |z| < 0.5.
         term = 1.0 / math.factorial(k)

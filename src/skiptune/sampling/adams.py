@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling._core import Callback, Denoiser, Evaluator, NoiseSource, check_sigmas, finish, report, start
 from skiptune.sampling.grids import VP_BETA_D, VP_BETA_MIN, vp_sigma_inv
 
@@ -47,7 +48,7 @@ def deis_coefficients(
         def tau(s: np.ndarray) -> np.ndarray:
             return np.asarray(s, dtype=np.float64)
     else:
-        raise ValueError(f"DEIS time variable must be 'vp' or 'sigma', got {time!r}")
+        raise InputError(f"DEIS time variable must be 'vp' or 'sigma', got {time!r}")
     s = np.asarray(sigmas, dtype=np.float64)
     taus = tau(s)
     out = []
@@ -85,7 +86,7 @@ def sample_deis(
 ) -> torch.Tensor:
     """DEIS tAB with k = min(order, i + 1) points at step i (order 1..4). One NFE per step."""
     if order not in (1, 2, 3, 4):
-        raise ValueError(f"DEIS order must be 1..4, got {order}")
+        raise InputError(f"DEIS order must be 1..4, got {order}")
     s = check_sigmas(sigmas)
     coeffs = deis_coefficients(s, order, time, beta_min, beta_d)
     ev = Evaluator(denoiser, x, extra_args)
@@ -125,7 +126,7 @@ def sample_ipndm(
 ) -> torch.Tensor:
     """iPNDM with up to ``order`` (1..4) past eps values, lower orders while warming up. One NFE per step."""
     if order not in (1, 2, 3, 4):
-        raise ValueError(f"iPNDM order must be 1..4, got {order}")
+        raise InputError(f"iPNDM order must be 1..4, got {order}")
     s = check_sigmas(sigmas)
     ev = Evaluator(denoiser, x, extra_args)
     x = start(x, s)

@@ -1,6 +1,6 @@
 """Denoiser wrappers to the EDM convention ``D(x, sigma, **cond) -> x0_hat``.
 
-Every wrapper publishes sigma (:func:`skiptune.skip.sigma.publish_sigma`) around the network call, so
+Every wrapper publishes sigma (:func:`skiptune.core.sigma.publish_sigma`) around the network call, so
 sigma-dependent Skip-Tuning rules see the current noise level whatever sampler is used, and exposes
 ``sigma_min`` / ``sigma_max`` where the model defines them, and ``input_dtype`` (the dtype in which
 the samplers should pass x).
@@ -24,8 +24,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from skiptune.core.errors import InputError
+from skiptune.core.sigma import publish_sigma
 from skiptune.sampling.grids import sigmas_from_alphas_cumprod
-from skiptune.skip.sigma import publish_sigma
 
 
 def _param_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
@@ -41,7 +42,7 @@ def _sigma_tensor(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     if s.numel() == 1:
         s = s.expand(x.shape[0])
     if s.shape[0] != x.shape[0]:
-        raise ValueError(f"sigma has {s.shape[0]} values for a batch of {x.shape[0]}")
+        raise InputError(f"sigma has {s.shape[0]} values for a batch of {x.shape[0]}")
     return s
 
 
@@ -103,12 +104,12 @@ class VPDenoiser(nn.Module):
     ):
         super().__init__()
         if prediction not in ("eps", "v"):
-            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+            raise InputError(f"prediction must be 'eps' or 'v', got {prediction!r}")
         if timesteps not in ("nearest", "interp"):
-            raise ValueError(f"timesteps must be 'nearest' or 'interp', got {timesteps!r}")
+            raise InputError(f"timesteps must be 'nearest' or 'interp', got {timesteps!r}")
         sig = sigmas_from_alphas_cumprod(alphas_cumprod)
         if not bool((sig[1:] > sig[:-1]).all()):
-            raise ValueError("alphas_cumprod must be strictly decreasing in t")
+            raise InputError("alphas_cumprod must be strictly decreasing in t")
         self.model = model
         self.prediction = prediction
         self.timesteps = timesteps
@@ -188,7 +189,7 @@ class CFGDenoiser(nn.Module):
         self.uncond = dict(uncond)
         self.batched = batched
         if not self.uncond:
-            raise ValueError("uncond must override at least one conditioning keyword")
+            raise InputError("uncond must override at least one conditioning keyword")
 
     @property
     def input_dtype(self) -> torch.dtype | None:
@@ -219,7 +220,7 @@ class CFGDenoiser(nn.Module):
                 if not (
                     isinstance(c, torch.Tensor) and isinstance(u, torch.Tensor) and c.shape[0] == b and u.shape[0] == b
                 ):
-                    raise ValueError(f"batched CFG needs tensor conditioning with batch dim for {key!r}")
+                    raise InputError(f"batched CFG needs tensor conditioning with batch dim for {key!r}")
                 both[key] = torch.cat([c, u])
             s = _sigma_tensor(sigma, x)
             d = self.denoiser(torch.cat([x, x]), torch.cat([s, s]), **both)

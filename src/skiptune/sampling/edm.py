@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling._core import (
     Callback,
     Denoiser,
@@ -143,7 +144,7 @@ def sample_edm_sde(
     s = check_sigmas(sigmas)
     require_decreasing(s, "edm_sde")
     if S_churn < 0 or S_noise < 0:
-        raise ValueError("S_churn and S_noise must be >= 0")
+        raise InputError("S_churn and S_noise must be >= 0")
     ev = Evaluator(denoiser, x, extra_args)
     x = start(x, s)
     x = _heun_loop(

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling._core import (
     Callback,
     Denoiser,
@@ -55,7 +56,7 @@ def sample_ddim(
     """
     s = check_sigmas(sigmas)
     if eta < 0:
-        raise ValueError("eta must be >= 0")
+        raise InputError("eta must be >= 0")
     if eta > 0:
         require_decreasing(s, "ddim with eta > 0")
     ev = Evaluator(denoiser, x, extra_args)
@@ -137,7 +138,7 @@ def sample_dpmpp(
     in structure (use it to compare with numbers obtained with that code).
     """
     if order not in (1, 2, 3):
-        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+        raise InputError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
     s = check_sigmas(sigmas)
     steps = len(s) - 1
     ev = Evaluator(denoiser, x, extra_args)

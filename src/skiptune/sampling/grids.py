@@ -21,6 +21,16 @@ from typing import Literal
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
+from skiptune.core.schedules import (
+    VP_BETA_D,
+    VP_BETA_MIN,
+    alphas_cumprod,
+    sigmas_from_alphas_cumprod,
+    vp_sigma,
+    vp_sigma_inv,
+)
+
 __all__ = [
     "GRIDS",
     "alphas_cumprod",
@@ -37,15 +47,13 @@ __all__ = [
     "vp_time_uniform_sigmas",
 ]
 
-VP_BETA_MIN = 0.1
-VP_BETA_D = 19.9
 
 
 def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
     if int(n) != n or n < 1:
-        raise ValueError(f"n (number of positive sigmas) must be an integer >= 1, got {n}")
+        raise InputError(f"n (number of positive sigmas) must be an integer >= 1, got {n}")
     if not 0 < sigma_min < sigma_max < math.inf:
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+        raise InputError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
 
 
 def _finish(values: np.ndarray, append_zero: bool) -> torch.Tensor:
@@ -85,18 +93,6 @@ def logsnr_sigmas(
     return _finish(values, append_zero)
 
 
-def vp_sigma(t: np.ndarray | float, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D) -> np.ndarray:
-    """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) of the VP SDE (EDM Table 1)."""
-    t = np.asarray(t, dtype=np.float64)
-    return np.sqrt(np.expm1(0.5 * beta_d * t**2 + beta_min * t))
-
-
-def vp_sigma_inv(sigma: np.ndarray | float, beta_min: float = VP_BETA_MIN, beta_d: float = VP_BETA_D) -> np.ndarray:
-    """Inverse of :func:`vp_sigma`: t = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d."""
-    sigma = np.asarray(sigma, dtype=np.float64)
-    return (np.sqrt(beta_min**2 + 2 * beta_d * np.log1p(sigma**2)) - beta_min) / beta_d
-
-
 def vp_time_sigmas(
     n: int,
     sigma_min: float = 0.002,
@@ -114,7 +110,7 @@ def vp_time_sigmas(
     """
     _check_range(n, sigma_min, sigma_max)
     if power <= 0:
-        raise ValueError("power > 0")
+        raise InputError("power > 0")
     t_max = float(vp_sigma_inv(sigma_max, beta_min, beta_d))
     t_min = float(vp_sigma_inv(sigma_min, beta_min, beta_d))
     a, b = t_max ** (1 / power), t_min ** (1 / power)
@@ -152,49 +148,12 @@ def make_sigmas(
 ) -> torch.Tensor:
     """Dispatch to a continuous grid by name (one of :data:`GRIDS`)."""
     if kind not in GRIDS:
-        raise ValueError(f"unknown grid {kind!r}; known: {', '.join(GRIDS)}")
+        raise InputError(f"unknown grid {kind!r}; known: {', '.join(GRIDS)}")
     return GRIDS[kind](n, sigma_min, sigma_max, append_zero=append_zero, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
 # Discrete-time VP models (DDPM, LDM, diffusers)
-
-
-def alphas_cumprod(
-    num_train_timesteps: int = 1000,
-    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear",
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-) -> torch.Tensor:
-    """abar_t = prod_{s<=t} (1 - beta_s), float64, t = 0..T-1.
-
-    ``linear``: DDPM (Ho et al. 2020), betas linear in [beta_start, beta_end] (1e-4, 0.02).
-    ``scaled_linear``: LDM / Stable Diffusion, betas = linspace(sqrt(b0), sqrt(b1), T)^2 (use
-    beta_start=0.00085, beta_end=0.012). ``cosine``: Nichol & Dhariwal 2021, eq. 17, s = 0.008,
-    betas clipped at 0.999.
-    """
-    T = int(num_train_timesteps)
-    if T < 2:
-        raise ValueError("num_train_timesteps >= 2")
-    if schedule == "linear":
-        betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
-    elif schedule == "scaled_linear":
-        betas = np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
-    elif schedule == "cosine":
-        s = 0.008
-        f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
-        betas = np.minimum(1 - f[1:] / f[:-1], 0.999)
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; known: linear, scaled_linear, cosine")
-    return torch.as_tensor(np.cumprod(1 - betas))
-
-
-def sigmas_from_alphas_cumprod(abar: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """sigma_t = sqrt((1 - abar_t) / abar_t), float64 (increasing in t)."""
-    abar = torch.as_tensor(abar, dtype=torch.float64)
-    if abar.ndim != 1 or not bool(((abar > 0) & (abar < 1)).all()):
-        raise ValueError("alphas_cumprod must be a 1-D array with values in (0, 1)")
-    return ((1 - abar) / abar).sqrt()
 
 
 def discrete_timesteps(
@@ -215,7 +174,7 @@ def discrete_timesteps(
     """
     T, n = int(num_train_timesteps), int(n)
     if not 1 <= n <= T:
-        raise ValueError(f"need 1 <= n <= num_train_timesteps, got n={n}, T={T}")
+        raise InputError(f"need 1 <= n <= num_train_timesteps, got n={n}, T={T}")
     k = np.arange(n)
     if spacing == "leading":
         ts = k * (T // n) + offset
@@ -226,12 +185,12 @@ def discrete_timesteps(
     elif spacing == "quadratic":
         ts = (np.linspace(0, math.sqrt(0.8 * T), n) ** 2).astype(np.int64) + offset
     else:
-        raise ValueError(f"unknown spacing {spacing!r}; known: leading, trailing, linspace, quadratic")
+        raise InputError(f"unknown spacing {spacing!r}; known: leading, trailing, linspace, quadratic")
     ts = np.sort(ts)[::-1].copy()
     if len(np.unique(ts)) != n:
-        raise ValueError(f"spacing {spacing!r} gives repeated timesteps for n={n}, T={T}")
+        raise InputError(f"spacing {spacing!r} gives repeated timesteps for n={n}, T={T}")
     if ts.min() < 0 or ts.max() >= T:
-        raise ValueError(f"timesteps outside [0, {T - 1}] (spacing {spacing!r}, offset {offset})")
+        raise InputError(f"timesteps outside [0, {T - 1}] (spacing {spacing!r}, offset {offset})")
     return torch.as_tensor(ts, dtype=torch.int64)
 
 

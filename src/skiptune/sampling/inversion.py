@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling._core import Denoiser, check_sigmas
 from skiptune.sampling.samplers import DETERMINISTIC, get_sampler
 
@@ -21,11 +22,11 @@ def inversion_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     """The increasing grid that retraces a decreasing sampling grid (its final 0 dropped)."""
     s = check_sigmas(sigmas)
     if s[-1] > s[0]:
-        raise ValueError("expected a decreasing sampling grid")
+        raise InputError("expected a decreasing sampling grid")
     if s[-1] == 0:
         s = s[:-1]
     if len(s) < 2:
-        raise ValueError("the grid has fewer than 2 positive sigmas")
+        raise InputError("the grid has fewer than 2 positive sigmas")
     return torch.tensor(s[::-1], dtype=torch.float64)
 
 
@@ -39,12 +40,12 @@ def invert(
     Returns the float64 latent at ``sigmas[-1]``; divide by sigmas[-1] for a standard-normal latent.
     """
     if sampler not in DETERMINISTIC:
-        raise ValueError(f"sampler {sampler!r} is stochastic; inversion needs one of {sorted(DETERMINISTIC)}")
+        raise InputError(f"sampler {sampler!r} is stochastic; inversion needs one of {sorted(DETERMINISTIC)}")
     if sampler == "ddim" and opts.get("eta", 0.0) != 0:
-        raise ValueError("ddim inversion needs eta = 0")
+        raise InputError("ddim inversion needs eta = 0")
     if opts.get("denoise_to_zero"):
-        raise ValueError("denoise_to_zero makes no sense for inversion")
+        raise InputError("denoise_to_zero makes no sense for inversion")
     s = check_sigmas(sigmas)
     if not s[-1] > s[0]:
-        raise ValueError("inversion needs an increasing sigma grid (sigma_min > 0 first); see inversion_sigmas()")
+        raise InputError("inversion needs an increasing sigma grid (sigma_min > 0 first); see inversion_sigmas()")
     return get_sampler(sampler)(denoiser, x, sigmas, **opts)

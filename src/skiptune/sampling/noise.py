@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from skiptune.core.errors import InputError
+
 _SEED_LIMIT = 1 << 63
 
 
@@ -27,12 +29,12 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
         seeds = []
         for part in spec.replace(" ", "").split(","):
             if not part:
-                raise ValueError(f"empty element in seed list {spec!r}")
+                raise InputError(f"empty element in seed list {spec!r}")
             if "-" in part[1:]:
                 lo, hi = part.split("-", 1)
                 a, b = int(lo), int(hi)
                 if b < a:
-                    raise ValueError(f"seed range {part!r} is empty (end < start)")
+                    raise InputError(f"seed range {part!r} is empty (end < start)")
                 seeds.extend(range(a, b + 1))
             else:
                 seeds.append(int(part))
@@ -40,7 +42,7 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
         seeds = [int(s) for s in spec]
     for s in seeds:
         if not 0 <= s < _SEED_LIMIT:
-            raise ValueError(f"seed {s} outside [0, 2^63)")
+            raise InputError(f"seed {s} outside [0, 2^63)")
     return seeds
 
 
@@ -57,7 +59,7 @@ class SeedNoise:
     ):
         self.seeds = parse_seeds(seeds)
         if not self.seeds:
-            raise ValueError("SeedNoise needs at least one seed")
+            raise InputError("SeedNoise needs at least one seed")
         self.device = torch.device(device)
         self.dtype = dtype
         self.generators = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
@@ -79,7 +81,7 @@ class SeedNoise:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.generators):
-            raise ValueError(f"batch of {x.shape[0]} samples but {len(self.generators)} seeds")
+            raise InputError(f"batch of {x.shape[0]} samples but {len(self.generators)} seeds")
         return self.randn(x.shape[1:]).to(device=x.device, dtype=x.dtype)
 
 
@@ -87,6 +89,6 @@ def seed_batches(seeds: Sequence[int] | str, batch_size: int) -> Iterator[list[i
     """Consecutive chunks of at most ``batch_size`` seeds."""
     seeds = parse_seeds(seeds)
     if batch_size < 1:
-        raise ValueError("batch_size >= 1")
+        raise InputError("batch_size >= 1")
     for i in range(0, len(seeds), batch_size):
         yield seeds[i : i + batch_size]

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling.noise import SeedNoise
 
 
 def _sigma_col(sigma: torch.Tensor | float, batch: int) -> torch.Tensor:
     s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
     if s.shape[0] not in (1, batch):
-        raise ValueError(f"sigma has {s.shape[0]} values for a batch of {batch}")
+        raise InputError(f"sigma has {s.shape[0]} values for a batch of {batch}")
     return s
 
 
@@ -46,14 +47,14 @@ class GaussianMixture:
         self.means = torch.as_tensor(means, dtype=torch.float64)
         self.stds = torch.as_tensor(stds, dtype=torch.float64).reshape(-1)
         if self.means.ndim != 2:
-            raise ValueError("means must have shape [K, d]")
+            raise InputError("means must have shape [K, d]")
         k = self.means.shape[0]
         if self.weights.shape[0] != k or self.stds.shape[0] != k:
-            raise ValueError("weights, means and stds must agree on the number of components")
+            raise InputError("weights, means and stds must agree on the number of components")
         if not bool((self.weights > 0).all()) or abs(float(self.weights.sum()) - 1) > 1e-12:
-            raise ValueError("weights must be positive and sum to 1")
+            raise InputError("weights must be positive and sum to 1")
         if not bool((self.stds > 0).all()):
-            raise ValueError("stds must be positive")
+            raise InputError("stds must be positive")
         self.log_weights = self.weights.log()
 
     @classmethod
@@ -72,7 +73,7 @@ class GaussianMixture:
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.to(torch.float64).reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
-            raise ValueError(f"x has {flat.shape[1]} values per sample, the mixture has d = {self.dim}")
+            raise InputError(f"x has {flat.shape[1]} values per sample, the mixture has d = {self.dim}")
         return flat
 
     def log_joint(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
@@ -136,7 +137,7 @@ class GaussianMixture:
         ``sigma_to`` of 0 is replaced by 1e-7 for mixtures (x(sigma) - x(0) = O(sigma^2) there).
         """
         if sigma_from <= 0 or sigma_to < 0:
-            raise ValueError("need sigma_from > 0 and sigma_to >= 0")
+            raise InputError("need sigma_from > 0 and sigma_to >= 0")
         flat = self._flat(x)
         if self.num_components == 1:
             mu, s2 = self.means[0], float(self.stds[0]) ** 2

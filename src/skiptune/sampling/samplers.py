@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling._core import Denoiser, check_sigmas
 from skiptune.sampling.adams import sample_deis, sample_ipndm
 from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
@@ -59,7 +60,7 @@ DETERMINISTIC: frozenset[str] = frozenset(SAMPLERS) - {"edm_sde"}
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+        raise InputError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 
@@ -72,7 +73,7 @@ def nfe_for_steps(name: str, steps: int, *, final_zero: bool = True, denoise_to_
     """Exact NFE of ``name`` on a grid with ``steps`` intervals, ending at 0 iff ``final_zero``."""
     get_sampler(name)
     if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+        raise InputError(f"steps must be an integer >= 1, got {steps}")
     per = EVALS_PER_STEP[name]
     nfe = per * steps - (1 if (per == 2 and final_zero) else 0)
     return nfe + (1 if (denoise_to_zero and not final_zero) else 0)
@@ -91,7 +92,7 @@ def steps_for_nfe(name: str, nfe: int, *, final_zero: bool = True, denoise_to_ze
     a grid ending at 0 only reaches odd NFEs 1, 3, 5, ...).
     """
     if int(nfe) != nfe or nfe < 1:
-        raise ValueError(f"nfe must be an integer >= 1, got {nfe}")
+        raise InputError(f"nfe must be an integer >= 1, got {nfe}")
     for steps in range(1, int(nfe) + 1):
         if nfe_for_steps(name, steps, final_zero=final_zero, denoise_to_zero=denoise_to_zero) == nfe:
             return steps
@@ -100,7 +101,7 @@ def steps_for_nfe(name: str, nfe: int, *, final_zero: bool = True, denoise_to_ze
     hint = ""
     if EVALS_PER_STEP[name] == 2:
         hint = " (2 per step; use a grid ending above 0, or denoise_to_zero, for the other parity)"
-    raise ValueError(
+    raise InputError(
         f"sampler {name!r} cannot use exactly {nfe} NFE on a grid {grid}; it can use "
         f"{', '.join(map(str, reachable))}, ... (steps 1..5){hint}"
     )

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.sampling._core import (
     Callback,
     Denoiser,
@@ -46,7 +47,7 @@ def unipc_coefficients(rks: list[float], h: float, variant: str) -> tuple[np.nda
     elif variant == "bh2":
         bh = math.expm1(hh)
     else:
-        raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
+        raise InputError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
     r = np.array([*rks, 1.0], dtype=np.float64)
     p = len(r)
     R = np.stack([r**i for i in range(p)])
@@ -107,9 +108,9 @@ def sample_unipc(
     Variants: bh1 is recommended for < 10 steps unconditional, bh2 otherwise (UniPC paper, Sec. 4).
     """
     if order not in (1, 2, 3):
-        raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
+        raise InputError(f"UniPC order must be 1, 2 or 3, got {order}")
     if variant not in ("bh1", "bh2"):
-        raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
+        raise InputError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
     s = check_sigmas(sigmas)
     steps = len(s) - 1
     ev = Evaluator(denoiser, x, extra_args)

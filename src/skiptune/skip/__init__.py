@@ -1,5 +1,6 @@
 """Skip-Tuning: rules that scale encoder-to-decoder skips, and their attachment to networks."""
 
+from skiptune.core.sigma import current_sigma, publish_sigma
 from skiptune.skip.core import SkipTuning, skip_sites, skip_tuning
 from skiptune.skip.freeu import FreeU, FreeUConfig, fourier_lowpass, freeu
 from skiptune.skip.rules import (
@@ -12,12 +13,12 @@ from skiptune.skip.rules import (
     Sites,
     Window,
     as_rule,
+    canonical_rule,
     parse_rule,
 )
-from skiptune.skip.sigma import current_sigma, publish_sigma
 
 __all__ = [
     "Constant", "FreeU", "FreeUConfig", "Identity", "Layer", "Product", "Ramp", "Rule", "Sites", "SkipTuning",
-    "Window", "as_rule", "current_sigma", "fourier_lowpass", "freeu", "parse_rule", "publish_sigma", "skip_sites",
-    "skip_tuning",
+    "Window", "as_rule", "canonical_rule", "current_sigma", "fourier_lowpass", "freeu", "parse_rule", "publish_sigma",
+    "skip_sites", "skip_tuning",
 ]

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from skiptune.adapters import MODES, SkipSite, find_adapter
+from skiptune.core.errors import InputError, StateError
+from skiptune.core.sigma import current_sigma
 from skiptune.skip.rules import DEFAULT_SIGMA_RANGE, Rule, RuleLike, as_rule
-from skiptune.skip.sigma import current_sigma
 
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -30,6 +31,9 @@ def _uniform(sigma: torch.Tensor) -> float | None:
 class SkipTuning:
     """An attached rule. Use as a context manager, or call :meth:`remove` when done.
 
+    A rule with rho = 1 everywhere (``none``, ``const:1``, ...) attaches nothing and works on any
+    network, with or without known skip sites.
+
     Hooks are registered on construction and removed on exit, also after an exception; afterwards
     the network computes exactly what it did before. A network carries at most one SkipTuning at a
     time (compose rules with ``*`` instead of stacking).
@@ -38,22 +42,25 @@ class SkipTuning:
     def __init__(self, net: nn.Module, rule: RuleLike, mode: str = "concat",
                  sigma_range: tuple[float, float] | None = None):
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+            raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        rule = as_rule(rule)
+        self._net = weakref.ref(net)
+        self._handles = []
+        if rule.is_identity:  # rho = 1 everywhere: nothing to attach, on any network
+            self.rule, self.mode, self.sites, self.adapter = rule, mode, [], None
+            return
         adapter = find_adapter(net)
         if mode not in adapter.modes:
-            raise ValueError(f"mode {mode!r} is not available for {adapter.name}; available: {adapter.modes}")
-        rule = as_rule(rule)
+            raise InputError(f"mode {mode!r} is not available for {adapter.name}; available: {adapter.modes}")
         sites = adapter.sites(net)
         rule.check(len(sites))
         self.rule: Rule = rule.with_sigma_range(*(sigma_range or DEFAULT_SIGMA_RANGE))
         self.mode = mode
         self.sites = sites
         self.adapter = adapter
-        self._net = weakref.ref(net)
         if net in _ACTIVE:
-            raise RuntimeError("this network already has an active skip tuning; remove it first, or combine "
+            raise StateError("this network already has an active skip tuning; remove it first, or combine "
                                "rules into one with '*' (e.g. 'layer:0.7*ramp:down:0.9')")
-        self._handles = []
         try:
             for site in sites:
                 self._handles += adapter.attach(net, site, mode, self._scale_fn(site.index))

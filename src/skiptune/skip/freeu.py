@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from skiptune.adapters import find_adapter
+from skiptune.core.errors import InputError, StateError
 
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ORDER = ("b1", "b2", "s1", "s2")
@@ -66,12 +67,12 @@ class FreeUConfig:
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"FreeU {name} must be a number, got {value!r}") from None
+                raise InputError(f"FreeU {name} must be a number, got {value!r}") from None
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"FreeU {name} must be finite and >= 0, got {value}")
+                raise InputError(f"FreeU {name} must be finite and >= 0, got {value}")
             object.__setattr__(self, name, value)
         if int(self.threshold) != self.threshold or self.threshold < 1:
-            raise ValueError(f"FreeU threshold must be an integer >= 1, got {self.threshold}")
+            raise InputError(f"FreeU threshold must be an integer >= 1, got {self.threshold}")
         object.__setattr__(self, "threshold", int(self.threshold))
 
     @classmethod
@@ -81,19 +82,19 @@ class FreeUConfig:
         try:
             if parts and all("=" not in p for p in parts):
                 if len(parts) != 4:
-                    raise ValueError(f"FreeU needs 4 values b1,b2,s1,s2, got {len(parts)}")
+                    raise InputError(f"FreeU needs 4 values b1,b2,s1,s2, got {len(parts)}")
                 values = dict(zip(_ORDER, map(float, parts), strict=True))
             else:
                 for p in parts:
                     key, sep, value = (s.strip() for s in p.partition("="))
                     if not sep or key not in (*_ORDER, "threshold"):
-                        raise ValueError(f"unknown FreeU setting {p!r}")
+                        raise InputError(f"unknown FreeU setting {p!r}")
                     values[key] = float(value)
                 missing = [k for k in _ORDER if k not in values]
                 if missing:
-                    raise ValueError(f"missing {', '.join(missing)}")
+                    raise InputError(f"missing {', '.join(missing)}")
         except ValueError as exc:
-            raise ValueError(f"cannot read FreeU factors {text!r}: {exc}; write b1=1.2,b2=1.4,s1=0.9,s2=0.2 "
+            raise InputError(f"cannot read FreeU factors {text!r}: {exc}; write b1=1.2,b2=1.4,s1=0.9,s2=0.2 "
                              "or 1.2,1.4,0.9,0.2") from None
         return cls(**values)
 
@@ -150,7 +151,7 @@ class FreeU:
         adapter = find_adapter(net)
         sites, stages = adapter.sites(net), adapter.stages(net)
         if net in _ACTIVE:
-            raise RuntimeError("this network already has FreeU attached; remove it first")
+            raise StateError("this network already has FreeU attached; remove it first")
         self._net = weakref.ref(net)
         self._handles = []
         #: names of the joins FreeU acts on, with their stage
@@ -198,5 +199,5 @@ def freeu(net: nn.Module, config: FreeUConfig | str | None = None, **factors: fl
     Returns a handle usable as a context manager.
     """
     if config is not None and factors:
-        raise ValueError("give the FreeU factors either as a config/string or as keywords, not both")
+        raise InputError("give the FreeU factors either as a config/string or as keywords, not both")
     return FreeU(net, config if config is not None else FreeUConfig(**factors))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skiptune.core.errors import InputError
 from skiptune.skip.rules import parse_rule
 
 PAPER = "Ma et al., The Surprising Effectiveness of Skip-Tuning in Diffusion Sampling (seed 003)"
@@ -127,7 +128,7 @@ def preset_rule(name: str) -> tuple[str, str]:
     """``(rule_string, citation)`` of a named preset, e.g. ``preset_rule("edm-imagenet64/heun/9")``."""
     presets = rule_presets()
     if name not in presets:
-        raise ValueError(f"unknown rho preset {name!r}; presets: {', '.join(presets)}")
+        raise InputError(f"unknown rho preset {name!r}; presets: {', '.join(presets)}")
     p = presets[name]
     return p.rule, p.citation
 
@@ -142,7 +143,7 @@ def find_preset(family: str, sampler: str | None = None, nfe: int | None = None,
     family_rows = [p for p in _PRESETS if p.family == family.lower()]
     if not family_rows:
         families = sorted({p.family for p in _PRESETS})
-        raise ValueError(f"the paper gives no rho for model family {family!r}; families: {', '.join(families)}")
+        raise InputError(f"the paper gives no rho for model family {family!r}; families: {', '.join(families)}")
     rows = [p for p in family_rows
             if p.schedule == schedule
             and (sampler is None or p.sampler == sampler.lower())
@@ -155,6 +156,6 @@ def find_preset(family: str, sampler: str | None = None, nfe: int | None = None,
     listing = "; ".join(f"{p.name} (sampler={p.sampler}, steps={p.steps}, nfe={p.nfe}, schedule={p.schedule})"
                         for p in family_rows)
     if not rows:
-        raise ValueError(f"no {family} preset with {want} in the paper; {family} presets: {listing}")
-    raise ValueError(f"several {family} presets match {want}: {', '.join(p.name for p in rows)}; "
+        raise InputError(f"no {family} preset with {want} in the paper; {family} presets: {listing}")
+    raise InputError(f"several {family} presets match {want}: {', '.join(p.name for p in rows)}; "
                      "give sampler, nfe or steps")

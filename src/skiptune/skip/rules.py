@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from skiptune.core.errors import InputError, StateError
+
 Sigma = float | torch.Tensor | None
 Factor = float | torch.Tensor
 
@@ -38,9 +40,9 @@ def _check_rho(value: float, what: str) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
+        raise InputError(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be finite and > 0 (rho scales a skip tensor), got {value}")
+        raise InputError(f"{what} must be finite and > 0 (rho scales a skip tensor), got {value}")
     return value
 
 
@@ -57,11 +59,16 @@ class Rule:
     def check(self, num_sites: int) -> None:
         """Raise ValueError if the rule cannot apply to a network with ``num_sites`` skip sites."""
         if num_sites < 1:
-            raise ValueError("the network has no skip sites to tune")
+            raise InputError("the network has no skip sites to tune")
 
     def with_sigma_range(self, lo: float, hi: float) -> Rule:
         """This rule with unspecified sigma ranges filled in (a sampler's range); default: itself."""
         return self
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether rho = 1 at every site and sigma (``none``, ``const:1``, ``layer:1:1``, ... are one point)."""
+        return False
 
     def __mul__(self, other: Rule) -> Rule:
         return Product((self, other))
@@ -76,6 +83,10 @@ class Identity(Rule):
 
     def check(self, num_sites):
         pass
+
+    @property
+    def is_identity(self) -> bool:
+        return True
 
     def __str__(self):
         return "none"
@@ -92,6 +103,10 @@ class Constant(Rule):
 
     def factor(self, i, k, sigma):
         return self.rho
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rho == 1.0
 
     def __str__(self):
         return f"const:{self.rho:g}"
@@ -115,11 +130,15 @@ class Layer(Rule):
         object.__setattr__(self, "bottom", _check_rho(self.bottom, "layer rho_bottom"))
         object.__setattr__(self, "top", _check_rho(self.top, "layer rho_top"))
         if self.spacing not in ("inclusive", "paper"):
-            raise ValueError(f"layer spacing must be 'inclusive' or 'paper', got {self.spacing!r}")
+            raise InputError(f"layer spacing must be 'inclusive' or 'paper', got {self.spacing!r}")
 
     def factor(self, i, k, sigma):
         denom = k if self.spacing == "paper" else max(k - 1, 1)
         return self.bottom + (self.top - self.bottom) * i / denom
+
+    @property
+    def is_identity(self) -> bool:
+        return self.bottom == 1.0 and self.top == 1.0
 
     def __str__(self):
         tail = ":paper" if self.spacing == "paper" else ""
@@ -135,7 +154,7 @@ class Sites(Rule):
     def __post_init__(self):
         vals = tuple(_check_rho(v, f"sites value #{n}") for n, v in enumerate(self.values))
         if not vals:
-            raise ValueError("sites rule needs at least one value")
+            raise InputError("sites rule needs at least one value")
         object.__setattr__(self, "values", vals)
 
     def factor(self, i, k, sigma):
@@ -144,8 +163,12 @@ class Sites(Rule):
     def check(self, num_sites):
         super().check(num_sites)
         if len(self.values) != num_sites:
-            raise ValueError(f"sites rule has {len(self.values)} values but the network has {num_sites} skip "
+            raise InputError(f"sites rule has {len(self.values)} values but the network has {num_sites} skip "
                              f"sites: give exactly {num_sites} (see `skiptune info`)")
+
+    @property
+    def is_identity(self) -> bool:
+        return all(v == 1.0 for v in self.values)
 
     def __str__(self):
         return "sites:" + ",".join(f"{v:g}" for v in self.values)
@@ -153,7 +176,7 @@ class Sites(Rule):
 
 def _need_sigma(rule: Rule, sigma: Sigma) -> None:
     if sigma is None:
-        raise RuntimeError(f"rule '{rule}' depends on sigma but no sigma was published for this call; call the "
+        raise StateError(f"rule '{rule}' depends on sigma but no sigma was published for this call; call the "
                            "network through a preconditioner or a skiptune denoiser, or wrap the call in "
                            "skiptune.skip.publish_sigma(sigma)")
 
@@ -178,17 +201,17 @@ class Ramp(Rule):
 
     def __post_init__(self):
         if self.direction not in ("up", "down"):
-            raise ValueError(f"ramp direction must be 'up' or 'down', got {self.direction!r}")
+            raise InputError(f"ramp direction must be 'up' or 'down', got {self.direction!r}")
         object.__setattr__(self, "rho0", _check_rho(self.rho0, "ramp rho_0"))
         if self.space not in ("sigma", "log"):
-            raise ValueError(f"ramp space must be 'sigma' or 'log', got {self.space!r}")
+            raise InputError(f"ramp space must be 'sigma' or 'log', got {self.space!r}")
         lo, hi = self.sigma_min, self.sigma_max
         if (lo is None) != (hi is None):
-            raise ValueError("give both ramp sigma_min and sigma_max, or neither")
+            raise InputError("give both ramp sigma_min and sigma_max, or neither")
         if lo is not None:
             lo, hi = float(lo), float(hi)
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-                raise ValueError(f"ramp sigma range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
+                raise InputError(f"ramp sigma range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
             object.__setattr__(self, "sigma_min", lo)
             object.__setattr__(self, "sigma_max", hi)
 
@@ -214,6 +237,10 @@ class Ramp(Rule):
             return self.rho0 + (1.0 - self.rho0) * pos
         return 1.0 + (self.rho0 - 1.0) * pos
 
+    @property
+    def is_identity(self) -> bool:
+        return self.rho0 == 1.0
+
     def __str__(self):
         text = f"ramp:{self.direction}:{self.rho0:g}"
         if self.sigma_min is not None:
@@ -235,13 +262,13 @@ class Window(Rule):
     def __post_init__(self):
         lo, hi = float(self.lo), float(self.hi)
         if not (math.isfinite(lo) and lo >= 0) or math.isnan(hi):
-            raise ValueError(f"window bounds must be sigma values >= 0, got [{self.lo}, {self.hi}]")
+            raise InputError(f"window bounds must be sigma values >= 0, got [{self.lo}, {self.hi}]")
         if lo > hi:
-            raise ValueError(f"window lower bound {lo} is above its upper bound {hi}: write window:LO:HI:RULE")
+            raise InputError(f"window lower bound {lo} is above its upper bound {hi}: write window:LO:HI:RULE")
         object.__setattr__(self, "lo", lo)
         object.__setattr__(self, "hi", hi)
         if not isinstance(self.inner, Rule):
-            raise ValueError(f"window inner rule must be a Rule, got {self.inner!r}")
+            raise InputError(f"window inner rule must be a Rule, got {self.inner!r}")
 
     def check(self, num_sites):
         self.inner.check(num_sites)
@@ -257,6 +284,10 @@ class Window(Rule):
             return torch.where(inside, torch.as_tensor(inner, dtype=torch.float64), torch.ones((), dtype=torch.float64))
         return inner if self.lo <= float(sigma) <= self.hi else 1.0
 
+    @property
+    def is_identity(self) -> bool:
+        return self.inner.is_identity
+
     def __str__(self):
         return f"window:{self.lo:g}:{self.hi:g}:{self.inner}"
 
@@ -271,10 +302,10 @@ class Product(Rule):
         flat: list[Rule] = []
         for r in self.rules:
             if not isinstance(r, Rule):
-                raise ValueError(f"product factors must be Rules, got {r!r}")
+                raise InputError(f"product factors must be Rules, got {r!r}")
             flat.extend(r.rules if isinstance(r, Product) else (r,))
         if not flat:
-            raise ValueError("product rule needs at least one factor")
+            raise InputError("product rule needs at least one factor")
         object.__setattr__(self, "rules", tuple(flat))
 
     @property
@@ -294,6 +325,10 @@ class Product(Rule):
             out = out * r.factor(i, k, sigma)
         return out
 
+    @property
+    def is_identity(self) -> bool:
+        return all(r.is_identity for r in self.rules)
+
     def __str__(self):
         return "*".join(str(r) for r in self.rules)
 
@@ -304,10 +339,10 @@ RuleLike = Rule | str | None
 def parse_rule(text: str) -> Rule:
     """Read the compact rule syntax (see the module docstring); ValueError naming the problem."""
     if not isinstance(text, str):
-        raise ValueError(f"rule text must be a string, got {text!r}")
+        raise InputError(f"rule text must be a string, got {text!r}")
     text = text.strip()
     if not text:
-        raise ValueError("empty rule: use 'none' for the untouched network")
+        raise InputError("empty rule: use 'none' for the untouched network")
     parts = [p.strip() for p in text.split("*")]
     if len(parts) > 1:
         return Product(tuple(parse_rule(p) for p in parts))
@@ -333,11 +368,21 @@ def parse_rule(text: str) -> Rule:
             return Window(float(args[0]), float(args[1]), parse_rule(":".join(args[2:])))
     except ValueError as exc:
         if "could not convert" in str(exc):
-            raise ValueError(f"rule {text!r}: a value is not a number ({exc})") from None
+            raise InputError(f"rule {text!r}: a value is not a number ({exc})") from None
         raise
     known = "none, const:R, layer:BOTTOM[:TOP[:paper]], sites:R1,R2,..., ramp:up|down:R0[:SMIN:SMAX][:log], " \
             "window:LO:HI:RULE, RULE*RULE"
-    raise ValueError(f"cannot read rule {text!r} (unknown rule name or wrong number of values); rules: {known}")
+    raise InputError(f"cannot read rule {text!r} (unknown rule name or wrong number of values); rules: {known}")
+
+
+def canonical_rule(rule: RuleLike) -> Rule:
+    """The rule as a point of the rule space: :class:`Identity` for every rule with rho = 1 everywhere.
+
+    ``str(canonical_rule(r))`` is the rule's identity in stored runs: ``none``, ``const:1``,
+    ``layer:1:1`` and ``ramp:down:1`` are one point (they give the same images).
+    """
+    rule = as_rule(rule)
+    return Identity() if rule.is_identity else rule
 
 
 def as_rule(rule: RuleLike) -> Rule:
@@ -348,4 +393,4 @@ def as_rule(rule: RuleLike) -> Rule:
         return rule
     if isinstance(rule, str):
         return parse_rule(rule)
-    raise ValueError(f"expected a skiptune Rule or rule string such as 'layer:0.7', got {rule!r}")
+    raise InputError(f"expected a skiptune Rule or rule string such as 'layer:0.7', got {rule!r}")

@@ -15,6 +15,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass, fields
 
+from skiptune.core.errors import InputError
 from skiptune.nets.presets import preset_config
 from skiptune.train.data import ImageDataset
 from skiptune.train.s2dm import DISCRETE_OBJECTIVES
@@ -107,9 +108,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
         if (self.steps is None) == (self.images is None):
-            raise ValueError("give exactly one of steps and images (the training length)")
+            raise InputError("give exactly one of steps and images (the training length)")
         if (self.steps is not None and self.steps < 1) or (self.images is not None and self.images < 1):
-            raise ValueError("the training length must be at least one step")
+            raise InputError("the training length must be at least one step")
         checks = [
             (self.batch >= 1, f"batch must be >= 1, got {self.batch}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
@@ -141,7 +142,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise InputError(message)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -154,7 +155,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown training config fields: {unknown}")
+            raise InputError(f"unknown training config fields: {unknown}")
         return cls(**d)
 
 
@@ -164,11 +165,11 @@ def ddpmpp_kwargs(resolution: int, channels: int, label_dim: int = 0, model_chan
     """``EDMPrecond`` kwargs of a DDPM++ SongUNet (the ``ddpmpp-cifar10`` architecture, no augment input)."""
     levels = [resolution >> i for i in range(len(channel_mult))]
     if resolution % (1 << (len(channel_mult) - 1)) or levels[-1] < 1:
-        raise ValueError(f"a {len(channel_mult)}-level UNet needs a resolution divisible by "
+        raise InputError(f"a {len(channel_mult)}-level UNet needs a resolution divisible by "
                          f"{1 << (len(channel_mult) - 1)}; the data are {resolution}x{resolution}")
     bad = [r for r in attn_resolutions if r not in levels]
     if bad:
-        raise ValueError(f"attention resolutions {bad} are not among the UNet's levels {levels}")
+        raise InputError(f"attention resolutions {bad} are not among the UNet's levels {levels}")
     _, kwargs = preset_config("ddpmpp-cifar10")
     kwargs.update(img_resolution=resolution, img_channels=channels, label_dim=label_dim,
                   model_channels=model_channels, channel_mult=list(channel_mult), num_blocks=num_blocks,
@@ -181,12 +182,12 @@ def resolve_network(config: TrainConfig, data: ImageDataset) -> tuple[str, dict]
     if config.objective in DISCRETE_OBJECTIVES:
         return _resolve_discrete(config, data)
     if config.cond and data.num_classes == 0:
-        raise ValueError(f"data set {data.name!r} has no labels: it cannot be trained class-conditionally")
+        raise InputError(f"data set {data.name!r} has no labels: it cannot be trained class-conditionally")
     label_dim = data.num_classes if config.cond else 0
     if config.arch:
         class_name, kwargs = preset_config(config.arch)
         if kwargs["img_resolution"] != data.resolution:
-            raise ValueError(f"preset {config.arch} is for {kwargs['img_resolution']}px images but the data are "
+            raise InputError(f"preset {config.arch} is for {kwargs['img_resolution']}px images but the data are "
                              f"{data.resolution}px: resize the data (resolution) or use the DDPM++ options")
         kwargs.update(img_channels=data.channels, label_dim=label_dim)
     elif config.net is not None:
@@ -198,13 +199,13 @@ def resolve_network(config: TrainConfig, data: ImageDataset) -> tuple[str, dict]
         for key, want in (("img_resolution", data.resolution), ("img_channels", data.channels),
                           ("label_dim", label_dim)):
             if kwargs.setdefault(key, want) != want:
-                raise ValueError(f"network {key}={kwargs[key]} does not match the data / cond setting ({want})")
+                raise InputError(f"network {key}={kwargs[key]} does not match the data / cond setting ({want})")
     else:
         class_name = "EDMPrecond"
         kwargs = ddpmpp_kwargs(data.resolution, data.channels, label_dim, config.model_channels,
                                config.channel_mult, config.num_blocks, config.attn_resolutions, config.dropout)
     if class_name != "EDMPrecond":
-        raise ValueError(f"the EDM loss needs EDMPrecond, not {class_name} (a DDPMPrecond network trains with "
+        raise InputError(f"the EDM loss needs EDMPrecond, not {class_name} (a DDPMPrecond network trains with "
                          "objective ddpm or s2dm)")
     return class_name, kwargs
 
@@ -217,13 +218,13 @@ def _resolve_discrete(config: TrainConfig, data: ImageDataset) -> tuple[str, dic
     if spec is not None and "kwargs" in spec:
         wanted = spec.get("class_name", "DDPMPrecond")
         if wanted != "DDPMPrecond":
-            raise ValueError(f"objective {config.objective!r} trains a discrete eps-prediction network "
+            raise InputError(f"objective {config.objective!r} trains a discrete eps-prediction network "
                              f"(DDPMPrecond), not {wanted}: set class_name to DDPMPrecond or drop it")
         edm_config.net = {"class_name": "EDMPrecond", "kwargs": spec["kwargs"]}
     _, kwargs = resolve_network(edm_config, data)
     bad = sorted(k for k in _EDM_ONLY_KWARGS if k in kwargs)
     if bad:
-        raise ValueError(f"network kwargs {bad} belong to EDMPrecond; objective {config.objective!r} uses "
+        raise InputError(f"network kwargs {bad} belong to EDMPrecond; objective {config.objective!r} uses "
                          "DDPMPrecond (schedule kwargs: M, beta_start, beta_end)")
     from skiptune.train.s2dm import check_skip_span
 

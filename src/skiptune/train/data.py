@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skiptune.core.errors import InputError, MissingFileError
+
 DIGITS_TEST_PER_CLASS = 30
 SHAPES_CLASSES = ("disc", "ring", "square", "triangle", "cross")
 SHAPES_SIZES = {"train": 10_000, "test": 2_000}
@@ -57,17 +59,17 @@ class ImageDataset:
     def __post_init__(self) -> None:
         x = self.images
         if x.ndim != 4 or x.shape[2] != x.shape[3] or x.shape[0] == 0:
-            raise ValueError(f"{self.name}: images must be a non-empty [N, C, R, R] batch, got {tuple(x.shape)}")
+            raise InputError(f"{self.name}: images must be a non-empty [N, C, R, R] batch, got {tuple(x.shape)}")
         if x.dtype != torch.float32:
-            raise ValueError(f"{self.name}: images must be float32, got {x.dtype}")
+            raise InputError(f"{self.name}: images must be float32, got {x.dtype}")
         if self.labels is not None:
             if self.labels.shape != (x.shape[0],):
-                raise ValueError(f"{self.name}: {tuple(self.labels.shape)} labels for {x.shape[0]} images")
+                raise InputError(f"{self.name}: {tuple(self.labels.shape)} labels for {x.shape[0]} images")
             if self.num_classes < 1 or int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes:
-                raise ValueError(f"{self.name}: labels must lie in 0..num_classes-1 (num_classes={self.num_classes})")
+                raise InputError(f"{self.name}: labels must lie in 0..num_classes-1 (num_classes={self.num_classes})")
         for key, value in self.attributes.items():
             if value.shape != (x.shape[0],):
-                raise ValueError(f"{self.name}: attribute {key!r} has shape {tuple(value.shape)}, want ({x.shape[0]},)")
+                raise InputError(f"{self.name}: attribute {key!r} has shape {tuple(value.shape)}, want ({x.shape[0]},)")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -164,11 +166,11 @@ def make_shapes(n: int, seed: int = 0, resolution: int = 32, split: str = "train
     ``background`` (index into :data:`SHAPES_BACKGROUNDS`).
     """
     if n < 1:
-        raise ValueError(f"shapes: n must be >= 1, got {n}")
+        raise InputError(f"shapes: n must be >= 1, got {n}")
     if split not in _SHAPES_STREAM:
-        raise ValueError(f"shapes: split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"shapes: split must be 'train' or 'test', got {split!r}")
     if resolution < 8:
-        raise ValueError(f"shapes: resolution must be >= 8, got {resolution}")
+        raise InputError(f"shapes: resolution must be >= 8, got {resolution}")
     chunks = [_render_shapes_chunk(seed, _SHAPES_STREAM[split], c, resolution)
               for c in range(math.ceil(n / _SHAPES_CHUNK))]
     u8 = torch.from_numpy(np.concatenate([img for img, _ in chunks])[:n])
@@ -277,9 +279,9 @@ def load_image_folder(path: str | os.PathLike, resolution: int | None = None,
     files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise ValueError(f"no PNG/JPEG images found under {root}")
+        raise InputError(f"no PNG/JPEG images found under {root}")
     if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise InputError(f"channels must be 1 or 3, got {channels}")
     pics = []
     for f in files:
         with Image.open(f) as im:
@@ -295,7 +297,7 @@ def load_image_folder(path: str | os.PathLike, resolution: int | None = None,
             x = square_resize(x, resolution)
         elif x.shape[-1] != x.shape[-2] or (tensors and x.shape != tensors[0].shape):
             first = tuple(tensors[0].shape[-2:]) if tensors else None
-            raise ValueError(f"{f}: size {tuple(x.shape[-2:])} (first image: {first}); images must be square and "
+            raise InputError(f"{f}: size {tuple(x.shape[-2:])} (first image: {first}); images must be square and "
                              "of one size, or pass a resolution to centre-crop and resize them")
         tensors.append(x)
     images = torch.cat(tensors).clamp(-1, 1).contiguous()
@@ -318,16 +320,16 @@ def load_npz(path: str | os.PathLike, resolution: int | None = None) -> ImageDat
     with np.load(path, allow_pickle=False) as data:
         key = next((k for k in ("images", "arr_0") if k in data), None)
         if key is None:
-            raise ValueError(f"{path}: no 'images' or 'arr_0' array (keys: {sorted(data.keys())})")
+            raise InputError(f"{path}: no 'images' or 'arr_0' array (keys: {sorted(data.keys())})")
         arr = data[key]
         labels = data["labels"] if "labels" in data else None
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[0] == 0:
-        raise ValueError(f"{path}: images must be a non-empty 4-D array, got shape {arr.shape}")
+        raise InputError(f"{path}: images must be a non-empty 4-D array, got shape {arr.shape}")
     nchw, nhwc = arr.shape[1] in (1, 3), arr.shape[3] in (1, 3)
     if not (nchw or nhwc):
-        raise ValueError(f"{path}: no channel axis of size 1 or 3 in shape {arr.shape}")
+        raise InputError(f"{path}: no channel axis of size 1 or 3 in shape {arr.shape}")
     if nhwc and (not nchw or arr.dtype == np.uint8):
         arr = arr.transpose(0, 3, 1, 2)
     if arr.dtype == np.uint8:
@@ -336,19 +338,19 @@ def load_npz(path: str | os.PathLike, resolution: int | None = None) -> ImageDat
         x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         lo, hi = float(x.min()), float(x.max())
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1 - 1e-4 or hi > 1 + 1e-4:
-            raise ValueError(f"{path}: float images must lie in [-1, 1], found [{lo:.4g}, {hi:.4g}] "
+            raise InputError(f"{path}: float images must lie in [-1, 1], found [{lo:.4g}, {hi:.4g}] "
                              "(store uint8 0..255, or map floats with 2 x - 1 from [0, 1])")
         x = x.clamp(-1, 1)
     else:
-        raise ValueError(f"{path}: images must be uint8 or float, got {arr.dtype}")
+        raise InputError(f"{path}: images must be uint8 or float, got {arr.dtype}")
     if resolution is not None:
         x = square_resize(x, resolution)
     elif x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"{path}: images are {x.shape[-2]}x{x.shape[-1]}; pass a resolution to crop and resize")
+        raise InputError(f"{path}: images are {x.shape[-2]}x{x.shape[-1]}; pass a resolution to crop and resize")
     lab, num = None, 0
     if labels is not None:
         if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (x.shape[0],):
-            raise ValueError(f"{path}: 'labels' must be {x.shape[0]} integers, got {labels.dtype} {labels.shape}")
+            raise InputError(f"{path}: 'labels' must be {x.shape[0]} integers, got {labels.dtype} {labels.shape}")
         lab = torch.from_numpy(labels.astype(np.int64))
         num = int(lab.max()) + 1
     return ImageDataset(path.stem, x.contiguous(), lab, num, [str(c) for c in range(num)], f"npz {path}")
@@ -358,7 +360,7 @@ def load_npz(path: str | os.PathLike, resolution: int | None = None) -> ImageDat
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def load_dataset(spec: str | os.PathLike, split: str = "train", *, resolution: int | None = None,
@@ -375,17 +377,17 @@ def load_dataset(spec: str | os.PathLike, split: str = "train", *, resolution: i
         return load_digits_dataset(split, resolution or 16)
     if text == "shapes":
         if split == "all":
-            raise ValueError("shapes: split must be 'train' or 'test'")
+            raise InputError("shapes: split must be 'train' or 'test'")
         return make_shapes(size or SHAPES_SIZES[split], seed, resolution or 32, split)
     path = Path(text)
     if not path.exists():
-        raise FileNotFoundError(f"data set {text!r}: not 'digits' or 'shapes', and no such folder or .npz file")
+        raise MissingFileError(f"data set {text!r}: not 'digits' or 'shapes', and no such folder or .npz file")
     if split == "test":
-        raise ValueError(f"{path}: image folders and .npz files have no built-in held-out split; "
+        raise InputError(f"{path}: image folders and .npz files have no built-in held-out split; "
                          "load the held-out images from their own folder or file with split='train'")
     if path.is_dir():
         return load_image_folder(path, resolution, channels)
     if path.suffix.lower() == ".npz":
         return load_npz(path, resolution)
-    raise ValueError(f"{path}: unsupported data file; expected a folder of PNG/JPEG images or an .npz file")
+    raise InputError(f"{path}: unsupported data file; expected a folder of PNG/JPEG images or an .npz file")
 

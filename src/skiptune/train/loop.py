@@ -36,7 +36,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -47,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.errors import InputError, MissingFileError
+from skiptune.core.provenance import environment
 from skiptune.io.checkpoint import load_model, save_checkpoint
 from skiptune.metrics.extractor import file_sha256
 from skiptune.nets.presets import build_network
@@ -141,18 +142,6 @@ def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def provenance() -> dict:
-    """Versions, thread count and the git revision of the source tree (None outside a checkout)."""
-    import numpy
-
-    from skiptune import __version__
-    from skiptune.store import git_revision
-
-    return {"skiptune": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
-            "git_revision": git_revision()}
-
-
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -207,7 +196,7 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
     """Read a training state and check that it belongs to the run described by ``resolved``."""
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: not a skiptune training state (format {state.get('format')!r})")
+        raise InputError(f"{path}: not a skiptune training state (format {state.get('format')!r})")
     before = json.loads(state["resolved"])
     # fields added to TrainConfig after a state was written take their defaults (what that run used)
     before["train"] = {**TrainConfig().to_dict(), **before["train"]}
@@ -222,7 +211,7 @@ def _load_state(path: Path, resolved: dict, device: torch.device) -> dict:
     if before["dataset"]["fingerprint"] != resolved["dataset"]["fingerprint"]:
         diff.append("data (the images differ)")
     if diff:
-        raise ValueError(f"cannot resume {path.parent}: the config differs in {', '.join(diff)}")
+        raise InputError(f"cannot resume {path.parent}: the config differs in {', '.join(diff)}")
     if state.get("threads") != torch.get_num_threads():
         warnings.warn(f"resuming {path.parent} with {torch.get_num_threads()} CPU threads; it ran with "
                       f"{state.get('threads')}: the result will not be bit-identical to an uninterrupted run",
@@ -234,18 +223,18 @@ def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module,
     """Copy the weights of the network in ``path`` (a skiptune checkpoint or an EDM pickle, read without
     running code from it) into ``nets``, which must be the same network, and return where they came from."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+        raise MissingFileError(f"init_from: no checkpoint at {path}")
     source = load_model(path)
     cfg = getattr(source, "skiptune_config", None)
     if cfg is None:
-        raise ValueError(f"init_from {path}: a {type(source).__name__} cannot be trained here; give a skiptune "
+        raise InputError(f"init_from {path}: a {type(source).__name__} cannot be trained here; give a skiptune "
                          ".safetensors checkpoint or an EDM network pickle")
     have = json.loads(json.dumps(cfg))  # tuples as lists, as in this run's resolved config
     if have["class_name"] != class_name or have["kwargs"] != kwargs:
         what = f"class {have['class_name']} vs {class_name}" if have["class_name"] != class_name else \
             ", ".join(f"{k}={have['kwargs'].get(k)!r} vs {kwargs.get(k)!r}"
                       for k in _differing_keys(have["kwargs"], kwargs))
-        raise ValueError(f"init_from {path} holds another network than this run would train ({what}): give the "
+        raise InputError(f"init_from {path} holds another network than this run would train ({what}): give the "
                          "network options it was trained with (a skiptune checkpoint's .json file lists them; "
                          "--net-json takes any network's kwargs)")
     for net in nets:
@@ -268,7 +257,7 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
     out = Path(config.out)
     state_path, log_path = out / STATE_FILE, out / LOG_FILE
     if not resume and (state_path.exists() or log_path.exists()):
-        raise ValueError(f"{out} already holds a training run: resume it or choose another output directory")
+        raise InputError(f"{out} already holds a training run: resume it or choose another output directory")
     if data is None:
         data = load_dataset(config.data, "train", resolution=config.resolution, size=config.data_size,
                             seed=config.data_seed)
@@ -294,7 +283,7 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state.get("seconds", 0.0))
         if start > total:
-            raise ValueError(f"cannot resume {out} for {total} steps: it has already run {start}")
+            raise InputError(f"cannot resume {out} for {total} steps: it has already run {start}")
         _truncate_log(log_path, start)
         if "init" in (before := json.loads(state["resolved"])):
             resolved["init"] = before["init"]
@@ -302,7 +291,7 @@ def train(config: TrainConfig, *, resume: bool = False, data: ImageDataset | Non
         resolved["init"] = _warm_start(config.init_from, class_name, kwargs, (net, ema))
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps({**resolved, "provenance": provenance()}, indent=2) + "\n")
+    (out / CONFIG_FILE).write_text(json.dumps({**resolved, "provenance": environment()}, indent=2) + "\n")
 
     images = data.images.to(device)
     labels = data.labels.to(device) if data.labels is not None else None

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from skiptune.core.errors import InputError
+
 
 def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM Table 1)."""
@@ -53,9 +55,9 @@ class EDMLoss:
 
     def __post_init__(self) -> None:
         if not self.P_std > 0:
-            raise ValueError(f"P_std must be > 0, got {self.P_std}")
+            raise InputError(f"P_std must be > 0, got {self.P_std}")
         if not 0 <= self.label_dropout <= 1:
-            raise ValueError(f"label_dropout must be in [0, 1], got {self.label_dropout}")
+            raise InputError(f"label_dropout must be in [0, 1], got {self.label_dropout}")
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:

@@ -41,6 +41,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from skiptune.core.errors import InputError
+
 DISCRETE_OBJECTIVES = ("ddpm", "s2dm")
 
 EpsModel = Callable[..., torch.Tensor]
@@ -48,15 +50,15 @@ EpsModel = Callable[..., torch.Tensor]
 
 def _check_timesteps(t: torch.Tensor, num_timesteps: int) -> None:
     if t.is_floating_point() or t.ndim != 1:
-        raise ValueError("timesteps must be a 1-D integer tensor (one per image)")
+        raise InputError("timesteps must be a 1-D integer tensor (one per image)")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
-        raise ValueError(f"timesteps must lie in 0..{num_timesteps - 1}, got {int(t.min())}..{int(t.max())}")
+        raise InputError(f"timesteps must lie in 0..{num_timesteps - 1}, got {int(t.min())}..{int(t.max())}")
 
 
 def check_skip_span(skip_span: int, num_timesteps: int) -> None:
     """ValueError unless ``1 <= skip_span < num_timesteps`` (an integer)."""
     if isinstance(skip_span, bool) or int(skip_span) != skip_span or not 1 <= skip_span < num_timesteps:
-        raise ValueError(f"skip_span must be an integer in 1..{num_timesteps - 1} (abar_(t-k) must be a trained "
+        raise InputError(f"skip_span must be an integer in 1..{num_timesteps - 1} (abar_(t-k) must be a trained "
                          f"timestep for some t), got {skip_span}")
 
 
@@ -75,7 +77,7 @@ def antithetic_timesteps(n: int, num_timesteps: int, generator: torch.Generator 
     Draws ``n // 2 + 1`` uniform timesteps and appends their mirror images, keeping the first ``n``.
     """
     if n < 1:
-        raise ValueError(f"need n >= 1 timesteps, got {n}")
+        raise InputError(f"need n >= 1 timesteps, got {n}")
     half = torch.randint(0, num_timesteps, (n // 2 + 1,), generator=generator, device=device)
     return torch.cat([half, num_timesteps - 1 - half])[:n]
 
@@ -89,7 +91,7 @@ def _predict(eps_model: EpsModel, x0: torch.Tensor, t: torch.Tensor, noise: torc
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     _check_timesteps(t, abar.shape[0])
     if noise.shape != x0.shape or t.shape[0] != x0.shape[0]:
-        raise ValueError(f"x0 {tuple(x0.shape)}, noise {tuple(noise.shape)} and timesteps {tuple(t.shape)} disagree")
+        raise InputError(f"x0 {tuple(x0.shape)}, noise {tuple(noise.shape)} and timesteps {tuple(t.shape)} disagree")
     a = abar.to(t.device)[t]
     x_t = _bcast(a.sqrt(), x0) * x0 + _bcast((1 - a).sqrt(), x0) * noise
     return eps_model(x_t, t) if class_labels is None else eps_model(x_t, t, class_labels)
@@ -123,9 +125,9 @@ def s2dm_loss(eps_model: EpsModel, x0: torch.Tensor, t: torch.Tensor, noise: tor
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     check_skip_span(skip_span, abar.shape[0])
     if not 0 <= tau <= 1:
-        raise ValueError(f"tau must lie in [0, 1], got {tau}")
+        raise InputError(f"tau must lie in [0, 1], got {tau}")
     if skip_noise.shape != x0.shape:
-        raise ValueError(f"skip_noise {tuple(skip_noise.shape)} must have the shape of x0 {tuple(x0.shape)}")
+        raise InputError(f"skip_noise {tuple(skip_noise.shape)} must have the shape of x0 {tuple(x0.shape)}")
     eps_hat = _predict(eps_model, x0, t, noise, abar, class_labels)
     l0 = _pixel_mean((noise - eps_hat) ** 2)
     a_skip = alpha_skip(abar.to(t.device), t, skip_span)
@@ -153,18 +155,18 @@ class DiscreteLoss:
 
     def __post_init__(self) -> None:
         if self.objective not in DISCRETE_OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(DISCRETE_OBJECTIVES)}, got {self.objective!r}")
+            raise InputError(f"objective must be one of {', '.join(DISCRETE_OBJECTIVES)}, got {self.objective!r}")
         if not 0 <= self.tau <= 1:
-            raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
+            raise InputError(f"tau must lie in [0, 1], got {self.tau}")
         if not 0 <= self.label_dropout <= 1:
-            raise ValueError(f"label_dropout must be in [0, 1], got {self.label_dropout}")
+            raise InputError(f"label_dropout must be in [0, 1], got {self.label_dropout}")
 
     def __call__(self, net: nn.Module, images: torch.Tensor, one_hot: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-image loss [N] (a per-pixel mean, so ``sum / N`` is the batch objective)."""
         abar = getattr(net, "alphas_cumprod", None)
         if abar is None or not callable(getattr(net, "eps", None)):
-            raise ValueError(f"the {self.objective} objective needs a discrete eps-prediction network "
+            raise InputError(f"the {self.objective} objective needs a discrete eps-prediction network "
                              f"(DDPMPrecond), not {type(net).__name__}")
         n, device = images.shape[0], images.device
         t = antithetic_timesteps(n, abar.shape[0], generator, device)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from skiptune.core.errors import InputError
 from skiptune.sampling import (
     SAMPLERS,
     EDMDenoiser,
@@ -29,7 +30,7 @@ from skiptune.sampling import (
     sample,
 )
 from skiptune.sampling import steps_for_nfe as _steps_for_nfe
-from skiptune.skip import FreeU, FreeUConfig, Identity, as_rule, skip_tuning
+from skiptune.skip import FreeU, FreeUConfig, as_rule, skip_tuning
 
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
 #: network precision: float32, or mixed precision (autocast) for the network call only
@@ -59,13 +60,13 @@ class SamplingSpec:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
+            raise InputError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
         if (self.nfe is None) == (self.steps is None):
-            raise ValueError("give exactly one of nfe and steps")
+            raise InputError("give exactly one of nfe and steps")
         for name in ("nfe", "steps"):
             v = getattr(self, name)
             if v is not None and (int(v) != v or v < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {v}")
+                raise InputError(f"{name} must be an integer >= 1, got {v}")
 
     def sigma_range(self, net: nn.Module | None = None) -> tuple[float, float]:
         lo = self.sigma_min
@@ -77,7 +78,7 @@ class SamplingSpec:
             hi = float(getattr(net, "sigma_max", math.inf))
             hi = hi if math.isfinite(hi) else DEFAULT_SIGMA_MAX
         if not 0 < lo < hi:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {lo}, {hi}")
+            raise InputError(f"need 0 < sigma_min < sigma_max, got {lo}, {hi}")
         return lo, hi
 
     def sigmas(self, net: nn.Module | None = None) -> torch.Tensor:
@@ -85,7 +86,7 @@ class SamplingSpec:
         if self.grid in DISCRETE_GRIDS:  # the network's own timesteps; sigma_min/sigma_max do not apply
             abar = getattr(net, "alphas_cumprod", None)
             if abar is None:
-                raise ValueError(f"grid {self.grid!r} needs a discrete-time network (one with alphas_cumprod, e.g. "
+                raise InputError(f"grid {self.grid!r} needs a discrete-time network (one with alphas_cumprod, e.g. "
                                  "DDPMPrecond); use a continuous grid such as edm for this model")
             return discrete_sigmas(abar.cpu(), discrete_timesteps(len(abar), steps, DISCRETE_GRIDS[self.grid]))
         lo, hi = self.sigma_range(net)
@@ -112,7 +113,7 @@ def _labels_for(noise: SeedNoise, label_dim: int, class_label: int | None) -> to
         return None
     if class_label is not None:
         if not 0 <= class_label < label_dim:
-            raise ValueError(f"class label {class_label} outside 0..{label_dim - 1}")
+            raise InputError(f"class label {class_label} outside 0..{label_dim - 1}")
         return torch.full((len(noise),), class_label, dtype=torch.long)
     u = noise.rand([1]).reshape(-1).to(torch.float64)
     return (u * label_dim).floor().long().clamp_max(label_dim - 1)
@@ -133,13 +134,13 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
     """
     seeds = parse_seeds(seeds)
     if not seeds:
-        raise ValueError("no seeds given")
+        raise InputError("no seeds given")
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise InputError("batch_size must be >= 1")
     device = torch.device(device)
     net = net.to(device).eval()
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     denoiser = EDMDenoiser(net, autocast=PRECISIONS[precision])
     sigmas = spec.sigmas(net)
     nfe = nfe_for_sigmas(spec.sampler, sigmas)
@@ -151,9 +152,7 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
     bar = tqdm(total=len(seeds), desc=f"{spec.sampler} nfe={nfe} {rule}", unit="img", disable=not progress,
                leave=False)
     with ExitStack() as hooks:
-        # the untouched rule attaches nothing, so any denoiser network works without skip sites
-        if not isinstance(rule, Identity):
-            hooks.enter_context(skip_tuning(net, rule, mode=mode, sigma_range=spec.sigma_range(net)))
+        hooks.enter_context(skip_tuning(net, rule, mode=mode, sigma_range=spec.sigma_range(net)))
         if freeu is not None:
             hooks.enter_context(FreeU(net, freeu))
         for i in range(0, len(seeds), batch_size):

@@ -38,24 +38,24 @@ full grid at N, plus 2 N for the 3-seed-set estimate; with ``select_sets = 3``, 
 (``benchmarks/search.py`` measures both).
 
 Every distinct ``(rho, n, seed_set)`` is evaluated once; the budget is the sum of ``n`` over these
-evaluations (``computed`` excludes results a :class:`~skiptune.store.Store` already held). Nothing
+evaluations (``computed`` excludes values the objective reports as read from a results store). Nothing
 is random: the same objective gives the same trace. Ties go to the rho nearer 1, then the smaller.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from skiptune.core.errors import InputError
+from skiptune.core.stats import Estimate, t_interval
 from skiptune.skip.rules import parse_rule
-from skiptune.store import Store
 
-Objective = Callable[[float, int, int], float]
-StoreConfig = Mapping[str, Any] | Callable[[str, int, int], Mapping[str, Any]]
+#: ``evaluate(rho, n_samples, seed_set) -> value`` or ``-> (value, cached)``
+Objective = Callable[[float, int, int], "float | tuple[float, bool]"]
 
 
 @dataclass(frozen=True)
@@ -69,45 +69,6 @@ class Evaluation:
     seed_set: int
     value: float
     cached: bool = False
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Mean of ``values`` with a Student-t confidence interval (``ci_low``/``ci_high`` are NaN for one value)."""
-
-    mean: float
-    ci_low: float
-    ci_high: float
-    std: float
-    values: tuple[float, ...]
-    confidence: float
-
-    @property
-    def half_width(self) -> float:
-        return (self.ci_high - self.ci_low) / 2
-
-    def __str__(self) -> str:
-        if len(self.values) < 2:
-            return f"{self.mean:.4g} (1 seed set, no interval)"
-        return f"{self.mean:.4g} +- {self.half_width:.2g} ({self.confidence:.0%} CI, {len(self.values)} seed sets)"
-
-
-def t_interval(values: list[float] | tuple[float, ...], confidence: float = 0.95) -> Estimate:
-    """``mean +- t_{(1+confidence)/2, S-1} * s / sqrt(S)`` with s the sample std (ddof 1) of S values."""
-    from scipy.stats import t as student_t
-
-    vals = tuple(float(v) for v in values)
-    if not vals:
-        raise ValueError("t_interval needs at least one value")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    s = len(vals)
-    mean = math.fsum(vals) / s
-    if s == 1:
-        return Estimate(mean, math.nan, math.nan, math.nan, vals, confidence)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (s - 1))
-    half = float(student_t.ppf((1 + confidence) / 2, s - 1)) * std / math.sqrt(s)
-    return Estimate(mean, mean - half, mean + half, std, vals, confidence)
 
 
 @dataclass(frozen=True)
@@ -185,20 +146,20 @@ class _Lattice:
 
     def __init__(self, template: str, lo: float, hi: float, step: float):
         if not isinstance(template, str) or template.count("{rho}") != 1:
-            raise ValueError(f"the rule template must contain '{{rho}}' exactly once, e.g. 'layer:{{rho}}', "
+            raise InputError(f"the rule template must contain '{{rho}}' exactly once, e.g. 'layer:{{rho}}', "
                              f"got {template!r}")
         for name, v in (("lo", lo), ("hi", hi), ("step", step)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"search {name} must be a finite number, got {v!r}")
+                raise InputError(f"search {name} must be a finite number, got {v!r}")
         if not 0 < lo < hi:
-            raise ValueError(f"the search range must satisfy 0 < lo < hi (rho scales a skip tensor), got "
+            raise InputError(f"the search range must satisfy 0 < lo < hi (rho scales a skip tensor), got "
                              f"lo={lo:g}, hi={hi:g}")
         if not step > 0:
-            raise ValueError(f"search step must be > 0, got {step:g}")
+            raise InputError(f"search step must be > 0, got {step:g}")
         count = (hi - lo) / step
         self.K = round(count)
         if self.K < 1 or abs(count - self.K) > 1e-6:
-            raise ValueError(f"the range [{lo:g}, {hi:g}] is not a whole number of steps of {step:g} "
+            raise InputError(f"the range [{lo:g}, {hi:g}] is not a whole number of steps of {step:g} "
                              f"({count:.4g} steps): adjust lo, hi or step")
         self.template, self.lo, self.hi, self.step = template, float(lo), float(hi), float(step)
         for rho in (self.lo, self.hi):
@@ -212,7 +173,7 @@ class _Lattice:
         try:
             return str(parse_rule(text))
         except ValueError as exc:
-            raise ValueError(f"the template {self.template!r} gives an invalid rule at rho = {rho:g}: {exc}") from None
+            raise InputError(f"the template {self.template!r} gives an invalid rule at rho = {rho:g}: {exc}") from None
 
 
 def _key(value: float) -> float:
@@ -247,17 +208,12 @@ def _center(points: list[tuple[int, float]], tie: Callable[[int], tuple]) -> int
 
 
 class _Evaluator:
-    """Memoised objective calls with budget accounting and optional store caching."""
+    """Memoised objective calls with budget accounting."""
 
-    def __init__(self, evaluate: Objective, lattice: _Lattice, store: Store | None, store_config: StoreConfig | None,
-                 metric: str, callback: Callable[[Evaluation], None] | None):
+    def __init__(self, evaluate: Objective, lattice: _Lattice, callback: Callable[[Evaluation], None] | None):
         if not callable(evaluate):
-            raise ValueError("evaluate must be a callable evaluate(rho, n_samples, seed_set) -> value")
-        if store is not None and store_config is None:
-            raise ValueError("with a store, pass store_config: the model, sampler, NFE, ... that identify the "
-                             "objective; otherwise cached values of different settings would be mixed")
-        self.evaluate, self.lattice, self.store, self.store_config = evaluate, lattice, store, store_config
-        self.metric, self.callback = metric, callback
+            raise InputError("evaluate must be a callable evaluate(rho, n_samples, seed_set) -> value")
+        self.evaluate, self.lattice, self.callback = evaluate, lattice, callback
         self.memo: dict[tuple[float, int, int], float] = {}
         self.trace: list[Evaluation] = []
 
@@ -266,33 +222,14 @@ class _Evaluator:
         if mkey in self.memo:
             return self.memo[mkey]
         rule = self.lattice.rule(rho)
-        value, cached = self._compute(rho, rule, n, seed_set)
+        out = self.evaluate(rho, n, seed_set)
+        value, cached = (float(out[0]), bool(out[1])) if isinstance(out, tuple) else (float(out), False)
         self.memo[mkey] = value
         ev = Evaluation(stage, rho, rule, n, seed_set, value, cached)
         self.trace.append(ev)
         if self.callback is not None:
             self.callback(ev)
         return value
-
-    def _compute(self, rho: float, rule: str, n: int, seed_set: int) -> tuple[float, bool]:
-        if self.store is None:
-            return float(self.evaluate(rho, n, seed_set)), False
-        if callable(self.store_config):
-            config = dict(self.store_config(rule, n, seed_set))
-        else:
-            config = {**dict(self.store_config or {}), "rule": rule, "n_samples": n, "seed_set": seed_set}
-        called: list[float] = []
-
-        def compute(_cfg: dict[str, Any]) -> dict[str, float]:
-            called.append(float(self.evaluate(rho, n, seed_set)))
-            return {self.metric: called[-1]}
-
-        record = self.store.run_once(config, compute)
-        if self.metric not in record.metrics:  # a complete run recorded without this metric
-            called.append(float(self.evaluate(rho, n, seed_set)))
-            self.store.record_metric(record.key, self.metric, called[-1], n_samples=n)
-            return called[-1], False
-        return float(record.metrics[self.metric].value), not called
 
     @property
     def budget(self) -> int:
@@ -306,14 +243,15 @@ class _Evaluator:
 def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}", lo: float = 0.5, hi: float = 1.5,
                step: float = 0.05, coarse_step: float = 0.1, n_min: int | None = None, growth: float = 2.0,
                seed_sets: int = 3, confidence: float = 0.95, baseline: float | None = None, max_walk: int = 2,
-               fresh_ci: bool = False, select_sets: int = 1, store: Store | None = None,
-               store_config: StoreConfig | None = None, metric: str = "fid",
+               fresh_ci: bool = False, select_sets: int = 1,
                callback: Callable[[Evaluation], None] | None = None) -> SearchResult:
     """Find the rho of ``template`` in [lo, hi] that minimises a noisy objective (see the module doc).
 
     Args:
         evaluate: ``evaluate(rho, n_samples, seed_set) -> value``, lower is better, deterministic
             for given arguments, the same seeds for every rho at fixed ``(n_samples, seed_set)``.
+            It may return ``(value, cached)`` instead, ``cached`` saying that the value was read
+            from a results store rather than computed (it then does not count in ``computed``).
         n_max: sample count of the final rung and of the estimate.
         template: rule with one ``{rho}``: ``layer:{rho}`` (rho_bottom, rho_top = 1),
             ``layer:0.6:{rho}``, ``ramp:down:{rho}``, ``const:{rho}``, ...
@@ -327,35 +265,32 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
         max_walk: extra final-rung points allowed to reach a local minimum.
         fresh_ci: estimate on seed sets select_sets..select_sets+S-1 instead of 0..S-1.
         select_sets: seed sets (0..select_sets-1) whose mean the final rung selects on.
-        store, store_config: cache every evaluation as a run of the store with config
-            ``{**store_config, "rule", "n_samples", "seed_set"}`` (or ``store_config(rule, n, seed_set)``
-            if it is callable) and metric ``metric``; a repeated search computes nothing.
         callback: called with each new :class:`Evaluation` (progress display).
     """
     lattice = _Lattice(template, lo, hi, step)
     K = lattice.K
     m0 = round(coarse_step / lattice.step) if isinstance(coarse_step, (int, float)) and coarse_step > 0 else 0
     if m0 < 1 or abs(coarse_step / lattice.step - m0) > 1e-6 or m0 > K:
-        raise ValueError(f"coarse_step must be a whole number of steps ({lattice.step:g}) no wider than the range, "
+        raise InputError(f"coarse_step must be a whole number of steps ({lattice.step:g}) no wider than the range, "
                          f"got {coarse_step!r}")
     if not isinstance(n_max, int) or n_max < 1:
-        raise ValueError(f"n_max must be a positive integer, got {n_max!r}")
+        raise InputError(f"n_max must be a positive integer, got {n_max!r}")
     n_min = math.ceil(n_max / 8) if n_min is None else n_min
     if not isinstance(n_min, int) or not 1 <= n_min <= n_max:
-        raise ValueError(f"n_min must be an integer in [1, n_max = {n_max}], got {n_min!r}")
+        raise InputError(f"n_min must be an integer in [1, n_max = {n_max}], got {n_min!r}")
     if not growth > 1:
-        raise ValueError(f"growth must be > 1, got {growth!r}")
+        raise InputError(f"growth must be > 1, got {growth!r}")
     if not isinstance(seed_sets, int) or seed_sets < 1:
-        raise ValueError(f"seed_sets must be a positive integer, got {seed_sets!r}")
+        raise InputError(f"seed_sets must be a positive integer, got {seed_sets!r}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+        raise InputError(f"confidence must lie in (0, 1), got {confidence!r}")
     if not isinstance(select_sets, int) or isinstance(select_sets, bool) or select_sets < 1:
-        raise ValueError(f"select_sets must be a positive integer, got {select_sets!r}")
+        raise InputError(f"select_sets must be a positive integer, got {select_sets!r}")
     if max_walk < 0:
-        raise ValueError(f"max_walk must be >= 0, got {max_walk!r}")
+        raise InputError(f"max_walk must be >= 0, got {max_walk!r}")
     if baseline is not None:
         lattice.rule(float(baseline))
-    ev = _Evaluator(evaluate, lattice, store, store_config, metric, callback)
+    ev = _Evaluator(evaluate, lattice, callback)
 
     def tie(k: int) -> tuple[float, int]:
         return abs(lattice.rho(k) - 1.0), k
@@ -398,7 +333,7 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
         final_value(todo[0])
         walks += 1
     if not math.isfinite(final[best]):
-        raise ValueError(f"the objective is not finite at any final point ({len(final)} points at n = {n_max})")
+        raise InputError(f"the objective is not finite at any final point ({len(final)} points at n = {n_max})")
     rho_best = lattice.rho(best)
     # 4. estimate over seed sets (and the paired baseline)
     sets = list(range(select_sets, select_sets + seed_sets)) if fresh_ci else list(range(seed_sets))
@@ -426,9 +361,9 @@ def full_grid(evaluate: Objective, *, n_samples: int, template: str = "layer:{rh
     """
     lattice = _Lattice(template, lo, hi, step)
     if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
     if not isinstance(seed_sets, int) or seed_sets < 1:
-        raise ValueError(f"seed_sets must be a positive integer, got {seed_sets!r}")
+        raise InputError(f"seed_sets must be a positive integer, got {seed_sets!r}")
     rhos = tuple(lattice.rho(k) for k in range(lattice.K + 1))
     values = tuple(math.fsum(float(evaluate(r, n_samples, s)) for s in range(seed_set, seed_set + seed_sets))
                    / seed_sets for r in rhos)

@@ -1,0 +1,75 @@
+"""The one scoring path: generate the set a :class:`~skiptune.experiment.specs.Point` describes, score it, store it.
+
+``score(net, point, scorer)`` is used by sweeps, searches, the analyses that compare rules by FID,
+compare-training and the demo, so that equal points give equal numbers and share one stored run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from skiptune.core.errors import InputError
+from skiptune.experiment.generate import Generated, generate, to_uint8
+from skiptune.experiment.reference import Scorer
+from skiptune.experiment.specs import Point
+from skiptune.store import Metric, RunOutcome, RunRecord, Store
+
+
+@dataclass
+class Scored:
+    """A point's metrics, and the images and generation record behind them (None when read from a store)."""
+
+    point: Point
+    metrics: dict[str, Metric]
+    images: torch.Tensor | None = None
+    generated: Generated | None = None
+    cached: bool = False
+
+    @property
+    def fid(self) -> float:
+        return self.metrics["fid"].value
+
+
+def check_point(net: nn.Module, point: Point) -> None:
+    """Fail before any work if the point cannot be generated with ``net`` (sampler/NFE/grid, rule vs sites)."""
+    point.sampling.sigmas(net)
+
+
+def score(net: nn.Module, point: Point, scorer: Scorer, *, device: str | torch.device = "cpu",
+          progress: bool = False) -> Scored:
+    """Generate ``point``'s set with ``net`` and measure its FID with ``scorer`` (nothing is stored)."""
+    if scorer.spec() != point.scoring:
+        raise InputError("the scorer does not measure what the point says (feature network or reference differ)")
+    g = generate(net, point.seeds, point.sampling, rule=point.rule, mode=point.mode, batch_size=point.batch,
+                 device=device, precision=point.precision, progress=progress)
+    images = to_uint8(g.images)
+    fid = scorer.fid(images, batch_size=point.batch)
+    metric = Metric(fid, feature_net=scorer.extractor.name, feature_checksum=scorer.extractor.weights_sha256,
+                    n_samples=len(g.seeds), details={"nfe": g.nfe})
+    return Scored(point, {"fid": metric}, images, g)
+
+
+def outcome(scored: Scored, **timings: Any) -> RunOutcome:
+    """The store record of a scored point: its metrics, the generation time, and the model's context."""
+    g = scored.generated
+    return RunOutcome(scored.metrics, timings={**({"generate_s": g.seconds} if g else {}), **timings},
+                      context=scored.point.context())
+
+
+def score_stored(net: nn.Module, point: Point, scorer: Scorer, store: Store, *, device: str | torch.device = "cpu",
+                 progress: bool = False) -> Scored:
+    """:func:`score` through the store: read the point's run if it is complete, else compute and record it."""
+    computed: list[Scored] = []
+
+    def compute(_cfg: dict[str, Any]) -> RunOutcome:
+        computed.append(score(net, point, scorer, device=device, progress=progress))
+        return outcome(computed[-1], device=str(device))
+
+    record: RunRecord = store.run_once(point.to_config(), compute)
+    if computed:
+        return computed[0]
+    return Scored(point, dict(record.metrics), cached=True)

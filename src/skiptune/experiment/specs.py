@@ -1,0 +1,158 @@
+"""One description of a run: typed, frozen, self-validating specs with one ``to_config()`` and one key.
+
+A :class:`Point` is everything that determines a stored number: which weights (:class:`ModelRef`),
+how they were sampled (:class:`~skiptune.experiment.generate.SamplingSpec`, the rule and its mode,
+the seeds, batch and precision) and how the samples were scored (:class:`ScoringSpec`). Every
+command that stores a generated-and-scored set (sample, sweep, search, analyses, compare-training,
+demo) builds Points; its run in the results store is keyed by :meth:`Point.key`.
+
+Canonical forms make equal points equal: the rule is compared as a :class:`~skiptune.skip.Rule`
+(``none``, ``const:1``, ``layer:1:1`` are one point, spelled ``none``), and the mode of an identity
+rule is irrelevant (recorded as ``concat``). What describes a run without changing its numbers (the
+model file it was read from, the loader, the device) is its *context*, stored beside the run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from skiptune.adapters import MODES
+from skiptune.core.errors import InputError
+from skiptune.experiment.generate import PRECISIONS, SamplingSpec
+from skiptune.sampling import nfe_for_steps, parse_seeds, sampler_fields
+from skiptune.skip import Rule, canonical_rule
+from skiptune.store import config_key
+
+#: the ``kind`` of a generated-and-scored point in stored configs
+POINT_KIND = "point"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_sha(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise InputError(f"{what} must be a full sha256 (64 lowercase hex digits), got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which weights: the full sha256 of the state dict (identity) and how they were loaded (context).
+
+    ``source`` is the path or preset name it came from, ``loader`` the format (``skiptune-safetensors``,
+    ``edm-pickle``, ``preset``, ...), ``network`` the class of the loaded module; none of these are
+    part of the identity: the same weights loaded two ways are the same model.
+    """
+
+    sha256: str
+    source: str | None = None
+    loader: str | None = None
+    network: str | None = None
+
+    def __post_init__(self):
+        _check_sha(self.sha256, "a model's sha256")
+
+    def to_config(self) -> str:
+        return self.sha256
+
+    def context(self) -> dict[str, Any]:
+        return {k: v for k, v in (("source", self.source), ("loader", self.loader), ("network", self.network))
+                if v is not None}
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How a generated set is scored: the feature network (name and weights sha256) and the reference
+    statistics (:func:`~skiptune.experiment.reference.reference_id` and sample count)."""
+
+    features: str
+    features_sha256: str
+    ref: str
+    ref_n: int
+
+    def __post_init__(self):
+        if not self.features or not isinstance(self.features, str):
+            raise InputError(f"the feature network needs a name, got {self.features!r}")
+        if not isinstance(self.ref_n, int) or self.ref_n < 2:
+            raise InputError(f"a reference needs at least 2 samples, got ref_n={self.ref_n!r}")
+        _check_sha(self.ref, "a reference id")
+
+    def to_config(self) -> dict[str, Any]:
+        return {"features": self.features, "features_sha256": self.features_sha256, "ref": self.ref,
+                "ref_n": self.ref_n}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One generated set of one model, scored: the unit of every stored FID.
+
+    ``rule`` is kept in canonical form (:func:`~skiptune.skip.canonical_rule`); ``seeds`` in the
+    seed syntax (``0-99`` or ``0,5,7``). ``batch`` is part of the identity because float round-off
+    may depend on it; ``precision`` is the network's (``fp32`` unless mixed precision).
+    """
+
+    model: ModelRef
+    sampling: SamplingSpec
+    rule: Rule
+    seeds: str
+    scoring: ScoringSpec
+    mode: str = "concat"
+    batch: int = 250
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        for name, cls in (("model", ModelRef), ("sampling", SamplingSpec), ("scoring", ScoringSpec)):
+            if not isinstance(getattr(self, name), cls):
+                raise InputError(f"a point's {name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        rule = canonical_rule(self.rule)
+        object.__setattr__(self, "rule", rule)
+        if self.mode not in MODES:
+            raise InputError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if rule.is_identity:
+            object.__setattr__(self, "mode", "concat")  # no rho acts anywhere: every mode is the same point
+        if not isinstance(self.seeds, str):
+            raise InputError(f"seeds must be given as text such as '0-99', got {self.seeds!r}")
+        seeds = parse_seeds(self.seeds)
+        if not seeds:
+            raise InputError("a point needs at least one seed")
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({s for s in seeds if seeds.count(s) > 1})[:5]
+            raise InputError(f"seeds {self.seeds!r} repeat {dup}: every seed may appear once")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise InputError(f"batch must be a positive integer, got {self.batch!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def n_samples(self) -> int:
+        return len(parse_seeds(self.seeds))
+
+    def with_rule(self, rule: Rule | str) -> Point:
+        return replace(self, rule=canonical_rule(rule))
+
+    def with_seeds(self, seeds: str) -> Point:
+        return replace(self, seeds=seeds)
+
+    def to_config(self) -> dict[str, Any]:
+        """The stored identity: every field that determines the numbers, in canonical form."""
+        s = self.sampling
+        cfg: dict[str, Any] = {"kind": POINT_KIND, "model": self.model.to_config(), **self.scoring.to_config(),
+                               "grid": s.grid, "mode": self.mode, "batch": self.batch, **sampler_fields(s.sampler),
+                               "rule": str(self.rule), "seeds": self.seeds, "options": dict(s.options)}
+        # a step count is stored as the NFE it gives (one-to-one on the grids ending at 0 that sampling uses),
+        # so `--steps 3` and `--nfe 5` of Heun are one point
+        cfg["nfe"] = s.nfe if s.nfe is not None else nfe_for_steps(s.sampler, s.steps)
+        if s.sigma_min is not None:
+            cfg["sigma_min"] = s.sigma_min
+        if s.sigma_max is not None:
+            cfg["sigma_max"] = s.sigma_max
+        if self.precision != "fp32":  # float32 runs keep the keys they always had
+            cfg["precision"] = self.precision
+        return cfg
+
+    def key(self) -> str:
+        return config_key(self.to_config())
+
+    def context(self) -> dict[str, Any]:
+        return {"model": self.model.context()}
