@@ -9,9 +9,10 @@ import math
 import pytest
 
 from analysis_tiny import run_cli
-from skiptune.analysis import AnalysisResult, cached, record_result, stored_results, write_result
+from skiptune.analysis import AnalysisResult, cached, record_result, stored_results
 from skiptune.cli import main
 from skiptune.experiment.results import UNIT_VERSION
+from skiptune.report.tables import write_result
 from skiptune.store import Store
 
 

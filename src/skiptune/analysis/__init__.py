@@ -1,6 +1,7 @@
-"""The paper's analyses as library functions (``run_<name>``) and ``skiptune analyze <name>`` commands.
+"""The paper's analyses as library functions: ``skiptune.analysis.<name>.run_<name>`` (see :mod:`.base`).
 
-Each module in :data:`ANALYSIS_MODULES` follows :mod:`skiptune.analysis.base`.
+Their figures live in :mod:`skiptune.report.analyses` and their command-line options in
+:mod:`skiptune.cli.analyses`, one module per analysis and layer, named alike.
 """
 
 from __future__ import annotations
@@ -8,28 +9,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from skiptune.analysis.base import AnalysisResult, cached, record_result, stored_results, write_result
+from skiptune.analysis.base import AnalysisResult, cached, record_result, stored_results
 
-#: modules of ``skiptune analyze``, in the order of seed 003's presentation
-ANALYSIS_MODULES: list[str] = [
-    "skiptune.analysis.norms",
-    "skiptune.analysis.complexity",
-    "skiptune.analysis.sweep",
-    "skiptune.analysis.grid",
-    "skiptune.analysis.dsm",
-    "skiptune.analysis.windows",
-    "skiptune.analysis.order",
-    "skiptune.analysis.finetune",
-    "skiptune.analysis.inversion",
-    "skiptune.analysis.stochastic",
-]
+#: the analyses of ``skiptune analyze``, in the order of seed 003's presentation
+ANALYSIS_NAMES: list[str] = ["norms", "complexity", "sweep", "grid", "dsm", "windows", "order", "finetune",
+                             "inversion", "stochastic"]
 
 
 def analysis_modules() -> dict[str, ModuleType]:
-    """``NAME -> module`` for every registered analysis."""
-    mods = [importlib.import_module(m) for m in ANALYSIS_MODULES]
-    return {m.NAME: m for m in mods}
+    """``NAME -> library module`` for every registered analysis."""
+    return {name: importlib.import_module(f"skiptune.analysis.{name}") for name in ANALYSIS_NAMES}
 
 
-__all__ = ["ANALYSIS_MODULES", "AnalysisResult", "analysis_modules", "cached", "record_result", "stored_results",
-           "write_result"]
+__all__ = ["ANALYSIS_NAMES", "AnalysisResult", "analysis_modules", "cached", "record_result", "stored_results"]

@@ -1,35 +1,32 @@
 """Shared shape of the paper's analyses (seed 003, Sec. 4 and the appendices).
 
-Every analysis is one module ``skiptune.analysis.<name>`` with
+Every analysis ``NAME`` has three parts, one per layer:
 
-- ``run_<name>(net, ..., store=None, progress=False) -> AnalysisResult``: the library function;
-- ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``from_args(args, ctx) -> AnalysisResult`` for
-  ``skiptune analyze <name>``;
-- ``plot(result, path)``: the figure, drawn from a stored result alone (so ``skiptune report`` can
-  redraw it).
+- ``skiptune.analysis.<name>``: the library: ``NAME``, ``HELP`` and ``run_<name>(net, ...) ->
+  AnalysisResult`` (no argument parsing, no plotting);
+- ``skiptune.report.analyses.<name>``: ``plot(result, path)``, the figure drawn from a stored result
+  alone (so ``skiptune report`` can redraw it);
+- ``skiptune.cli.analyses.<name>``: ``add_arguments(parser)`` and ``run(args, ctx) -> AnalysisResult``
+  for ``skiptune analyze <name>``.
 
 Results are plain tables (a list of row dicts) plus a few headline numbers, so that one writer
-produces JSON, CSV, a markdown table and a plot for all of them. Long analyses are split into units
-(one rho, one window, one sigma, ...) stored as runs of the results store with :func:`cached`
-(:mod:`skiptune.experiment.results`), so an interrupted run resumes where it stopped and a rerun
-recomputes nothing.
+(:func:`skiptune.report.tables.write_result`) produces JSON, CSV, markdown and the figure for all of
+them. Long analyses are split into units (one rho, one window, one sigma, ...) stored as runs of the
+results store with :func:`cached` (:mod:`skiptune.experiment.results`), so an interrupted run resumes
+where it stopped and a rerun recomputes nothing.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from skiptune.experiment import results
 from skiptune.experiment.results import cached
 from skiptune.store import Store, config_key
 
-__all__ = ["AnalysisResult", "cached", "record_result", "stored_results", "write_result"]
+__all__ = ["AnalysisResult", "cached", "record_result", "stored_results"]
 
 
 @dataclass
@@ -68,47 +65,6 @@ class AnalysisResult:
         for r in self.rows:
             cols.update(dict.fromkeys(r))
         return list(cols)
-
-    def markdown(self, digits: int = 4) -> str:
-        """The table as GitHub markdown."""
-        cols = self.columns()
-        lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-        for r in self.rows:
-            lines.append("| " + " | ".join(_fmt(r.get(c, ""), digits) for c in cols) + " |")
-        return "\n".join(lines)
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def write_result(result: AnalysisResult, out: str | Path, plot: Callable[[AnalysisResult, Path], Any] | None = None,
-                 ) -> dict[str, Path]:
-    """Write ``<out>/<name>.json``, ``.csv``, ``.md`` and (with ``plot``) ``.png``; returns the paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{result.name}.json", "csv": out / f"{result.name}.csv", "md": out / f"{result.name}.md"}
-    paths["json"].write_text(json.dumps(result.to_dict(), indent=2, sort_keys=False, allow_nan=True) + "\n")
-    cols = result.columns()
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for r in result.rows:
-            w.writerow([r.get(c, "") for c in cols])
-    md = [f"## {result.name}", "", result.markdown(), ""]
-    if result.summary:
-        md += ["", *[f"- {k}: {_fmt(v, 4)}" for k, v in result.summary.items()], ""]
-    md += [f"- {n}" for n in result.notes]
-    if plot is not None:
-        paths["png"] = out / f"{result.name}.png"
-        plot(result, paths["png"])
-        md += ["", f"![{result.name}]({paths['png'].name})"]
-    paths["md"].write_text("\n".join(md) + "\n")
-    return paths
 
 
 def record_result(store: Store | None, result: AnalysisResult) -> None:

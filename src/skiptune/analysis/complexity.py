@@ -22,7 +22,6 @@ d = 1024.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -198,60 +197,3 @@ def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | s
 
 
 # -- command line ------------------------------------------------------------------------------------------------------
-
-def add_arguments(p) -> None:
-    p.add_argument("--n", type=int, default=4, help="number of real images (default 4)")
-    p.add_argument("--split", default="test", help="data split (default test)")
-    p.add_argument("--rules", default="const:0.6:1.2:0.2",
-                   help="rules separated by ';', ranges as in `skiptune sweep` (default const:0.6:1.2:0.2, "
-                        "i.e. rho 0.6, 0.8, 1, 1.2 at every site)")
-    p.add_argument("--sigmas", default="80,5", help="noise levels (default 80,5 as in Table 1)")
-    p.add_argument("--estimator", choices=ESTIMATORS, default="auto",
-                   help=f"exact Jacobian, Hutchinson estimate, or auto (exact up to {EXACT_MAX_DIM} input dims)")
-    p.add_argument("--probes", type=int, default=32, help="Rademacher probes per image (hutchinson)")
-    p.add_argument("--chunk", type=int, default=256, help="vector-Jacobian products per batch")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def from_args(args, ctx) -> AnalysisResult:
-    ds = ctx.dataset(args.split)
-    labels = getattr(ds, "labels", None)
-    return run_complexity(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas,
-                          estimator=args.estimator, probes=args.probes, seed=args.seed,
-                          labels=None if labels is None else labels[:args.n], chunk=args.chunk, store=ctx.store,
-                          progress=ctx.progress, model_id=ctx.fingerprint)
-
-
-def plot(result: AnalysisResult, path: str | Path) -> Path:
-    """Fig. 3: Jacobian norm against rho, one line per sigma (left); paired ratio to the baseline (right)."""
-    from skiptune.report.plots import _plt
-
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for s in sorted({r["sigma"] for r in result.rows}, reverse=True):
-        pts = sorted((r["rho"], r) for r in result.rows if r["sigma"] == s and r["rho"] is not None)
-        if not pts:
-            continue
-        xs = [p[0] for p in pts]
-        ys = [p[1]["frobenius"] for p in pts]
-        lo = [y - p[1].get("frobenius_ci_low", y) for y, p in zip(ys, pts, strict=True)]
-        hi = [p[1].get("frobenius_ci_high", y) - y for y, p in zip(ys, pts, strict=True)]
-        lo = [0.0 if v != v else v for v in lo]
-        hi = [0.0 if v != v else v for v in hi]
-        a.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"sigma {s:g}")
-        if "ratio_to_baseline" in pts[0][1]:
-            b.plot(xs, [p[1]["ratio_to_baseline"] for p in pts], marker="o", label=f"sigma {s:g}")
-    a.set_xlabel("rho (const) / rho_bottom (layer)")
-    a.set_ylabel("E ||dD/dx||_F")
-    a.set_yscale("log")
-    a.legend()
-    b.axhline(1.0, color="gray", lw=0.8, ls="--")
-    b.set_xlabel("rho")
-    b.set_ylabel("||dD/dx||_F / baseline (paired)")
-    b.legend()
-    fig.suptitle(f"estimator: {result.config.get('estimator')}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -30,7 +30,6 @@ baseline are paired per image.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -228,62 +227,3 @@ def _spaces(extractors) -> dict:
 
 
 # -- command line ------------------------------------------------------------------------------------------------------
-
-def add_arguments(p) -> None:
-    p.add_argument("--n", type=int, default=256, help="held-out images (default 256)")
-    p.add_argument("--split", default="test", help="data split (default test)")
-    p.add_argument("--rules", default="none;const:0.7",
-                   help="baseline rule first, then the rules to compare, separated by ';' (default none;const:0.7)")
-    p.add_argument("--sigmas", default="edm:5", help="noise levels (default edm:5, the five of Table 9)")
-    p.add_argument("--feature-nets", default=None,
-                   help="comma-separated registered feature networks for the feature-space losses (default: "
-                        "--features); e.g. digits-classifier,inception-v3")
-    p.add_argument("--no-lognormal", action="store_true", help="skip the EDM-weighted log-normal aggregate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=100)
-
-
-def from_args(args, ctx) -> AnalysisResult:
-    from skiptune.metrics import get_extractor
-
-    names = [s.strip() for s in (args.feature_nets or ctx.features).split(",") if s.strip()]
-    exts = [ctx.extractor if name == ctx.features else get_extractor(name) for name in names]
-    ds = ctx.dataset(args.split)
-    labels = getattr(ds, "labels", None)
-    return run_dsm(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas, extractors=exts,
-                   lognormal=not args.no_lognormal, seed=args.seed,
-                   labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
-                   progress=ctx.progress, model_id=ctx.fingerprint)
-
-
-def plot(result: AnalysisResult, path: str | Path) -> Path:
-    """Paired relative change of each loss (tuned vs baseline) against sigma: pixel and Haar bands (left),
-    feature spaces (right); 95% intervals."""
-    from skiptune.report.plots import _plt
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    tuned = [r for r in result.rows if "diff" in r and r["sigma"] != LOGNORMAL]
-    for ax, pick, title in ((axes[0], lambda s: not s.startswith("feature:"), "pixel and Haar bands"),
-                            (axes[1], lambda s: s.startswith("feature:"), "feature spaces")):
-        for rule in dict.fromkeys(r["rule"] for r in tuned):
-            for space in dict.fromkeys(r["space"] for r in tuned if pick(r["space"])):
-                pts = sorted((r["sigma"], r) for r in tuned if r["rule"] == rule and r["space"] == space)
-                xs = [p[0] for p in pts]
-                base = [p[1]["loss_base"] for p in pts]
-                ys = [100 * p[1]["diff"] / b for p, b in zip(pts, base, strict=True)]
-                lo = [100 * (p[1]["diff"] - p[1]["diff_ci_low"]) / b for p, b in zip(pts, base, strict=True)]
-                hi = [100 * (p[1]["diff_ci_high"] - p[1]["diff"]) / b for p, b in zip(pts, base, strict=True)]
-                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"{space} [{rule}]")
-        ax.axhline(0, color="gray", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlabel("sigma")
-        ax.set_ylabel("(tuned - baseline) / baseline, %")
-        ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

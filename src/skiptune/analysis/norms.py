@@ -14,7 +14,6 @@ over the noise levels the network meets while sampling.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,7 +33,6 @@ from skiptune.analysis.denoising import (
     seeded_noise,
 )
 from skiptune.core.checksums import state_dict_sha256, tensor_sha256
-from skiptune.core.errors import InputError
 
 NAME = "norms"
 HELP = "per-site skip-to-decoder norm ratio ||d_i|| / ||u_i|| (Fig. 2)"
@@ -138,59 +136,3 @@ def _slope(x: list[float], y: list[float]) -> float:
 
 
 # -- command line ------------------------------------------------------------------------------------------------------
-
-def add_arguments(p) -> None:
-    p.add_argument("--n", type=int, default=64, help="number of real images (held-out split; default 64)")
-    p.add_argument("--split", default="test", help="data split of the images (default test)")
-    p.add_argument("--sigmas", default="edm:10",
-                   help="noise levels: edm:N[:LO:HI] (EDM sampler grid), lognormal:K (EDM training quantiles) "
-                        "or a list 80,5,0.5 (default edm:10)")
-    p.add_argument("--rule", default="none", help="Skip-Tuning rule attached while measuring (default none)")
-    p.add_argument("--seed", type=int, default=0, help="first noise seed (image j uses seed + j)")
-    p.add_argument("--batch", type=int, default=64)
-
-
-def from_args(args, ctx) -> AnalysisResult:
-    if args.n < 2:
-        raise InputError("--n must be >= 2 (intervals need two images)")
-    ds = ctx.dataset(args.split)
-    images = ds.images[:args.n]
-    labels = getattr(ds, "labels", None)
-    return run_norms(ctx.net, images, sigmas=args.sigmas, seed=args.seed, rule=args.rule,
-                     labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
-                     progress=ctx.progress, model_id=ctx.fingerprint)
-
-
-def plot(result: AnalysisResult, path: str | Path) -> Path:
-    """Fig. 2: bar per site (averaged over sigma, 95% CI) with the layer mean; right, prop_i against sigma."""
-    from skiptune.report.plots import _plt
-
-    plt = _plt()
-    avg = [r for r in result.rows if r["sigma"] == "mean"]
-    curves = [r for r in result.rows if r["sigma"] != "mean"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    xs = [r["site"] for r in avg]
-    ys = [r["prop"] for r in avg]
-    err = [[y - r["prop_ci_low"] for y, r in zip(ys, avg, strict=True)],
-           [r["prop_ci_high"] - y for y, r in zip(ys, avg, strict=True)]]
-    a.bar(xs, ys, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
-    mean = result.summary.get("mean_prop")
-    if mean is not None:
-        a.axhline(mean, color="tab:red", ls="--", label=f"mean {mean:.3f}")
-        a.legend()
-    a.set_xticks(xs, [f"{r['site']}\n{r['resolution']}" for r in avg], fontsize=7)
-    a.set_xlabel("skip site (0 = innermost) / resolution")
-    a.set_ylabel("||d_i|| / ||u_i||")
-    a.set_title(f"rule {result.config.get('rule', 'none')}, mean over sigma")
-    for i in xs:
-        pts = sorted((r["sigma"], r["prop"]) for r in curves if r["site"] == i)
-        b.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"site {i}")
-    b.set_xscale("log")
-    b.set_xlabel("sigma")
-    b.set_ylabel("||d_i|| / ||u_i||")
-    b.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

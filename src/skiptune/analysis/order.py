@@ -28,12 +28,10 @@ from torch import nn
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.scoring import (
     FidSetup,
-    add_fid_arguments,
     canonical_rules,
     check_sampling,
     estimate_columns,
     fid_estimates,
-    setup_from_args,
 )
 from skiptune.core.errors import InputError
 from skiptune.core.stats import paired_difference, significant
@@ -114,59 +112,3 @@ def run_order(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: in
         setup.note(),
     ]
     return AnalysisResult(NAME, config, rows, summary, notes)
-
-
-def add_arguments(p) -> None:
-    add_fid_arguments(p, sampler="heun", nfe=9)
-    p.add_argument("--rho0", default="0.7", help="comma-separated rho_0 values (default 0.7; paper EDM 0.78)")
-    p.add_argument("--space", default="sigma", choices=["sigma", "log"],
-                   help="ramp linear in sigma (paper, default) or in log sigma")
-
-
-def from_args(args, ctx) -> AnalysisResult:
-    try:
-        rho0 = [float(v) for v in args.rho0.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--rho0 must be comma-separated numbers, got {args.rho0!r}") from None
-    for r in rho0:
-        order_rules(r, args.space)  # validates rho_0 > 0 before any work
-    check_sampling(ctx.net, args.sampler, args.nfe, args.grid)
-    return run_order(ctx.net, setup_from_args(args, ctx), sampler=args.sampler, nfe=args.nfe, rho0=rho0,
-                     space=args.space, store=ctx.store)
-
-
-def plot(result: AnalysisResult, path) -> None:
-    """Left: FID per order for each rho_0 with the untouched level; right: paired differences to untouched."""
-    from skiptune.analysis.scoring import plot_paired
-    from skiptune.report.plots import _plt
-
-    plt = _plt()
-    base = next((r for r in result.rows if r["rule"] == "none"), None)
-    tuned = [r for r in result.rows if r["rule"] != "none"]
-    groups = list(dict.fromkeys(r["rho0"] for r in tuned))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(2 * (2.5 + 1.8 * len(groups)), 3.8))
-    width = 0.25
-    for k, order in enumerate(ORDERS):
-        pts = [next(r for r in tuned if r["rho0"] == g and r["order"] == order) for g in groups]
-        xs = [i + (k - 1) * width for i in range(len(groups))]
-        lo = [_pos(p["fid"] - p["fid_ci_low"]) for p in pts]
-        hi = [_pos(p["fid_ci_high"] - p["fid"]) for p in pts]
-        ax.bar(xs, [p["fid"] for p in pts], width, yerr=[lo, hi], capsize=3, label=order)
-    if base is not None:
-        ax.axhline(base["fid"], color="gray", ls="--", lw=1, label=f"untouched ({base['fid']:.3g})")
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"rho_0 = {g:g}" for g in groups])
-    ax.set_ylabel("FID (mean, 95% CI)")
-    cfg = result.config
-    ax.set_title(f"time order of rho: {cfg.get('sampler')} NFE {cfg.get('nfe')}", fontsize=10)
-    ax.legend(fontsize=8)
-    short = {"constant": "const", "increasing": "up", "decreasing": "down"}
-    plot_paired(bx, [f"{short[r['order']]}\n{r['rho0']:g}" for r in tuned], tuned,
-                title="paired difference to untouched")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _pos(v: float) -> float:
-    return 0.0 if v != v else max(0.0, v)

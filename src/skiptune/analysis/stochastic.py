@@ -26,12 +26,10 @@ from torch import nn
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.scoring import (
     FidSetup,
-    add_fid_arguments,
     canonical_rules,
     check_sampling,
     estimate_columns,
     fid_estimates,
-    setup_from_args,
 )
 from skiptune.core.errors import InputError
 from skiptune.core.stats import paired_difference, significant
@@ -130,60 +128,3 @@ def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Seq
         setup.note(),
     ]
     return AnalysisResult(NAME, config, rows, summary, notes)
-
-
-def add_arguments(p) -> None:
-    add_fid_arguments(p, sampler=SAMPLER, nfe=9, sampler_choice=False)
-    p.add_argument("--churn", default="0,1,2", help="comma-separated S_churn values (default 0,1,2)")
-    p.add_argument("--rules", default="none;const:0.85;const:0.7",
-                   help="';'-separated rules (the untouched network is always included)")
-    p.add_argument("--s-tmin", type=float, default=None, help="EDM S_tmin (default 0)")
-    p.add_argument("--s-tmax", type=float, default=None, help="EDM S_tmax (default inf)")
-    p.add_argument("--s-noise", type=float, default=None, help="EDM S_noise (default 1)")
-
-
-def from_args(args, ctx) -> AnalysisResult:
-    try:
-        churns = [float(v) for v in args.churn.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--churn must be comma-separated numbers, got {args.churn!r}") from None
-    steps = len(check_sampling(ctx.net, SAMPLER, args.nfe, args.grid)) - 1
-    check_churns(churns, steps)
-    rules = canonical_rules(args.rules)
-    return run_stochastic(ctx.net, setup_from_args(args, ctx), nfe=args.nfe, churns=churns, rules=rules,
-                          s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise, store=ctx.store)
-
-
-def plot(result: AnalysisResult, path) -> None:
-    """Left: FID vs S_churn, one line per rule (Fig. 8); right: the paired difference to the untouched
-    network at the same S_churn."""
-    from skiptune.report.plots import _plt
-
-    plt = _plt()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for rule in dict.fromkeys(r["rule"] for r in result.rows):
-        pts = sorted((r["S_churn"], r) for r in result.rows if r["rule"] == rule)
-        label = "untouched" if rule == "none" else rule
-        for axis, key in ((ax, "fid"), (bx, "diff")):
-            if axis is bx and rule == "none":
-                continue
-            err = [[_pos(p[1][key] - p[1][f"{key}_ci_low"]) for p in pts],
-                   [_pos(p[1][f"{key}_ci_high"] - p[1][key]) for p in pts]]
-            axis.errorbar([p[0] for p in pts], [p[1][key] for p in pts], yerr=err, marker="o", capsize=3,
-                          label=label)
-    bx.axhline(0.0, color="gray", ls="--", lw=1)
-    cfg = result.config
-    ax.set_title(f"stochastic strength x rho: {cfg.get('sampler')} NFE {cfg.get('nfe')}", fontsize=10)
-    bx.set_title("paired difference to untouched at the same S_churn", fontsize=10)
-    ax.set_ylabel("FID (mean, 95% CI)")
-    bx.set_ylabel("FID - FID untouched (95% CI)")
-    for axis in (ax, bx):
-        axis.set_xlabel("S_churn (stochastic strength)")
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _pos(v: float) -> float:
-    return 0.0 if v != v else max(0.0, v)

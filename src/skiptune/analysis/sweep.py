@@ -22,9 +22,8 @@ from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.scoring import estimate_columns
 from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import InputError
-from skiptune.core.stats import Estimate, t_interval
+from skiptune.core.stats import t_interval
 from skiptune.experiment import POINT_KIND
-from skiptune.runs.sweep import SweepRow
 from skiptune.sampling import revision_fields
 from skiptune.skip import as_rule
 from skiptune.store import Store
@@ -130,42 +129,3 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
              "(95% Student-t interval); diff = paired difference to the untouched network over common seed sets.",
              "Seed 003 Fig. 4: U-shaped curves at every NFE, the best rho rising towards 1 with the NFE."]
     return AnalysisResult(NAME, config, rows, summary, notes)
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--samplers", default=None, help="comma-separated samplers to include (default all)")
-    p.add_argument("--nfe", default=None, help="comma-separated NFEs to include (default all)")
-    p.add_argument("--all-rules", action="store_true",
-                   help="also tabulate rules that are not on a rho axis (ramps, windows, products)")
-
-
-def from_args(args, ctx) -> AnalysisResult:
-    if ctx.store is None:
-        raise InputError("the sweep analysis reads the results store: drop --no-db and give --db")
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()] if args.samplers else None
-    try:
-        nfes = [int(v) for v in args.nfe.split(",") if v.strip()] if args.nfe else None
-    except ValueError:
-        raise InputError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
-    return run_sweep(ctx.net, store=ctx.store, features=ctx.features, samplers=samplers, nfes=nfes,
-                     all_rules=args.all_rules)
-
-
-def plot(result: AnalysisResult, path) -> None:
-    """Fig. 4: one panel per sampler, one line per NFE (and rule family), with the 95% intervals."""
-    from skiptune.report.plots import plot_fid_vs_rho
-
-    rows = [SweepRow(r["sampler"], int(r["nfe"]), r["rule"],
-                     Estimate(r["fid"], r["fid_ci_low"], r["fid_ci_high"], float("nan"), (), 0.95))
-            for r in result.rows if r.get("rho") is not None and r["rule"].split(":")[0] in CURVE_FAMILIES]
-    if not rows:
-        from skiptune.report.plots import _plt
-
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no rule on a rho axis in this result", ha="center", va="center")
-        ax.axis("off")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return
-    plot_fid_vs_rho(rows, path, title=f"FID vs rho (model {result.config.get('model')})")

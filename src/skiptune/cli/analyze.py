@@ -15,7 +15,8 @@ def _add_common(p) -> None:
     p.add_argument("--data", default="digits", help="real images: digits, shapes, a folder or an .npz (default digits)")
     p.add_argument("--features", default="digits-classifier", help="registered feature network (FID, feature DSM)")
     p.add_argument("--weights", default=None, help="weights file of the feature network")
-    p.add_argument("--out", default="analysis-out", help="folder for JSON, CSV, markdown and plots")
+    p.add_argument("--out", default="runs/analysis",
+                   help="folder for JSON, CSV, markdown and plots (default runs/analysis)")
     p.add_argument("--db", default="runs/results.sqlite", help="results store (resume and report)")
     p.add_argument("--no-db", action="store_true", help="do not store or reuse results")
     p.add_argument("--device", default="cpu")
@@ -31,6 +32,8 @@ def _context(args):
 
 
 def register(sub) -> None:
+    import importlib
+
     from skiptune.analysis import analysis_modules
 
     p = sub.add_parser("analyze", help="the paper's analyses (norms, complexity, dsm, windows, ...)",
@@ -41,29 +44,32 @@ def register(sub) -> None:
     for name, mod in analysis_modules().items():
         q = names.add_parser(name, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip().splitlines()[0])
         _add_common(q)
-        mod.add_arguments(q)
-        q.set_defaults(func=run_analysis, module=mod)
+        command = importlib.import_module(f"skiptune.cli.analyses.{name}")
+        command.add_arguments(q)
+        q.set_defaults(func=run_analysis, handler=command)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
     p = sub.add_parser("report", help="markdown report of every analysis in the results store",
                        description="Collect the tables and figures of all analyses stored in --db into one page.")
     p.add_argument("--db", default="runs/results.sqlite")
-    p.add_argument("--out", default="analysis-out", help="folder for report.md and the figures")
+    p.add_argument("--out", default="runs/analysis",
+                   help="folder for report.md and the figures (default runs/analysis)")
     p.set_defaults(func=run_report)
 
 
 def run_analysis(args) -> int:
-    from skiptune.analysis import record_result, write_result
+    from skiptune.analysis import record_result
+    from skiptune.report.analyses import plot_for
+    from skiptune.report.tables import markdown, write_result
 
-    mod = args.module
     ctx = _context(args)
     try:
-        result = mod.from_args(args, ctx)
+        result = args.handler.run(args, ctx)
         record_result(ctx.store, result)
-        paths = write_result(result, ctx.out, getattr(mod, "plot", None))
+        paths = write_result(result, ctx.out, plot_for(args.analysis))
     finally:
         ctx.close()
-    print(result.markdown())
+    print(markdown(result))
     for k, v in result.summary.items():
         print(f"{k}: {v}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -71,14 +77,15 @@ def run_analysis(args) -> int:
 
 
 def run_report(args) -> int:
-    from skiptune.analysis import analysis_modules, stored_results, write_result
+    from skiptune.analysis import stored_results
     from skiptune.experiment import open_store
+    from skiptune.report.analyses import plot_for
+    from skiptune.report.tables import markdown, write_result
 
     db = Path(args.db)
     if not db.is_file():
         raise MissingFileError(f"no results store at {db}: run `skiptune analyze ...` first or pass --db")
     out = Path(args.out)
-    mods = analysis_modules()
     with open_store(db, create=False) as store:
         results = stored_results(store)
     if not results:
@@ -87,9 +94,9 @@ def run_report(args) -> int:
     parts = ["# Skip-Tuning analyses", "", f"Results store: `{db}`; {len(results)} result(s).", ""]
     for i, res in enumerate(results):
         sub = out / "report-files" / f"{i:03d}"
-        paths = write_result(res, sub, getattr(mods.get(res.name), "plot", None))
+        paths = write_result(res, sub, plot_for(res.name))
         parts += [f"## {res.name}", "", "Config: `" + ", ".join(f"{k}={v}" for k, v in res.config.items()) + "`", "",
-                  res.markdown(), ""]
+                  markdown(res), ""]
         parts += [f"- {k}: {v}" for k, v in res.summary.items()]
         parts += [f"- {n}" for n in res.notes]
         if "png" in paths:

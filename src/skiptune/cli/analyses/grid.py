@@ -1,0 +1,34 @@
+"""``skiptune analyze grid``: options, and the call of :func:`skiptune.analysis.grid.run_grid`."""
+
+from __future__ import annotations
+
+from skiptune.analysis.base import AnalysisResult
+from skiptune.analysis.context import AnalysisContext
+from skiptune.analysis.grid import run_grid
+from skiptune.analysis.scoring import canonical_rules
+from skiptune.core.errors import InputError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--samplers", default="heun", help="comma-separated samplers (default heun)")
+    p.add_argument("--nfe", default="9", help="comma-separated NFEs (default 9)")
+    p.add_argument("--rules", default="none;const:0.7", help="';'-separated rules (untouched always included)")
+    p.add_argument("--seeds", default="0-31", help="the seeds of every panel (default 0-31)")
+    p.add_argument("--grid", default="edm")
+    p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
+    p.add_argument("--ncols", type=int, default=8)
+    p.add_argument("--class-label", type=int, default=None, help="one class for all samples (conditional nets)")
+    p.add_argument("--batch", type=int, default=250)
+
+
+def run(args, ctx: AnalysisContext) -> AnalysisResult:
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    try:
+        nfes = [int(v) for v in args.nfe.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+    if not samplers or not nfes:
+        raise InputError("give at least one sampler and one NFE")
+    return run_grid(ctx.net, out=ctx.out, samplers=samplers, nfes=nfes, rules=canonical_rules(args.rules),
+                    seeds=args.seeds, grid=args.grid, mode=args.mode, ncols=args.ncols, class_label=args.class_label,
+                    batch=args.batch, device=ctx.device, store=ctx.store, progress=ctx.progress)
