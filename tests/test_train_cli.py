@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from skiptune.cli import main
@@ -73,3 +74,21 @@ def test_train_with_net_json_and_preset(tmp_path):
     assert main([*base, "--arch", "ddpmpp-tiny", "--cond", "--out", str(tmp_path / "b")]) == 0
     net = load_model(tmp_path / "b/network.safetensors")
     assert net.img_channels == 1 and net.label_dim == 10  # taken from the data
+
+
+@pytest.mark.parametrize("objective", ["edm", "ddpm", "s2dm"])
+def test_the_command_line_and_the_library_train_the_same_run_by_default(objective):
+    """Defaults and policy live in TrainConfig: the options the command line leaves unset give the library's run."""
+    from dataclasses import asdict
+
+    from skiptune.cli import build_parser
+    from skiptune.cli.train import config_from_args
+    from skiptune.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "digits", "--out", "runs/x", "--objective", objective,
+                                      "--steps", "5"])
+    cli = config_from_args(args)
+    lib = TrainConfig(objective=objective, steps=5)
+    differing = {k: (v, asdict(lib)[k]) for k, v in asdict(cli).items() if asdict(lib)[k] != v}
+    assert set(differing) <= {"out", "progress"}, differing  # where results go and the progress bar
+    assert lib.grad_clip == (None if objective == "edm" else 1.0)  # the DDPM recipe clips, EDM does not

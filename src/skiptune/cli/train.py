@@ -120,7 +120,7 @@ def config_from_args(args):
     if s2dm_only and args.objective != "s2dm":
         raise UsageError(f"{', '.join(s2dm_only)} only apply to --objective s2dm (got --objective {args.objective})")
     if args.grad_clip is None:
-        grad_clip = None if args.objective == "edm" else 1.0
+        grad_clip = "auto"  # TrainConfig's policy: 1.0 for ddpm/s2dm, none for edm
     elif args.grad_clip.strip().lower() == "none":
         grad_clip = None
     else:

@@ -45,8 +45,9 @@ class TrainConfig:
     Length: exactly one of ``steps`` and ``images`` (rounded up to whole batches).
     Objective: ``edm`` (the EDM loss; ``P_mean``/``P_std``), ``ddpm`` (discrete eps-prediction L0,
     antithetic timesteps) or ``s2dm`` (``tau L0 + (1 - tau) L_skip`` with skip span ``skip_span``; see
-    :mod:`skiptune.train.s2dm`); ``skip_span`` and ``tau`` are used by ``s2dm`` only. The DDPM recipe
-    clips gradients at 1.0: set ``grad_clip=1.0`` (the command line does so for ddpm/s2dm by default).
+    :mod:`skiptune.train.s2dm`); ``skip_span`` and ``tau`` are used by ``s2dm`` only. ``grad_clip="auto"``
+    (the default, here and on the command line) is the recipe of the objective: no clipping for ``edm``,
+    1.0 for ``ddpm``/``s2dm`` (the DDPM recipe); it is resolved on construction.
     Warm start: ``init_from`` names a skiptune checkpoint (or an EDM network pickle, read safely) of the
     same network whose weights start both the network and its EMA (optimizer, schedule and step count
     start afresh), e.g. to continue a run that has finished its cool-down or to fine-tune a trained
@@ -79,7 +80,7 @@ class TrainConfig:
     lr_cooldown_start: int | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    grad_clip: float | None = None
+    grad_clip: float | str | None = "auto"
     ema_halflife_images: float = 10_000
     ema_rampup_ratio: float | None = 0.05
     P_mean: float = -1.2
@@ -97,6 +98,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.grad_clip == "auto":  # the objective's recipe (one policy for the library and the command line)
+            self.grad_clip = None if self.objective == "edm" else 1.0
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
