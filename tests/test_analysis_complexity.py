@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis_nets import LinearDenoiser, tiny_net
-from skiptune.analysis.complexity import jacobian_norms, run_complexity
+from skiptune.analysis.complexity import ComplexityConfig, jacobian_norms, run_complexity
 from skiptune.cli import main
 from skiptune.experiment.results import units
 from skiptune.io import load_model, save_checkpoint
@@ -26,7 +26,7 @@ def _images(n, res=4):
 def test_exact_norms_of_a_linear_denoiser(one_thread):
     a = _a()
     net = LinearDenoiser(a)
-    res = run_complexity(net, _images(3), rules="none", sigmas="0.5,20", estimator="exact")
+    res = run_complexity(net, _images(3), ComplexityConfig(rules="none", sigmas="0.5,20", estimator="exact"))
     ones = torch.ones(16, dtype=torch.float64)
     for row in res.rows:  # J = A at every input and sigma
         assert row["frobenius"] == pytest.approx(float(a.norm()), rel=1e-6)
@@ -52,12 +52,30 @@ def test_hutchinson_is_within_its_monte_carlo_error(one_thread):
 
 def test_errors(one_thread):
     net = LinearDenoiser(_a())
-    with pytest.raises(ValueError, match="estimator"):
-        run_complexity(net, _images(3), rules="none", estimator="svd")
     with pytest.raises(ValueError, match="at least 2 images"):
-        run_complexity(net, _images(1), rules="none")
+        run_complexity(net, _images(1), ComplexityConfig(rules="none"))
     with pytest.raises(ValueError, match="no known skip sites"):
-        run_complexity(net, _images(3), rules="const:0.5")
+        run_complexity(net, _images(3), ComplexityConfig(rules="const:0.5"))
+
+
+def test_config_is_canonical_and_refuses_bad_settings_on_construction():
+    from skiptune.core.errors import InputError
+
+    cfg = ComplexityConfig()
+    assert cfg.rules == ("const:0.6", "const:0.8", "const:1", "const:1.2") and cfg.sigmas == (80.0, 5.0)
+    assert (cfg.estimator, cfg.probes, cfg.seed, cfg.chunk) == ("auto", 32, 0, 256)
+    assert ComplexityConfig(rules=["none", "layer:0.7"]).rules == ("none", "layer:0.7:1")
+    assert cfg.estimator_for(1024) == "exact" and cfg.estimator_for(1025) == "hutchinson"
+    with pytest.raises(InputError, match="unknown estimator 'svd'; use one of auto, exact, hutchinson"):
+        ComplexityConfig(estimator="svd")
+    with pytest.raises(InputError, match=r"probes must be an integer >= 1 \(Rademacher probes per image\), got 0"):
+        ComplexityConfig(probes=0)
+    with pytest.raises(InputError, match="chunk must be an integer >= 1"):
+        ComplexityConfig(chunk=2.5)
+    with pytest.raises(InputError, match="no rules given"):
+        ComplexityConfig(rules=[])
+    with pytest.raises(InputError, match="cannot read noise levels"):
+        ComplexityConfig(sigmas="80;5")
 
 
 def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thread):
@@ -71,7 +89,7 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thr
     got = json.loads((out / "complexity.json").read_text())
     assert got["config"]["estimator"] == "exact"  # 64 input dims
     lib = run_complexity(load_model(str(model)), load_dataset("digits", "test", resolution=8).images[:2],
-                         rules="const:0.5;none", sigmas="2")
+                         ComplexityConfig(rules="const:0.5;none", sigmas="2"))
     for row, ref in zip(got["rows"], lib.rows, strict=True):
         assert row["rule"] == ref["rule"] and row["frobenius"] == pytest.approx(ref["frobenius"], rel=1e-5)
     assert got["rows"][1]["ratio_to_baseline"] == pytest.approx(1.0)

@@ -8,7 +8,7 @@ from torch import nn
 
 from analysis_nets import JoinNet, tiny_net, toy_adapter
 from skiptune.analysis.denoising import edm_lognormal_sigmas, seeded_noise
-from skiptune.analysis.dsm import haar2d, ihaar2d, run_dsm
+from skiptune.analysis.dsm import DsmConfig, haar2d, ihaar2d, run_dsm
 from skiptune.cli import main
 from skiptune.core.stats import t_interval
 from skiptune.experiment.results import units
@@ -54,7 +54,7 @@ def test_losses_of_the_zero_denoiser_are_the_data_moments(one_thread):
     ext = wrap_module(lin, "linear", input_range=(-1.0, 1.0))
     y = _images(6)
     with toy_adapter():
-        res = run_dsm(ZeroJoins(), y, rules="none;const:0.5", sigmas="0.1,10",
+        res = run_dsm(ZeroJoins(), y, DsmConfig(rules="none;const:0.5", sigmas="0.1,10"),
                       extractors={"feature:lin": (ext, "features")})
     m2 = (y**2).flatten(1).mean(1).double()
     f2 = ((y.expand(-1, 3, -1, -1).flatten(1) @ w.T) ** 2).mean(1).double()
@@ -73,8 +73,8 @@ def test_paired_losses_of_a_linear_denoiser_match_hand_computation(one_thread):
     # JoinNet(2, 3, 1, scale 6) outputs (2 + 3 rho_0 + rho_1) x / 6: the identity at rho = 1, (2/3) x at rho = 0.5
     y, seed = _images(8), 5
     with toy_adapter():
-        res = run_dsm(JoinNet(2.0, 3.0, 1.0, 6.0), y, rules="none;const:0.5", sigmas="0.3,3", lognormal=False,
-                      seed=seed)
+        res = run_dsm(JoinNet(2.0, 3.0, 1.0, 6.0), y,
+                      DsmConfig(rules="none;const:0.5", sigmas="0.3,3", lognormal=False, seed=seed))
     n = seeded_noise(seed, 8, (1, 4, 4))
     rows = {(r["space"], r["sigma"], r["rule"]): r for r in res.rows}
     for s in (0.3, 3.0):
@@ -92,10 +92,29 @@ def test_paired_losses_of_a_linear_denoiser_match_hand_computation(one_thread):
 
 def test_errors(one_thread):
     net = tiny_net()
-    with pytest.raises(ValueError, match="baseline rule and at least one"):
-        run_dsm(net, _images(4, res=8), rules="none")
     with pytest.raises(ValueError, match="sites rule has 1 values"):
-        run_dsm(net, _images(4, res=8), rules="none;sites:0.5")
+        run_dsm(net, _images(4, res=8), DsmConfig(rules="none;sites:0.5"))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        run_dsm(net, _images(1, res=8), DsmConfig())
+
+
+def test_config_is_canonical_and_refuses_bad_settings_on_construction():
+    from skiptune.core.errors import InputError
+
+    cfg = DsmConfig()
+    assert cfg.rules == ("none", "const:0.7") and len(cfg.sigmas) == 5 and cfg.sigmas[0] == 80.0
+    assert (cfg.lognormal, cfg.seed, cfg.batch, cfg.lognormal_seed) == (True, 0, 100, 2_000_000)
+    assert DsmConfig(rules=["none", "const:0.70", "const:0.7"]).rules == ("none", "const:0.7")  # deduplicated
+    with pytest.raises(InputError, match="give a baseline rule and at least one rule to compare"):
+        DsmConfig(rules="none")
+    with pytest.raises(InputError, match="cannot read rule 'bogus'"):
+        DsmConfig(rules="none;bogus")
+    with pytest.raises(InputError, match="lognormal must be True or False"):
+        DsmConfig(lognormal="no")
+    with pytest.raises(InputError, match=r"batch must be an integer >= 1 \(images per forward pass\), got 0"):
+        DsmConfig(batch=0)
+    with pytest.raises(InputError, match="sigmas must be a spec"):
+        DsmConfig(sigmas=["a"])
 
 
 def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thread):
@@ -110,7 +129,7 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, one_thr
         assert (out / f"dsm.{ext}").stat().st_size > 0
     got = json.loads((out / "dsm.json").read_text())
     lib = run_dsm(load_model(str(model)), load_dataset("digits", "test", resolution=8).images[:6],
-                  rules="none;const:0.7", sigmas="0.5,5", extractors=[get_extractor("digits-classifier")])
+                  DsmConfig(rules="none;const:0.7", sigmas="0.5,5"), extractors=[get_extractor("digits-classifier")])
     assert len(got["rows"]) == len(lib.rows) == 6 * 3 * 2  # (pixel, 4 bands, 1 feature net) x 3 sigmas x 2 rules
     for row, ref in zip(got["rows"], lib.rows, strict=True):
         assert (row["space"], row["rule"]) == (ref["space"], ref["rule"])

@@ -1,5 +1,7 @@
 """``finetune``: rho fitting recovers a known optimum, full fine-tuning works on a copy, and the CLI end to end."""
 
+import argparse
+import dataclasses
 import json
 import math
 
@@ -8,8 +10,23 @@ import torch
 
 from analysis_nets import MaskNet, tiny_net, toy_adapter
 from skiptune.analysis.denoising import denoise
-from skiptune.analysis.finetune import finetune_weights, fit_rho, make_loss, rho_of, theta_of
+from skiptune.analysis.finetune import (
+    FidConfig,
+    FinetuneConfig,
+    FullFinetuneConfig,
+    RhoFitConfig,
+    finetune_weights,
+    fit_rho,
+    make_loss,
+    rho_of,
+    run_finetune,
+    theta_of,
+)
 from skiptune.cli import main
+from skiptune.cli.analyses import finetune as finetune_cli
+from skiptune.core.errors import InputError
+from skiptune.demo.assets import classifier_extractor
+from skiptune.experiment import Scorer, load_reference
 from skiptune.experiment.results import units
 from skiptune.io import save_checkpoint
 from skiptune.store import Store
@@ -68,6 +85,69 @@ def test_full_finetuning_trains_a_copy_and_reports_checkpoints(one_thread):
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # the original is untouched
     with pytest.raises(ValueError, match="checkpoints must lie in"):
         finetune_weights(net, _images(8, res=8), make_loss("pixel"), steps=3, checkpoints=[5])
+
+
+def test_the_config_defaults_are_the_command_line_defaults():
+    parser = argparse.ArgumentParser()
+    finetune_cli.add_arguments(parser)
+    assert finetune_cli.config_from_args(parser.parse_args([])) == FinetuneConfig()
+    args = parser.parse_args(["--params", "sigmoid", "--full-checkpoints", "2,4", "--full-steps", "4", "--nfe", "3,5",
+                              "--compare-rules", "const:0.7; layer:0.8", "--feature-weight", "0.5"])
+    config = finetune_cli.config_from_args(args)
+    assert config.rho.params == ("sigmoid",) and config.fid.nfes == (3, 5)
+    assert config.fid.compare_rules == ("const:0.7", "layer:0.8")
+    assert config.full.checkpoint_steps == [2, 4] and config.rho.feature_weight == config.full.feature_weight == 0.5
+
+
+@pytest.mark.parametrize("cls, settings, message", [
+    (RhoFitConfig, {"params": ("tanh",)}, r"RhoFitConfig\.params: unknown parametrisation 'tanh'; use raw and/or"),
+    (RhoFitConfig, {"params": "raw"}, r"RhoFitConfig\.params must be a sequence such as"),
+    (RhoFitConfig, {"loss": "wavelet"}, r"RhoFitConfig\.loss: unknown loss 'wavelet'; use one of feature"),
+    (RhoFitConfig, {"steps": 0}, r"RhoFitConfig\.steps must be an integer >= 1, got 0"),
+    (RhoFitConfig, {"lr": 0.0}, r"RhoFitConfig\.lr must be a finite number > 0"),
+    (RhoFitConfig, {"init_sigmoid": 1.0}, r"RhoFitConfig\.init_sigmoid must lie in \(0, sigmoid_max = 1\).*raise "
+                                          "sigmoid_max"),
+    (FullFinetuneConfig, {"steps": 4, "checkpoints": (2, 5)}, r"FullFinetuneConfig\.checkpoints must lie in 1\.\.4"),
+    (FullFinetuneConfig, {"steps": -1}, r"FullFinetuneConfig\.steps must be an integer >= 0"),
+    (FullFinetuneConfig, {"batch": 0}, r"FullFinetuneConfig\.batch must be an integer >= 1"),
+    (FidConfig, {"sampler": "rk45"}, r"FidConfig\.sampler: unknown sampler 'rk45'; use one of .*heun"),
+    (FidConfig, {"nfes": ()}, r"FidConfig\.nfes is empty"),
+    (FidConfig, {"seeds": "5-2"}, r"FidConfig\.seeds '5-2'"),
+    (FidConfig, {"seed_sets": 0}, r"FidConfig\.seed_sets must be an integer >= 1"),
+    (FidConfig, {"compare_rules": ("bogus:1",)}, r"FidConfig\.compare_rules: cannot read rule 'bogus:1'"),
+    (FinetuneConfig, {"weighting": "snr"}, r"FinetuneConfig\.weighting: unknown weighting 'snr'; use edm or none"),
+    (FinetuneConfig, {"rho": {"steps": 3}}, r"FinetuneConfig\.rho must be a RhoFitConfig"),
+])
+def test_an_invalid_setting_is_refused_when_the_config_is_built(cls, settings, message):
+    with pytest.raises(InputError, match=message):
+        cls(**settings)
+
+
+def test_configs_are_frozen_and_revalidated_on_replace():
+    config = FinetuneConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1  # type: ignore[misc]
+    assert RhoFitConfig(params=["raw"]).params == ("raw",)  # sequences are kept as tuples
+    assert RhoFitConfig(params=("raw",), init_sigmoid=1.0).init("raw") == 1.0  # unused sigmoid start: not checked
+    assert dataclasses.replace(config.full, steps=10).checkpoint_steps == [5, 10]  # default: half-way and end
+    assert FullFinetuneConfig(steps=4, checkpoints=(0, 2)).checkpoint_steps == [2]
+    assert FullFinetuneConfig(steps=0).checkpoint_steps == []
+    with pytest.raises(InputError, match="sigmoid_max"):
+        dataclasses.replace(config.rho, sigmoid_max=0.5)
+
+
+def test_the_library_runs_from_a_config_without_a_store(one_thread):
+    net = tiny_net()
+    ext = classifier_extractor()
+    scorer = Scorer(ext, load_reference("digits", ext, resolution=8))
+    config = FinetuneConfig(seed=1, rho=RhoFitConfig(params=("sigmoid",), loss="pixel", steps=2, batch=4),
+                            full=FullFinetuneConfig(steps=0),
+                            fid=FidConfig(nfes=(3,), seeds="0-3", seed_sets=2, batch=4, compare_rules=()))
+    result = run_finetune(net, _images(8, res=8), config, scorer=scorer)
+    assert [r["method"] for r in result.rows] == ["baseline", "rho fine-tuned (sigmoid)"]
+    assert result.config["rho"] == config.rho.record() and result.config["full"]["checkpoints"] == []
+    assert result.config["fid"]["seed_sets"] == ["0-3", "4-7"] and result.config["seed"] == 1
+    assert result.notes[2] == "Full fine-tuning skipped."
 
 
 def test_cli_end_to_end_and_resumes_from_store(tmp_path, one_thread):

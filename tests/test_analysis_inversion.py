@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -11,10 +14,21 @@ import torch
 from scipy.stats import chi2
 
 from analysis_tiny import common_args, run_cli, tiny_assets, unit_rows
-from skiptune.analysis.inversion import inversion_grid, invert_to_noise, noise_kernels, noise_mmd
+from skiptune.analysis.context import AnalysisContext
+from skiptune.analysis.inversion import (
+    InversionConfig,
+    inversion_grid,
+    invert_to_noise,
+    noise_kernels,
+    noise_mmd,
+    run_inversion,
+)
 from skiptune.cli import main
+from skiptune.cli.analyses import inversion as inversion_cli
+from skiptune.core.errors import InputError
 from skiptune.metrics.mmd import Kernel, mmd2
 from skiptune.sampling import GaussianMixture, SeedNoise
+from skiptune.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,6 +141,17 @@ def test_inversion_cli_end_to_end_and_resume(tmp_path, tmp_path_factory, capsys)
     assert "training split" in md and (out / "inversion.png").stat().st_size > 1000
     assert main([*args, "--seed-sets", "2"]) == 0  # rerun: nothing recomputed
     assert unit_rows(db, "inversion") == units
+    # the library with the same settings reads the same units (its unit configs are the command line's)
+    ctx = AnalysisContext(model=str(tiny["model"]), data=str(tiny["data"]), db=None, progress=False)
+    config = InversionConfig(rules="none;const:0.7;const:1", steps=3, seeds="0-7", seed_sets=2,
+                             data_id=f"{tiny['data']}:train")
+    data = ctx.dataset("train")
+    with Store(db) as store:
+        lib = run_inversion(ctx.net, data.images, data.labels, config, store=store)
+    assert unit_rows(db, "inversion") == units
+    assert lib.config == json.loads((out / "inversion.json").read_text())["config"]
+    assert [(r["kernel"], r["rule"], r["mmd2"]) for r in lib.rows] == [
+        (r["kernel"], r["rule"], pytest.approx(float(r["mmd2"]), rel=1e-12)) for r in rows]
     capsys.readouterr()
     assert main([*args, "--seed-sets", "7"]) == 2  # 7 x 8 images > 48
     assert "only 48 are available" in capsys.readouterr().err
@@ -134,3 +159,26 @@ def test_inversion_cli_end_to_end_and_resume(tmp_path, tmp_path_factory, capsys)
     assert "deterministic" in capsys.readouterr().err
     assert main([*args, "--split", "test"]) == 2
     assert "pass --split train" in capsys.readouterr().err
+
+
+def test_inversion_config_refuses_bad_settings_and_has_the_cli_defaults():
+    with pytest.raises(InputError, match=r"InversionConfig\.sampler: inversion needs a deterministic sampler"):
+        InversionConfig(sampler="edm_sde")
+    with pytest.raises(InputError, match=r"InversionConfig\.steps must be an integer >= 1, got 0"):
+        InversionConfig(steps=0)
+    with pytest.raises(InputError, match=r"InversionConfig\.rbf_scales: RBF bandwidth scales must be numbers > 0"):
+        InversionConfig(rbf_scales=(1.0, 0.0))
+    with pytest.raises(InputError, match=r"InversionConfig\.seeds: seed range '5-1' is empty"):
+        InversionConfig(seeds="5-1")
+    with pytest.raises(InputError, match=r"InversionConfig\.seed_sets must be an integer >= 1"):
+        InversionConfig(seed_sets=0)
+    with pytest.raises(InputError, match=r"InversionConfig\.grid: unknown grid 'discrete'"):
+        InversionConfig(grid="discrete")
+    # rules in canonical form; the untouched network is added (first) when missing, else kept in place
+    assert InversionConfig().rules == ("none", "layer:0.7:1", "const:0.7")
+    assert InversionConfig(rules="const:0.7").rules == ("none", "const:0.7")
+    assert InversionConfig(rules=("const:0.7", "const:1")).rules == ("const:0.7", "none")
+    p = argparse.ArgumentParser()
+    inversion_cli.add_arguments(p)
+    assert (inversion_cli.config_from_args(p.parse_args([]), AnalysisContext(), "test")
+            == dataclasses.replace(InversionConfig(), data_id="digits:test"))

@@ -7,7 +7,7 @@ import torch
 
 from analysis_nets import JoinNet, tiny_net, toy_adapter
 from skiptune.analysis import stored_results
-from skiptune.analysis.norms import run_norms
+from skiptune.analysis.norms import NormsConfig, run_norms
 from skiptune.cli import main
 from skiptune.experiment.results import units
 from skiptune.io import load_model, save_checkpoint
@@ -23,7 +23,7 @@ def test_ratio_of_hand_built_joins_and_under_a_rule(one_thread):
     a0, b0, b1 = 2.0, 3.0, -1.0
     with toy_adapter():
         net = JoinNet(a0, b0, b1)
-        res = run_norms(net, _images(5), sigmas="0.5,3")
+        res = run_norms(net, _images(5), NormsConfig(sigmas="0.5,3"))
         avg = {r["site"]: r for r in res.rows if r["sigma"] == "mean"}
         # every sample: ||d0|| / ||u0|| = |b0 / a0|, ||d1|| / ||u1|| = |b1 / (a0 + b0)|
         assert avg[0]["prop"] == pytest.approx(1.5, rel=1e-6)
@@ -32,7 +32,7 @@ def test_ratio_of_hand_built_joins_and_under_a_rule(one_thread):
         assert all(r["prop"] == pytest.approx(1.5 if r["site"] == 0 else 0.2, rel=1e-6) for r in res.rows)
         assert len([r for r in res.rows if r["sigma"] != "mean"]) == 2 * 2  # per-sigma curves
         # with rho = 0.5 at both sites: d0 -> 1.5 x, u1 = (2 + 1.5) x, d1 -> -0.5 x
-        tuned = run_norms(net, _images(5), sigmas="1", rule="const:0.5")
+        tuned = run_norms(net, _images(5), NormsConfig(sigmas="1", rule="const:0.5"))
         props = {r["site"]: r["prop"] for r in tuned.rows if r["sigma"] == "mean"}
         assert props[0] == pytest.approx(0.75, rel=1e-6)
         assert props[1] == pytest.approx(0.5 / 3.5, rel=1e-6)
@@ -42,8 +42,8 @@ def test_innermost_site_scales_exactly_with_rho(one_thread):
     # u_0 is computed before any join, so a rule changes only d_0 there: prop_0(rho) = rho prop_0(1)
     net = tiny_net()
     x = _images(4, res=8)
-    base = run_norms(net, x, sigmas="0.3,2")
-    half = run_norms(net, x, sigmas="0.3,2", rule="const:0.5")
+    base = run_norms(net, x, NormsConfig(sigmas="0.3,2"))
+    half = run_norms(net, x, NormsConfig(sigmas="0.3,2", rule="const:0.5"))
     b = {(r["site"], r["sigma"]): r["prop"] for r in base.rows}
     h = {(r["site"], r["sigma"]): r["prop"] for r in half.rows}
     assert h[(0, 0.3)] == pytest.approx(0.5 * b[(0, 0.3)], rel=1e-6)
@@ -54,13 +54,33 @@ def test_innermost_site_scales_exactly_with_rho(one_thread):
 def test_bad_input_is_rejected(one_thread):
     net = tiny_net()
     with pytest.raises(ValueError, match="no images"):
-        run_norms(net, torch.zeros((0, 1, 8, 8)))
+        run_norms(net, torch.zeros((0, 1, 8, 8)), NormsConfig())
+    with pytest.raises(ValueError, match="at least 2 images"):
+        run_norms(net, _images(1, res=8), NormsConfig())
     with pytest.raises(ValueError, match="8x8"):
-        run_norms(net, _images(3, res=4))
+        run_norms(net, _images(3, res=4), NormsConfig())
     with pytest.raises(ValueError, match="sites rule has 2 values"):
-        run_norms(net, _images(3, res=8), rule="sites:0.5,0.6")
-    with pytest.raises(ValueError, match="noise levels"):
-        run_norms(net, _images(3, res=8), sigmas="edm:x")
+        run_norms(net, _images(3, res=8), NormsConfig(rule="sites:0.5,0.6"))
+
+
+def test_config_is_canonical_and_refuses_bad_settings_on_construction():
+    from skiptune.core.errors import InputError
+
+    cfg = NormsConfig(sigmas=[3, 0.5], rule="const:0.50")
+    assert (cfg.sigmas, cfg.seed, cfg.rule, cfg.batch) == ((3.0, 0.5), 0, "const:0.5", 64)
+    assert NormsConfig().sigmas == NormsConfig(sigmas="edm:10").sigmas and len(NormsConfig().sigmas) == 10
+    with pytest.raises(InputError, match="cannot read noise levels 'edm:x'"):
+        NormsConfig(sigmas="edm:x")
+    with pytest.raises(InputError, match="noise levels must be finite and > 0"):
+        NormsConfig(sigmas=[1.0, -2.0])
+    with pytest.raises(InputError, match="rule 'const:x': a value is not a number"):
+        NormsConfig(rule="const:x")
+    with pytest.raises(InputError, match=r"batch must be an integer >= 1 \(images per forward pass\), got 0"):
+        NormsConfig(batch=0)
+    with pytest.raises(InputError, match="seed must be an integer >= 0"):
+        NormsConfig(seed=-1)
+    with pytest.raises(AttributeError):
+        cfg.batch = 8  # frozen
 
 
 def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, capsys, one_thread):
@@ -73,7 +93,7 @@ def test_cli_end_to_end_matches_library_and_resumes_from_store(tmp_path, capsys,
         assert (out / f"norms.{ext}").stat().st_size > 0
     got = json.loads((out / "norms.json").read_text())
     images = load_dataset("digits", "test", resolution=8).images[:4]
-    lib = run_norms(load_model(str(model)), images, sigmas="0.5,5")
+    lib = run_norms(load_model(str(model)), images, NormsConfig(sigmas="0.5,5"))
     assert got["summary"]["mean_prop"] == pytest.approx(lib.summary["mean_prop"], rel=1e-6)
     assert "mean_prop" in capsys.readouterr().out
     # a rerun reads every unit from the store: overwrite one stored unit and see it come back

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import math
 
 import pytest
 
 from analysis_tiny import common_args, run_rows, tiny_assets
-from skiptune.analysis.order import mean_rho, order_rules
+from skiptune.analysis.order import OrderConfig, mean_rho, order_rules
 from skiptune.cli import main
+from skiptune.cli.analyses import order as order_cli
+from skiptune.core.errors import InputError, UsageError
 from skiptune.skip import as_rule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +46,35 @@ def test_order_input_errors():
         order_rules(0.0)
     with pytest.raises(ValueError, match="'sigma' or 'log'"):
         order_rules(0.7, "time")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"rho0": ()}, "rho0: give at least one rho_0"),
+    ({"rho0": (0.7, 0.0)}, "finite and > 0"),
+    ({"rho0": (float("nan"),)}, "finite and > 0"),
+    ({"rho0": "0.7"}, "rho0 must be a sequence of numbers"),
+    ({"rho0": ("x",)}, "rho0 must be a sequence of numbers"),
+    ({"space": "time"}, "'sigma' or 'log'"),
+    ({"sampler": "nope"}, "unknown sampler 'nope'"),
+    ({"nfe": -1}, "nfe must be an integer >= 1"),
+    ({"sampler": "heun", "nfe": 4}, "cannot use exactly 4 NFE"),
+])
+def test_order_config_refuses_invalid_settings_on_construction(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        OrderConfig(**kwargs)
+
+
+def test_order_config_is_frozen_normalised_and_matches_the_cli_defaults():
+    cfg = OrderConfig(rho0=[0.7, 1], space="log")
+    assert cfg.rho0 == (0.7, 1.0)
+    assert cfg.rules() == {0.7: order_rules(0.7, "log"), 1.0: order_rules(1.0, "log")}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.space = "sigma"
+    p = argparse.ArgumentParser()
+    order_cli.add_arguments(p)
+    assert order_cli.config_from_args(p.parse_args([])) == OrderConfig()
+    with pytest.raises(UsageError, match="--rho0 must be comma-separated numbers"):
+        order_cli.config_from_args(p.parse_args(["--rho0", ","]))
 
 
 def test_order_cli_end_to_end(tmp_path, tmp_path_factory, capsys):

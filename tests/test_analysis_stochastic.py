@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import math
 
 import pytest
@@ -10,8 +12,10 @@ import pytest
 from analysis_tiny import common_args, run_rows, tiny_assets
 from skiptune.analysis.context import AnalysisContext
 from skiptune.analysis.scoring import FidSetup, fid_estimates
-from skiptune.analysis.stochastic import check_churns, churn_gamma
+from skiptune.analysis.stochastic import StochasticConfig, check_churns, churn_gamma, run_stochastic
 from skiptune.cli import main
+from skiptune.cli.analyses import stochastic as stochastic_cli
+from skiptune.core.errors import InputError, UsageError
 from skiptune.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,6 +31,39 @@ def test_churn_gamma_and_validation():
         check_churns([-1], 10)
     with pytest.raises(ValueError, match="at least one"):
         check_churns([], 10)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"churns": ()}, "at least one S_churn"),
+    ({"churns": (0, -1)}, "S_churn must be finite and >= 0"),
+    ({"churns": (float("inf"),)}, "S_churn must be finite and >= 0"),
+    ({"churns": (0, 1, 1)}, "S_churn 1 given more than once"),
+    ({"churns": "0,1"}, "churns must be a sequence of S_churn numbers"),
+    ({"rules": ()}, "rules: give at least one rule"),
+    ({"rules": ("const:0.8", "bogus:1")}, "cannot read rule 'bogus:1'"),
+    ({"s_tmin": -1.0}, r"s_tmin \(EDM S_tmin\) must be a finite number >= 0"),
+    ({"s_noise": float("nan")}, r"s_noise \(EDM S_noise\) must be a finite number >= 0"),
+    ({"nfe": 0}, "nfe must be an integer >= 1"),
+    ({"nfe": 4}, "cannot use exactly 4 NFE"),
+])
+def test_stochastic_config_refuses_invalid_settings_on_construction(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        StochasticConfig(**kwargs)
+
+
+def test_stochastic_config_is_frozen_normalised_and_matches_the_cli_defaults():
+    cfg = StochasticConfig(nfe=3, churns=[0, 2], rules="const:0.8; layer:0.7", s_noise=1)
+    assert cfg.churns == (0.0, 2.0) and cfg.rules == ("const:0.8", "layer:0.7")
+    assert cfg.measured_rules == ["none", "const:0.8", "layer:0.7:1"] and cfg.options == {"S_noise": 1.0}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.nfe = 5
+    p = argparse.ArgumentParser()
+    stochastic_cli.add_arguments(p)
+    assert stochastic_cli.config_from_args(p.parse_args([])) == StochasticConfig()
+    with pytest.raises(UsageError, match="--churn must be comma-separated numbers"):
+        stochastic_cli.config_from_args(p.parse_args(["--churn", "0,x"]))
+    with pytest.raises(UsageError, match="--rules must be ';'-separated rules"):
+        stochastic_cli.config_from_args(p.parse_args(["--rules", " ; "]))
 
 
 def test_stochastic_cli_end_to_end(tmp_path, tmp_path_factory, capsys):
@@ -51,6 +88,14 @@ def test_stochastic_cli_end_to_end(tmp_path, tmp_path_factory, capsys):
         heun = fid_estimates(ctx.net, setup, sampler="heun", nfe=3, rules=["none", "const:0.8"], store=store)
     for r in rows[:2]:
         assert heun[r["rule"]].mean == float(r["fid"])
+    # the library call with the same settings reads every run from the store and gives the same table
+    config = StochasticConfig(nfe=3, churns=(0, 0.5), rules=("const:0.8",))
+    with Store(db) as store:
+        lib = run_stochastic(ctx.net, setup, config, store=store)
+    assert [(r["S_churn"], r["rule"], r["fid"]) for r in lib.rows] == [
+        (float(r["S_churn"]), r["rule"], float(r["fid"])) for r in rows]
+    with pytest.raises(InputError, match="same gamma"):  # saturation on the grid is checked before any sampling
+        run_stochastic(ctx.net, setup, StochasticConfig(nfe=3, churns=(5, 9)))
     runs = run_rows(db)
     assert main(args) == 0  # rerun: nothing recomputed
     assert run_rows(db) == runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -15,8 +16,13 @@ from scipy.stats import t as student_t
 from analysis_tiny import common_args, run_cli, tiny_assets, unit_rows
 from skiptune import load_model
 from skiptune.analysis.context import AnalysisContext
+from skiptune.analysis.grid import GridConfig, run_grid
 from skiptune.analysis.scoring import FidSetup, fid_estimates
+from skiptune.analysis.sweep import SweepConfig, run_sweep
 from skiptune.cli import main
+from skiptune.cli.analyses import grid as grid_cli
+from skiptune.cli.analyses import sweep as sweep_cli
+from skiptune.core.errors import InputError
 from skiptune.experiment.generate import SamplingSpec, generate, to_uint8
 from skiptune.io.images import make_grid
 from skiptune.store import Metric, Store
@@ -28,6 +34,12 @@ def _t(values):
     m = float(np.mean(values))
     half = student_t.ppf(0.975, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
     return m, m - half, m + half
+
+
+def _default_args(add_arguments) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args([])
 
 
 def test_sweep_reads_the_store_and_averages_over_seed_sets(tmp_path, tmp_path_factory, capsys):
@@ -67,6 +79,16 @@ def test_sweep_reads_the_store_and_averages_over_seed_sets(tmp_path, tmp_path_fa
     summary = json.loads((out / "sweep.json").read_text())["summary"]
     best = min(rows, key=lambda r: float(r["fid"]))["rule"]
     assert summary["best[euler, NFE 3]"].startswith(best) and summary["runs_read"] == 6
+    # the library with its default config reads the same runs as the command line
+    with Store(db) as store:
+        lib = run_sweep(ctx.net, store=store)
+        assert run_sweep(None, SweepConfig(model_id=fp), store=store).rows == lib.rows
+    stored = json.loads((out / "sweep.json").read_text())
+    assert lib.config == stored["config"] and lib.summary == stored["summary"]
+    assert [(r["rule"], r["fid"], r["diff"]) for r in lib.rows] == [
+        (r["rule"], pytest.approx(float(r["fid"]), rel=1e-12), pytest.approx(float(r["diff"]), abs=1e-9)) for r in rows]
+    with pytest.raises(InputError, match="results store"):
+        run_sweep(ctx.net)
     # --all-rules also tabulates the ramp (rho empty: it is not on the rho axis)
     assert main(["analyze", "sweep", *common_args(tiny, db, out), "--all-rules"]) == 0
     rows = list(csv.DictReader(open(out / "sweep.csv", newline="")))
@@ -100,3 +122,41 @@ def test_grid_same_seeds_side_by_side(tmp_path, tmp_path_factory):
     assert len(units) == 2
     assert main(args) == 0  # a rerun reads both panels from the store
     assert unit_rows(db, "grid-panel") == units
+    # the library with the same settings reads the same panels (the unit configs are the command line's)
+    with Store(db) as store:
+        lib = run_grid(net, tmp_path / "lib", GridConfig(samplers=["euler"], nfes=[3], rules="const:0.7", seeds="0-3"),
+                       store=store)
+    assert unit_rows(db, "grid-panel") == units
+    assert lib.config == json.loads((out / "grid.json").read_text())["config"]
+    assert [(r["rule"], r["mean_abs_diff"]) for r in lib.rows] == [
+        (r["rule"], pytest.approx(float(r["mean_abs_diff"]), rel=1e-12)) for r in rows]
+
+
+def test_sweep_config_refuses_bad_settings_and_has_the_cli_defaults():
+    with pytest.raises(InputError, match=r"SweepConfig\.nfes must hold integers >= 1"):
+        SweepConfig(nfes=(9, 0))
+    with pytest.raises(InputError, match=r"SweepConfig\.samplers must be a sequence of sampler names"):
+        SweepConfig(samplers="heun")
+    with pytest.raises(InputError, match=r"SweepConfig\.model_id"):
+        SweepConfig(model_id="")
+    assert SweepConfig(samplers=["heun"], nfes=[9.0]) == SweepConfig(samplers=("heun",), nfes=(9,))
+    assert SweepConfig(samplers=None, nfes=None) == SweepConfig()
+    assert sweep_cli.config_from_args(_default_args(sweep_cli.add_arguments), AnalysisContext()) == SweepConfig()
+
+
+def test_grid_config_refuses_bad_settings_and_has_the_cli_defaults():
+    with pytest.raises(InputError, match=r"GridConfig\.ncols must be an integer >= 1, got 0"):
+        GridConfig(ncols=0)
+    with pytest.raises(InputError, match=r"GridConfig\.nfes: sampler 'heun' cannot use exactly 4 NFE"):
+        GridConfig(nfes=(4,))
+    with pytest.raises(InputError, match=r"GridConfig\.samplers: unknown sampler 'hune'"):
+        GridConfig(samplers=("hune",))
+    with pytest.raises(InputError, match=r"GridConfig\.rules"):
+        GridConfig(rules=("const:abc",))
+    with pytest.raises(InputError, match=r"GridConfig\.seeds"):
+        GridConfig(seeds="")
+    with pytest.raises(InputError, match=r"GridConfig\.mode: unknown mode 'sum'"):
+        GridConfig(mode="sum")
+    # rules in canonical form, the untouched network first
+    assert GridConfig(rules="layer:0.7;none").rules == ("none", "layer:0.7:1")
+    assert grid_cli.config_from_args(_default_args(grid_cli.add_arguments), AnalysisContext()) == GridConfig()

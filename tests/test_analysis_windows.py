@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import math
 
 import pytest
 
 from analysis_tiny import common_args, run_cli, run_rows, tiny_assets
-from skiptune.analysis.windows import step_windows
+from skiptune.analysis.context import AnalysisContext
+from skiptune.analysis.scoring import FidSetup
+from skiptune.analysis.windows import WindowsConfig, run_windows, step_windows
 from skiptune.cli import main
+from skiptune.cli.analyses import windows as windows_cli
+from skiptune.core.errors import InputError, UsageError
 from skiptune.sampling import edm_sigmas
 from skiptune.skip import as_rule
+from skiptune.store import Store
 
 # one thread, as in the CLI subprocesses: the reference statistics (part of every run key) are then bit-identical
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,6 +58,38 @@ def test_window_input_errors():
         step_windows(sig, 1, "const:0")
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"window_steps": 0}, "window_steps must be an integer >= 1"),
+    ({"window_steps": 1.5}, "window_steps must be an integer >= 1"),
+    ({"rule": "const:0"}, "finite and > 0"),
+    ({"rule": "bogus:1"}, "cannot read rule"),
+    ({"sampler": "nope"}, "unknown sampler 'nope'"),
+    ({"nfe": 0}, "nfe must be an integer >= 1"),
+    ({"sampler": "heun", "nfe": 8}, "cannot use exactly 8 NFE"),
+    ({"only": ()}, "only must be a non-empty sequence of window indices"),
+    ({"only": (0, -1)}, "only must be a non-empty sequence of window indices"),
+    ({"only": (0.5,)}, "only must be a non-empty sequence of window indices"),
+    ({"only": "0,1"}, "only must be a non-empty sequence of window indices"),
+])
+def test_windows_config_refuses_invalid_settings_on_construction(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        WindowsConfig(**kwargs)
+
+
+def test_windows_config_is_frozen_normalised_and_matches_the_cli_defaults():
+    cfg = WindowsConfig(only=[3, 0], rule="layer:0.7")
+    assert cfg.only == (3, 0) and cfg.canonical_rule == "layer:0.7:1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.nfe = 3
+    p = argparse.ArgumentParser()
+    windows_cli.add_arguments(p)
+    assert windows_cli.config_from_args(p.parse_args([])) == WindowsConfig()
+    assert windows_cli.config_from_args(p.parse_args(["--only", "2, 0"])).only == (2, 0)
+    for bad in ("x", "1,a", ","):
+        with pytest.raises(UsageError, match="--only must be comma-separated window indices"):
+            windows_cli.config_from_args(p.parse_args(["--only", bad]))
+
+
 def test_windows_cli_end_to_end_resumes_and_matches_identities(tmp_path, tmp_path_factory, capsys):
     tiny = tiny_assets(tmp_path_factory)
     db, out = tmp_path / "r.sqlite", tmp_path / "out"
@@ -76,6 +115,17 @@ def test_windows_cli_end_to_end_resumes_and_matches_identities(tmp_path, tmp_pat
     # a rerun recomputes nothing
     assert main(args) == 0
     assert run_rows(db) == runs2
+    # the library call with the same settings is the same analysis: same key and rows, nothing recomputed
+    ctx = AnalysisContext(model=str(tiny["model"]), data=str(tiny["data"]), db=None, progress=False)
+    setup = FidSetup(ctx.scorer, ctx.model_ref, seeds="0-5", seed_sets=2)
+    stored = json.loads((out / "windows.json").read_text())
+    with Store(db) as store:
+        lib = run_windows(ctx.net, setup, WindowsConfig(sampler="euler", nfe=4, window_steps=2), store=store)
+    assert lib.config == stored["config"] and [r["window"] for r in lib.rows] == ["none", "all", "0", "1"]
+    assert [r["fid"] for r in lib.rows] == [float(r["fid"]) for r in rows]
+    assert run_rows(db) == runs2
+    with pytest.raises(InputError, match=r"window indices \[2\] do not exist"):  # checked before any sampling
+        run_windows(ctx.net, setup, WindowsConfig(sampler="euler", nfe=4, window_steps=2, only=(2,)))
     # one window of 4 steps covers every evaluation: exactly the rule applied throughout
     assert main([*args[:-4], "--window-steps", "4", "--seeds", "0-5", "--seed-sets", "2"]) == 0
     assert len(run_rows(db)) == 5 * 2

@@ -22,6 +22,8 @@ d = 1024.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,14 +32,17 @@ from tqdm.auto import tqdm
 from skiptune.analysis.base import AnalysisResult, cached
 from skiptune.analysis.denoising import (
     attached,
+    check_image_count,
     check_rule,
     denoise,
     images_for,
     interval,
     one_hot,
-    parse_sigmas,
     seeded_noise,
+    setting_rule,
+    setting_sigmas,
 )
+from skiptune.core.checks import integer
 from skiptune.core.checksums import state_dict_sha256, tensor_sha256
 from skiptune.core.errors import InputError
 
@@ -46,6 +51,62 @@ HELP = "denoiser input-gradient norm E_x ||dD(x)/dx|| against rho (Table 1, Fig.
 ESTIMATORS = ("auto", "exact", "hutchinson")
 EXACT_MAX_DIM = 1024
 PAPER_TABLE1 = {"EDM sigma=80": 0.1219, "CD EDM sigma=80": 0.3525, "EDM sigma=5": 0.9425, "DI EDM sigma=5": 8.4765}
+#: the probe generators of image j are seeded ``seed + PROBE_SEED_OFFSET + j``
+PROBE_SEED_OFFSET = 1_000_000
+
+
+@dataclass(frozen=True)
+class ComplexityConfig:
+    """Settings of :func:`run_complexity`, checked on construction; the defaults are those of
+    ``skiptune analyze complexity``.
+
+    ``rules``: a sweep string (``"none;const:0.6:1.2:0.2"``, see :func:`skiptune.runs.sweep.expand_rules`)
+    or a sequence of rules, kept as the tuple of canonical rule strings (their fit to the network is
+    checked when run); ``sigmas``: the noise levels (as in :class:`~skiptune.analysis.norms.NormsConfig`);
+    ``estimator``: one of :data:`ESTIMATORS`; ``probes``: Rademacher probes per image (hutchinson);
+    ``seed``: noise seed of the first image (image j uses ``seed + j``; its probes
+    ``seed + PROBE_SEED_OFFSET + j``); ``chunk``: vector-Jacobian products per batch.
+    """
+
+    rules: str | Sequence[str] = "const:0.6:1.2:0.2"
+    sigmas: str | Sequence[float] = "80,5"
+    estimator: str = "auto"
+    probes: int = 32
+    seed: int = 0
+    chunk: int = 256
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", _setting_rules(self.rules))
+        object.__setattr__(self, "sigmas", setting_sigmas(self.sigmas))
+        if self.estimator not in ESTIMATORS:
+            raise InputError(f"unknown estimator {self.estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        value = integer(self.probes, minimum=1, what="probes", meaning="Rademacher probes per image")
+        object.__setattr__(self, "probes", value)
+        value = integer(self.seed, minimum=0, what="seed", meaning="the noise seed of the first image")
+        object.__setattr__(self, "seed", value)
+        value = integer(self.chunk, minimum=1, what="chunk", meaning="vector-Jacobian products per batch")
+        object.__setattr__(self, "chunk", value)
+
+    @property
+    def probe_seed(self) -> int:
+        return self.seed + PROBE_SEED_OFFSET
+
+    def estimator_for(self, dim: int) -> str:
+        """The estimator used for inputs of ``dim`` dimensions (``auto``: exact up to :data:`EXACT_MAX_DIM`)."""
+        if self.estimator != "auto":
+            return self.estimator
+        return "exact" if dim <= EXACT_MAX_DIM else "hutchinson"
+
+
+def _setting_rules(rules: str | Sequence[str]) -> tuple[str, ...]:
+    from skiptune.runs.sweep import expand_rules
+
+    if isinstance(rules, str):
+        return tuple(expand_rules(rules))
+    out = tuple(setting_rule(r) for r in rules)
+    if not out:
+        raise InputError("rules: no rules given; give at least one, e.g. 'none;const:0.7'")
+    return out
 
 
 def _vjp_rows(net: nn.Module, x: torch.Tensor, sigma: float, label: torch.Tensor | None,
@@ -95,14 +156,16 @@ def jacobian_norms(net: nn.Module, x: torch.Tensor, sigma: float, label: torch.T
     return {"frobenius": math.sqrt(total / probes), "spectral": math.nan, "sum_grad": sum_grad}
 
 
-def _unit(net, images, noise, labels, rule, sigma, estimator, probes, probe_seed, chunk) -> dict[str, list[float]]:
+def _unit(net, images, noise, labels, rule: str, sigma: float, estimator: str,
+          config: ComplexityConfig) -> dict[str, list[float]]:
+    """Per-image Jacobian norms of one (rule, sigma), with the resolved ``estimator``."""
     out: dict[str, list[float]] = {"frobenius": [], "spectral": [], "sum_grad": []}
     with attached(net, rule):
         for j in range(len(images)):
-            g = torch.Generator().manual_seed(probe_seed + j)
+            g = torch.Generator().manual_seed(config.probe_seed + j)
             x = images[j] + sigma * noise[j]
             norms = jacobian_norms(net, x, sigma, None if labels is None else labels[j], estimator=estimator,
-                                   probes=probes, generator=g, chunk=chunk)
+                                   probes=config.probes, generator=g, chunk=config.chunk)
             for k, v in norms.items():
                 out[k].append(v)
     return out
@@ -117,44 +180,41 @@ def _rho_of(rule: str) -> float | None:
     return getattr(r, "rho", getattr(r, "bottom", None))
 
 
-def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = "const:0.6:1.2:0.2",
-                   sigmas: str | list[float] = "80,5", estimator: str = "auto", probes: int = 32, seed: int = 0,
-                   labels: torch.Tensor | None = None, chunk: int = 256, store=None, progress: bool = False,
+def run_complexity(net: nn.Module, images: torch.Tensor, config: ComplexityConfig, *,
+                   labels: torch.Tensor | None = None, store=None, progress: bool = False,
                    model_id: str | None = None) -> AnalysisResult:
     """Per (rule, sigma): mean over images of the Jacobian norms of D (seed 003, eq. 3, Table 1, Fig. 3).
 
-    ``rules``: a list, or a sweep string (``"none;const:0.6:1.2:0.2"``, see
-    :func:`skiptune.runs.sweep.expand_rules`); the first untouched rule (``none`` or ``const:1``) is the
-    baseline for the paired ratios ``frobenius / frobenius(baseline)`` on the same inputs.
-    Each (rule, sigma) is one unit in ``store``.
+    ``images``: real images [N, C, H, W] in [-1, 1], N >= 2 (with their ``labels`` for a
+    class-conditional network); ``config``: see :class:`ComplexityConfig`. The first untouched rule
+    (``none`` or ``const:1``) is the baseline for the paired ratios ``frobenius / frobenius(baseline)``
+    on the same inputs. Each (rule, sigma) is one unit in ``store``; ``model_id`` names the model in
+    the stored config (the sha256 of its weights when None).
     """
-    from skiptune.runs.sweep import expand_rules
-
-    if estimator not in ESTIMATORS:
-        raise InputError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
     images = images_for(net, images)
-    n = len(images)
-    if n < 2:
-        raise InputError("need at least 2 images (intervals are over images)")
-    rule_list = expand_rules(rules) if isinstance(rules, str) else [str(r) for r in rules]
-    rule_list = [check_rule(net, r) for r in rule_list]
-    sig = parse_sigmas(sigmas)
+    n = check_image_count(len(images))
+    rule_list = [check_rule(net, r) for r in config.rules]
+    sig = list(config.sigmas)
     d = images[0].numel()
-    resolved = estimator if estimator != "auto" else ("exact" if d <= EXACT_MAX_DIM else "hutchinson")
-    onehot = one_hot(net, labels, n)
-    noise = seeded_noise(seed, n, images.shape[1:])
-    probe_seed = seed + 1_000_000
-    config = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n, "seed": seed,
-              "rules": rule_list, "sigmas": sig, "estimator": resolved,
-              "probes": probes if resolved == "hutchinson" else None}
+    resolved = config.estimator_for(d)
+    stored = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n,
+              "seed": config.seed, "rules": rule_list, "sigmas": sig, "estimator": resolved,
+              "probes": config.probes if resolved == "hutchinson" else None}
+    inputs = (images, seeded_noise(config.seed, n, images.shape[1:]), one_hot(net, labels, n))
+    unit_base = {k: v for k, v in stored.items() if k not in ("rules", "sigmas")}
     units: dict[tuple[str, float], dict] = {}
     work = [(r, s) for r in rule_list for s in sig]
     for r, s in tqdm(work, desc="complexity", unit="unit", disable=not progress):
-        unit = {k: v for k, v in config.items() if k not in ("rules", "sigmas")} | {"rule": r, "sigma": s}
-        units[(r, s)] = cached(store, "complexity", unit,
-                               lambda r=r, s=s: _unit(net, images, noise, onehot, r, s, resolved, probes,
-                                                      probe_seed, chunk))
+        units[(r, s)] = cached(store, "complexity", unit_base | {"rule": r, "sigma": s},
+                               lambda r=r, s=s: _unit(net, *inputs, r, s, resolved, config))
     baseline = next((r for r in rule_list if r in ("none", "const:1")), None)
+    rows = _rows(rule_list, sig, units, baseline)
+    summary = _summary(rows, sig, baseline, {"estimator": resolved, "input_dim": d, "n_images": n})
+    return AnalysisResult(NAME, stored, rows, summary, _notes(config, resolved, d, n, baseline))
+
+
+def _rows(rule_list: list[str], sig: list[float], units: dict, baseline: str | None) -> list[dict]:
+    """One row per (rule, sigma): each norm's mean (with its interval for frobenius) and the paired ratio."""
     rows = []
     for r in rule_list:
         for s in sig:
@@ -170,7 +230,11 @@ def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | s
                 b = units[(baseline, s)]["frobenius"]
                 row |= interval([a / c for a, c in zip(u["frobenius"], b, strict=True)], "ratio_to_baseline")
             rows.append(row)
-    summary: dict = {"estimator": resolved, "input_dim": d, "n_images": n}
+    return rows
+
+
+def _summary(rows: list[dict], sig: list[float], baseline: str | None, summary: dict) -> dict:
+    """``summary`` with, per sigma, the baseline norm and whether the norm decreases strictly in rho."""
     for s in sig:
         pts = sorted((row["rho"], row["frobenius"]) for row in rows if row["sigma"] == s and row["rho"] is not None)
         if baseline is not None:
@@ -178,11 +242,16 @@ def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | s
                                                               if row["sigma"] == s and row["rule"] == baseline)
         if len(pts) >= 2:
             summary[f"decreasing_in_rho_sigma={s:g}"] = all(b[1] < a[1] for a, b in zip(pts, pts[1:], strict=False))
+    return summary
+
+
+def _notes(config: ComplexityConfig, resolved: str, d: int, n: int, baseline: str | None) -> list[str]:
+    seed, probe_seed, probes = config.seed, config.probe_seed, config.probes
     est_text = {"exact": f"exact: the full {d} x {d} Jacobian from {d} vector-Jacobian products per image",
                 "hutchinson": f"Hutchinson: ||J||_F^2 = E_v ||J^T v||^2 with {probes} Rademacher probes per image "
                               f"(probe seeds {probe_seed}..{probe_seed + n - 1}); sqrt of the unbiased estimate "
                               "of the square; spectral not estimated"}[resolved]
-    notes = [
+    return [
         "U = the preconditioned denoiser D(x, sigma) at fixed sigma; x = y + sigma n for real images y, n from "
         f"seeds {seed}..{seed + n - 1}; {n} images per (rule, sigma). Estimator: {est_text}.",
         "frobenius = ||dD/dx||_F (headline: the l2 norm of the flattened gradient), spectral = ||dD/dx||_2, "
@@ -193,7 +262,3 @@ def run_complexity(net: nn.Module, images: torch.Tensor, *, rules: list[str] | s
         "Paper: Table 1 EDM ImageNet-64 0.1219 (sigma 80), 0.9425 (sigma 5); distilled models larger; Fig. 3: "
         "the norm increases monotonically as rho decreases below 1.",
     ]
-    return AnalysisResult(NAME, config, rows, summary, notes)
-
-
-# -- command line ------------------------------------------------------------------------------------------------------

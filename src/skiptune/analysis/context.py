@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.experiment import ModelRef, Scorer, load_reference, open_store
 from skiptune.store import Store
 
@@ -60,7 +61,7 @@ class AnalysisContext:
     def dataset(self, split: str = "train"):
         from skiptune.train.data import load_dataset
 
-        res = getattr(self.net, "img_resolution", None)
+        res = DenoiserInfo.of(self.net).img_resolution
         return load_dataset(self.data, split=split, resolution=res)
 
     def images(self, split: str = "train", n: int | None = None) -> torch.Tensor:
@@ -77,7 +78,7 @@ class AnalysisContext:
     @cached_property
     def scorer(self) -> Scorer:
         """The feature network with the data set's training split as FID reference."""
-        res = getattr(self.net, "img_resolution", None)
+        res = DenoiserInfo.of(self.net).img_resolution
         return Scorer(self.extractor, load_reference(self.data, self.extractor, resolution=res))
 
     @property

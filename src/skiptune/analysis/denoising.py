@@ -2,9 +2,9 @@
 
 They all evaluate the preconditioned denoiser ``D(x, sigma)`` on noisy real images
 ``x = y + sigma n`` (seed 003, Sec. 3 and 5): this module turns their common options into tensors
-(noise-level grids, images matched to the network, seeded noise, one-hot labels), attaches rules
-and per-site transforms through the network's adapter, and summarises per-sample values with
-Student-t intervals.
+(noise-level grids, images matched to the network, seeded noise, one-hot labels), checks the
+settings of their config classes, attaches rules and per-site transforms through the network's
+adapter, and summarises per-sample values with Student-t intervals.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.core.stats import t_interval
 from skiptune.sampling import EDMDenoiser, SeedNoise
@@ -85,6 +86,26 @@ def edm_lognormal_sigmas(n: int, generator: torch.Generator, p_mean: float = EDM
     return (p_mean + p_std * torch.randn([n], generator=generator, dtype=torch.float64)).exp()
 
 
+# -- settings --------------------------------------------------------------------------------------------------------
+# The checks behind the config classes of the analyses (NormsConfig, ComplexityConfig, DsmConfig): each returns the
+# setting in its canonical, immutable form, or raises InputError naming the setting and what to give instead.
+
+def setting_sigmas(value: str | Sequence[float]) -> tuple[float, ...]:
+    """The noise levels of a :func:`parse_sigmas` spec (``edm:10``, ``80,5``) or of a sequence, as a tuple."""
+    if not isinstance(value, str):
+        try:
+            value = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise InputError(f"sigmas must be a spec such as 'edm:10' or '80,5,0.5', or a sequence of numbers; "
+                             f"got {value!r}") from None
+    return tuple(parse_sigmas(value))
+
+
+def setting_rule(value: Any) -> str:
+    """The canonical string of one rule; whether it fits a network's skip sites is checked by :func:`check_rule`."""
+    return str(as_rule(value))
+
+
 # -- data ------------------------------------------------------------------------------------------------------------
 
 def images_for(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -94,13 +115,13 @@ def images_for(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise InputError("images must be a float tensor [N, C, H, W] in [-1, 1]")
     if images.shape[0] == 0:
         raise InputError("no images: the data set or the requested count is empty")
-    res = getattr(net, "img_resolution", None)
-    ch = getattr(net, "img_channels", None)
-    if res is not None and tuple(images.shape[2:]) != (res, res):
+    info = DenoiserInfo.of(net)
+    res, ch = info.img_resolution, info.img_channels
+    if tuple(images.shape[2:]) != (res, res):
         raise InputError(f"images are {images.shape[2]}x{images.shape[3]} but the network works at {res}x{res}: "
                          "load the data at the network's resolution")
     x = images.to(torch.float32)
-    if ch is not None and x.shape[1] != ch:
+    if x.shape[1] != ch:
         if x.shape[1] == 1 and ch == 3:
             x = x.expand(-1, 3, -1, -1).contiguous()
         elif x.shape[1] == 3 and ch == 1:
@@ -110,9 +131,16 @@ def images_for(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_image_count(n: int) -> int:
+    """``n`` when there are at least 2 images (the intervals are over images)."""
+    if n < 2:
+        raise InputError(f"need at least 2 images (intervals are over images), got {n}: give more images")
+    return n
+
+
 def one_hot(net: nn.Module, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
     """One-hot class labels for a class-conditional network (None for an unconditional one)."""
-    dim = int(getattr(net, "label_dim", 0) or 0)
+    dim = DenoiserInfo.of(net).label_dim
     if not dim:
         return None
     if labels is None:

@@ -30,6 +30,8 @@ baseline are paired per image.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,16 +41,20 @@ from skiptune.analysis.base import AnalysisResult, cached
 from skiptune.analysis.denoising import (
     attached,
     batches,
+    check_image_count,
     check_rule,
     denoise,
     edm_lognormal_sigmas,
     images_for,
     interval,
     one_hot,
-    parse_sigmas,
     seeded_noise,
+    setting_rule,
+    setting_sigmas,
 )
+from skiptune.core.checks import integer
 from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.train.loss import edm_weight
 
@@ -56,6 +62,46 @@ NAME = "dsm"
 HELP = "score-matching loss per sigma in pixel, feature and Haar spaces, baseline vs tuned (Tables 8, 9, 14)"
 BANDS = ("LL", "LH", "HL", "HH")
 LOGNORMAL = "lognormal"
+#: the log-normal noise levels are drawn from a generator seeded ``seed + LOGNORMAL_SEED_OFFSET``
+LOGNORMAL_SEED_OFFSET = 2_000_000
+
+
+@dataclass(frozen=True)
+class DsmConfig:
+    """Settings of :func:`run_dsm`, checked on construction; the defaults are those of ``skiptune analyze dsm``.
+
+    ``rules``: the baseline rule first, then at least one rule to compare, ``;``-separated or a
+    sequence, kept as the tuple of distinct canonical rule strings (their fit to the network is
+    checked when run); ``sigmas``: the fixed noise levels (as in
+    :class:`~skiptune.analysis.norms.NormsConfig`); ``lognormal``: add the EDM-weighted log-normal
+    aggregate; ``seed``: noise seed of the first image (image j uses ``seed + j``); ``batch``:
+    images per forward pass.
+    """
+
+    rules: str | Sequence[str] = "none;const:0.7"
+    sigmas: str | Sequence[float] = "edm:5"
+    lognormal: bool = True
+    seed: int = 0
+    batch: int = 100
+
+    def __post_init__(self):
+        rules = [r.strip() for r in self.rules.split(";") if r.strip()] if isinstance(self.rules, str) \
+            else list(self.rules)
+        if len(rules) < 2:
+            raise InputError(f"rules {self.rules!r}: give a baseline rule and at least one rule to compare, "
+                             "e.g. 'none;const:0.7'")
+        object.__setattr__(self, "rules", tuple(dict.fromkeys(setting_rule(r) for r in rules)))
+        object.__setattr__(self, "sigmas", setting_sigmas(self.sigmas))
+        if not isinstance(self.lognormal, bool):
+            raise InputError(f"lognormal must be True or False (add the log-normal aggregate), got {self.lognormal!r}")
+        value = integer(self.seed, minimum=0, what="seed", meaning="the noise seed of the first image")
+        object.__setattr__(self, "seed", value)
+        value = integer(self.batch, minimum=1, what="batch", meaning="images per forward pass")
+        object.__setattr__(self, "batch", value)
+
+    @property
+    def lognormal_seed(self) -> int:
+        return self.seed + LOGNORMAL_SEED_OFFSET
 
 
 # -- Haar wavelet ------------------------------------------------------------------------------------------------------
@@ -131,48 +177,57 @@ def _unit(net, images, noise, labels, rule, sigma, sigmas_per_image, sigma_data,
     return acc
 
 
-def run_dsm(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = ("none", "const:0.7"),
-            sigmas: str | list[float] = "edm:5", extractors: dict | None = None, lognormal: bool = True,
-            seed: int = 0, labels: torch.Tensor | None = None, batch: int = 100, store=None, progress: bool = False,
+def run_dsm(net: nn.Module, images: torch.Tensor, config: DsmConfig, *, extractors: dict | None = None,
+            labels: torch.Tensor | None = None, store=None, progress: bool = False,
             model_id: str | None = None) -> AnalysisResult:
     """Score-matching losses of the baseline (first rule) and tuned rules, per space and sigma (Tables 8, 9, 14).
 
-    ``rules``: list or ``;``-separated; the first is the baseline. ``extractors``: list of
-    :class:`~skiptune.metrics.FeatureExtractor` (each used with its FID feature) or a dict
-    ``space name -> (extractor, feature)``. Each (rule, sigma) is one unit in ``store``.
+    ``images``: clean held-out images [N, C, H, W] in [-1, 1], N >= 2 (with their ``labels`` for a
+    class-conditional network); ``config``: see :class:`DsmConfig`. ``extractors``: the feature
+    networks, a list of :class:`~skiptune.metrics.FeatureExtractor` (each used with its FID feature)
+    or a dict ``space name -> (extractor, feature)``; none by default (pixel and Haar spaces only).
+    Each (rule, sigma) is one unit in ``store``; ``model_id`` names the model in the stored config
+    (the sha256 of its weights when None).
     """
     images = images_for(net, images)
-    n = len(images)
-    if n < 2:
-        raise InputError("need at least 2 images (intervals are over images)")
-    rule_list = [r.strip() for r in rules.split(";") if r.strip()] if isinstance(rules, str) else list(rules)
-    if len(rule_list) < 2:
-        raise InputError("give a baseline rule and at least one rule to compare, e.g. 'none;const:0.7'")
-    rule_list = list(dict.fromkeys(check_rule(net, r) for r in rule_list))
-    sig: list = parse_sigmas(sigmas) + ([LOGNORMAL] if lognormal else [])
+    n = check_image_count(len(images))
+    rule_list = [check_rule(net, r) for r in config.rules]
+    sig: list = list(config.sigmas) + ([LOGNORMAL] if config.lognormal else [])
     spaces = _spaces(extractors)
-    sigma_data = float(getattr(net, "sigma_data", 0.5))
+    sigma_data = DenoiserInfo.of(net).sigma_data
     onehot = one_hot(net, labels, n)
-    noise = seeded_noise(seed, n, images.shape[1:])
-    lognormal_seed = seed + 2_000_000
-    sigmas_per_image = edm_lognormal_sigmas(n, torch.Generator().manual_seed(lognormal_seed))
-    with torch.no_grad():
-        clean_feats = {k: torch.cat([ext.float_features(images[sl], features=[f])[f].double().cpu()
-                                     for sl in batches(n, batch)]) for k, (ext, f) in spaces.items()}
+    noise = seeded_noise(config.seed, n, images.shape[1:])
+    sigmas_per_image = edm_lognormal_sigmas(n, torch.Generator().manual_seed(config.lognormal_seed))
+    clean_feats = _clean_features(images, spaces, config.batch)
     feat_cfg = {k: {"extractor": ext.name, "feature": f, "weights_sha256": ext.weights_sha256}
                 for k, (ext, f) in spaces.items()}
-    config = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n, "seed": seed,
-              "rules": rule_list, "sigmas": sig, "features": feat_cfg, "sigma_data": sigma_data,
-              "lognormal_seed": lognormal_seed if lognormal else None}
+    stored = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n,
+              "seed": config.seed, "rules": rule_list, "sigmas": sig, "features": feat_cfg, "sigma_data": sigma_data,
+              "lognormal_seed": config.lognormal_seed if config.lognormal else None}
+    unit_base = {k: v for k, v in stored.items() if k not in ("rules", "sigmas")}
     units = {}
     work = [(r, s) for r in rule_list for s in sig]
     for r, s in tqdm(work, desc="dsm", unit="unit", disable=not progress):
-        unit = {k: v for k, v in config.items() if k not in ("rules", "sigmas")} | {"rule": r, "sigma": s}
-        units[(r, s)] = cached(store, "dsm", unit,
+        units[(r, s)] = cached(store, "dsm", unit_base | {"rule": r, "sigma": s},
                                lambda r=r, s=s: _unit(net, images, noise, onehot, r, s, sigmas_per_image,
-                                                      sigma_data, spaces, clean_feats, batch))
+                                                      sigma_data, spaces, clean_feats, config.batch))
     first = units[(rule_list[0], sig[0])]  # units read back from the store have their keys sorted: fix the order
     names = [k for k in ("pixel", *BANDS) if k in first] + list(spaces)
+    rows, summary = _rows(names, sig, rule_list, units)
+    notes = _notes(n, config, [s for s in sig if s != LOGNORMAL], sigma_data, feat_cfg, rule_list[0])
+    return AnalysisResult(NAME, stored, rows, summary, notes)
+
+
+def _clean_features(images: torch.Tensor, spaces: dict, batch: int) -> dict[str, torch.Tensor]:
+    """``f(y)`` of the clean images in every feature space (float64, on the CPU)."""
+    with torch.no_grad():
+        return {k: torch.cat([ext.float_features(images[sl], features=[f])[f].double().cpu()
+                              for sl in batches(len(images), batch)]) for k, (ext, f) in spaces.items()}
+
+
+def _rows(names: list[str], sig: list, rule_list: list[str], units: dict) -> tuple[list[dict], dict]:
+    """One row per (space, sigma, rule), the tuned rules with their paired difference to the baseline (the first
+    rule); the summary: weighted differences of the log-normal aggregate and the count of lowered feature losses."""
     base = rule_list[0]
     rows, summary = [], {}
     for space in names:
@@ -194,11 +249,15 @@ def run_dsm(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = ("
                 and row["sigma"] != LOGNORMAL]
         if feat:
             summary[f"feature losses lowered at [{r}]"] = f"{sum(row['diff'] < 0 for row in feat)}/{len(feat)} sigmas"
-    fixed = [s for s in sig if s != LOGNORMAL]
-    notes = [
+    return rows, summary
+
+
+def _notes(n: int, config: DsmConfig, fixed: list[float], sigma_data: float, feat_cfg: dict, base: str) -> list[str]:
+    seed, lognormal = config.seed, config.lognormal
+    return [
         f"{n} held-out images, noise from seeds {seed}..{seed + n - 1}; fixed sigmas "
         f"{', '.join(f'{s:.4g}' for s in fixed)}" + (f"; lognormal: one draw ln sigma ~ N(-1.2, 1.2^2) per image "
-                                                   f"(generator seed {lognormal_seed}), loss weighted by "
+                                                   f"(generator seed {config.lognormal_seed}), loss weighted by "
                                                    f"(sigma^2 + {sigma_data:g}^2) / (sigma {sigma_data:g})^2"
                                                    if lognormal else "") + ".",
         "pixel = mean over C, H, W of (D(y + sigma n) - y)^2; LL/LH/HL/HH = mean square of the one-level orthonormal "
@@ -211,7 +270,6 @@ def run_dsm(net: nn.Module, images: torch.Tensor, *, rules: list[str] | str = ("
         "ResNet-101 30.8421 -> 30.7297, CLIP 12.6432 -> 12.4550 (down, Table 8); ResNet-101 gain largest at "
         "sigma 17.5 (Table 9); all Haar bands up slightly (Table 14).",
     ]
-    return AnalysisResult(NAME, config, rows, summary, notes)
 
 
 def _mean(v):
@@ -224,6 +282,3 @@ def _spaces(extractors) -> dict:
     if isinstance(extractors, dict):
         return dict(extractors)
     return {f"feature:{ext.name}": (ext, ext.feature_for("fid")) for ext in extractors}
-
-
-# -- command line ------------------------------------------------------------------------------------------------------

@@ -20,16 +20,19 @@ feature network's FID feature (differentiable through
 raw rho is projected onto rho >= 0.001 after each step (rules need rho > 0). The learned rho
 becomes a ``sites:`` rule, and FIDs of every variant are computed by :func:`skiptune.runs.sweep.run_sweep`
 with the same seeds (so differences to the baseline are paired).
+
+Settings: a frozen :class:`FinetuneConfig` (loss weighting, seed) with the parts :class:`RhoFitConfig`,
+:class:`FullFinetuneConfig` and :class:`FidConfig`, grouped as the stored result's ``config`` groups
+them; each checks itself on construction, and its defaults are those of ``skiptune analyze finetune``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import tempfile
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,10 +49,18 @@ from skiptune.analysis.denoising import (
     images_for,
     one_hot,
 )
+from skiptune.analysis.scoring import results_store
+from skiptune.core.checks import finite, integer, positive
 from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.core.stats import t_interval
-from skiptune.sampling import sampler_fields
+from skiptune.experiment import Scorer
+from skiptune.runs.sweep import SweepSpec, run_sweep
+from skiptune.runs.sweep import seed_sets as split_seed_sets
+from skiptune.sampling import SAMPLERS, sampler_fields
+from skiptune.skip import canonical_rule
+from skiptune.store import Store
 from skiptune.train.loss import edm_weight
 
 NAME = "finetune"
@@ -59,6 +70,181 @@ LOSSES = ("feature", "pixel", "hybrid")
 RHO_FLOOR = 1e-3
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# -- settings ----------------------------------------------------------------------------------------------------------
+
+def _as_tuple(obj, name: str, example: str) -> None:
+    """Store the sequence field ``name`` of a frozen config as a tuple (a bare string is refused, not split)."""
+    value = getattr(obj, name)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InputError(f"{type(obj).__name__}.{name} must be a sequence such as {example}, got {value!r}")
+    object.__setattr__(obj, name, tuple(value))
+
+
+@dataclass(frozen=True)
+class RhoFitConfig:
+    """The rho fits of Table 11 (frozen weights, one learned rho per skip site): ``config["rho"]``.
+
+    ``params``: parametrisations to fit, ``raw`` (rho = theta) and/or ``sigmoid`` (rho = sigmoid_max *
+    sigmoid(theta)); ``()`` skips the fits. ``loss``: one of :data:`LOSSES` (``feature_weight`` weighs the
+    feature term of ``hybrid``). Adam with learning rate ``lr`` cosine-decayed over ``steps`` batches of
+    ``batch`` draws; the raw fit starts at rho = ``init_raw``, the sigmoid fit at ``init_sigmoid``.
+    """
+
+    params: tuple[str, ...] = PARAMS
+    loss: str = "feature"
+    steps: int = 50
+    batch: int = 32
+    lr: float = 0.02
+    init_raw: float = 1.0
+    init_sigmoid: float = 0.9
+    sigmoid_max: float = 1.0
+    feature_weight: float = 1.0
+
+    def __post_init__(self):
+        _as_tuple(self, "params", "('raw', 'sigmoid')")
+        for p in self.params:
+            if p not in PARAMS:
+                raise InputError(f"RhoFitConfig.params: unknown parametrisation {p!r}; use raw and/or sigmoid "
+                                 "(or () to skip the rho fits)")
+        if self.loss not in LOSSES:
+            raise InputError(f"RhoFitConfig.loss: unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+        integer(self.steps, minimum=1, what="RhoFitConfig.steps")
+        integer(self.batch, minimum=1, what="RhoFitConfig.batch")
+        positive(self.lr, what="RhoFitConfig.lr")
+        finite(self.init_raw, what="RhoFitConfig.init_raw")
+        positive(self.sigmoid_max, what="RhoFitConfig.sigmoid_max")
+        finite(self.feature_weight, what="RhoFitConfig.feature_weight")
+        if "sigmoid" in self.params and not 0 < self.init_sigmoid < self.sigmoid_max:
+            raise InputError(f"RhoFitConfig.init_sigmoid must lie in (0, sigmoid_max = {self.sigmoid_max:g}) "
+                             f"(sigmoid rho = sigmoid_max * sigmoid(theta)), got {self.init_sigmoid!r}: lower "
+                             "init_sigmoid or raise sigmoid_max")
+
+    def init(self, param: str) -> float:
+        """The initial rho of the fit with parametrisation ``param``."""
+        return self.init_raw if param == "raw" else self.init_sigmoid
+
+    def unit(self, param: str) -> dict:
+        """The settings of the fit with parametrisation ``param``, as its stored unit holds them."""
+        return {"param": param, "loss": self.loss, "steps": self.steps, "batch": self.batch, "lr": self.lr,
+                "init": self.init(param), "rho_max": self.sigmoid_max if param == "sigmoid" else None,
+                "feature_weight": self.feature_weight if self.loss == "hybrid" else None}
+
+    def record(self) -> dict:
+        """``config["rho"]`` of the stored result."""
+        return {"params": list(self.params), "loss": self.loss, "steps": self.steps, "batch": self.batch,
+                "lr": self.lr, "init_raw": self.init_raw, "init_sigmoid": self.init_sigmoid,
+                "sigmoid_max": self.sigmoid_max, "feature_weight": self.feature_weight}
+
+
+@dataclass(frozen=True)
+class FullFinetuneConfig:
+    """The full fine-tuning of Table 12 (all weights of a copy, L_pixel + feature_weight L_feature):
+    ``config["full"]``.
+
+    ``steps`` Adam steps (cosine-decayed ``lr``) of ``batch`` draws; 0 skips it. FID is measured after
+    the steps in ``checkpoints`` (None or empty: half-way and at the end; a 0 is dropped).
+    """
+
+    steps: int = 60
+    checkpoints: tuple[int, ...] | None = None
+    batch: int = 32
+    lr: float = 2e-4
+    feature_weight: float = 1.0
+
+    def __post_init__(self):
+        integer(self.steps, minimum=0, what="FullFinetuneConfig.steps")
+        integer(self.batch, minimum=1, what="FullFinetuneConfig.batch")
+        positive(self.lr, what="FullFinetuneConfig.lr")
+        finite(self.feature_weight, what="FullFinetuneConfig.feature_weight")
+        if self.checkpoints is not None:
+            _as_tuple(self, "checkpoints", "(30, 60)")
+            for c in self.checkpoints:
+                integer(c, minimum=0, what="every FullFinetuneConfig.checkpoints entry")
+        bad = [c for c in self.checkpoint_steps if not 1 <= c <= self.steps]
+        if bad:
+            raise InputError(f"FullFinetuneConfig.checkpoints must lie in 1..{self.steps} (the steps), got {bad}: "
+                             "drop them or raise FullFinetuneConfig.steps")
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """The steps after which FID is measured, sorted (``[]`` when the fine-tuning is skipped)."""
+        if not self.steps:
+            return []
+        default = [self.steps // 2, self.steps] if self.steps > 1 else [self.steps]
+        return sorted(set(self.checkpoints or default) - {0})
+
+    def record(self) -> dict:
+        """``config["full"]`` of the stored result."""
+        return {"steps": self.steps, "checkpoints": self.checkpoint_steps, "batch": self.batch, "lr": self.lr,
+                "loss": "hybrid", "feature_weight": self.feature_weight}
+
+
+@dataclass(frozen=True)
+class FidConfig:
+    """How every variant is scored: ``sampler`` at each NFE in ``nfes`` on ``seed_sets`` disjoint seed sets
+    (``seeds`` is the first, e.g. ``0-99``; the others are shifted copies), generated ``batch`` at a time;
+    ``compare_rules`` are the hand-set Skip-Tuning rules measured next to the learned ones."""
+
+    sampler: str = "heun"
+    nfes: tuple[int, ...] = (9,)
+    seeds: str = "0-99"
+    seed_sets: int = 3
+    batch: int = 100
+    compare_rules: tuple[str, ...] = ("const:0.7",)
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"FidConfig.sampler: unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        _as_tuple(self, "nfes", "(9,)")
+        if not self.nfes:
+            raise InputError("FidConfig.nfes is empty: give at least one NFE, e.g. (9,)")
+        for nfe in self.nfes:
+            integer(nfe, minimum=1, what="every FidConfig.nfes entry")
+        integer(self.seed_sets, minimum=1, what="FidConfig.seed_sets")
+        integer(self.batch, minimum=1, what="FidConfig.batch")
+        try:
+            split_seed_sets(self.seeds, self.seed_sets)
+        except ValueError as e:
+            raise InputError(f"FidConfig.seeds {self.seeds!r}: {e}; give e.g. '0-99' or '0,3,7'") from None
+        _as_tuple(self, "compare_rules", "('const:0.7',)")
+        for rule in self.compare_rules:
+            try:
+                canonical_rule(rule)
+            except ValueError as e:
+                raise InputError(f"FidConfig.compare_rules: {e}") from None
+
+    @property
+    def sets(self) -> list[str]:
+        """The seed sets, e.g. ``["0-99", "100-199", "200-299"]``."""
+        return split_seed_sets(self.seeds, self.seed_sets)
+
+    def record(self) -> dict:
+        """``config["fid"]`` of the stored result (the sampler with its revision)."""
+        return {**sampler_fields(self.sampler), "nfes": list(self.nfes), "seed_sets": self.sets, "batch": self.batch}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Every setting of :func:`run_finetune`: the loss ``weighting`` over sigma (``edm`` lambda(sigma) or
+    ``none``), the ``seed`` of the training draws, and the parts. The defaults are those of ``skiptune
+    analyze finetune``. (The command line sets both ``feature_weight`` fields from ``--feature-weight``.)"""
+
+    weighting: str = "edm"
+    seed: int = 0
+    rho: RhoFitConfig = field(default_factory=RhoFitConfig)
+    full: FullFinetuneConfig = field(default_factory=FullFinetuneConfig)
+    fid: FidConfig = field(default_factory=FidConfig)
+
+    def __post_init__(self):
+        if self.weighting not in ("edm", "none"):
+            raise InputError(f"FinetuneConfig.weighting: unknown weighting {self.weighting!r}; use edm or none")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise InputError(f"FinetuneConfig.seed must be an integer, got {self.seed!r}")
+        for name, cls in (("rho", RhoFitConfig), ("full", FullFinetuneConfig), ("fid", FidConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise InputError(f"FinetuneConfig.{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
 
 
 # -- losses ------------------------------------------------------------------------------------------------------------
@@ -163,7 +349,7 @@ def fit_rho(net: nn.Module, images: torch.Tensor, loss: LossFn, *, param: str = 
     opt = torch.optim.Adam([theta], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     draws = _Draws(images, labels, batch, seed, p_mean, p_std)
-    sigma_data = float(getattr(net, "sigma_data", 0.5))
+    sigma_data = DenoiserInfo.of(net).sigma_data
     current: dict[str, torch.Tensor] = {}
     flags = [p.requires_grad for p in net.parameters()]
     was_training = net.training
@@ -216,7 +402,7 @@ def finetune_weights(net: nn.Module, images: torch.Tensor, loss: LossFn, *, step
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     draws = _Draws(images, labels, batch, seed)
-    sigma_data = float(getattr(net, "sigma_data", 0.5))
+    sigma_data = DenoiserInfo.of(net).sigma_data
     losses, results = [], {}
     for step in tqdm(range(1, steps + 1), desc="fine-tune", disable=not progress, leave=False):
         model.train()
@@ -241,143 +427,165 @@ def _sites_rule(rho: Sequence[float]) -> str:
     return "sites:" + ",".join(f"{max(r, RHO_FLOOR):.4g}" for r in rho)
 
 
-def run_finetune(net: nn.Module, images: torch.Tensor, *, extractor, ref, params: Sequence[str] = PARAMS,
-                 rho_loss: str = "feature", rho_steps: int = 50, rho_batch: int = 32, rho_lr: float = 0.02,
-                 init_raw: float = 1.0, init_sigmoid: float = 0.9, sigmoid_max: float = 1.0,
-                 full_steps: int = 60, full_checkpoints: Sequence[int] | None = None, full_batch: int = 32,
-                 full_lr: float = 2e-4, feature_weight: float = 1.0, weighting: str = "edm",
-                 compare_rules: Sequence[str] = ("const:0.7",), sampler: str = "heun", nfes: Sequence[int] = (9,),
-                 seeds: str = "0-99", num_seed_sets: int = 3, fid_batch: int = 100, seed: int = 0,
-                 labels: torch.Tensor | None = None, store=None, progress: bool = False,
+@dataclass(frozen=True)
+class _Job:
+    """One run of the analysis: its settings, prepared inputs, stored ``record`` (the result's config)
+    and the results store every unit and FID point goes to."""
+
+    net: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor | None  # one-hot, or None for an unconditional network
+    config: FinetuneConfig
+    scorer: Scorer
+    store: Store
+    progress: bool
+    record: dict
+
+    def unit(self, *keys: str) -> dict:
+        return {k: self.record[k] for k in keys}
+
+    def loss(self, kind: str, feature_weight: float) -> LossFn:
+        return make_loss(kind, self.scorer.extractor, self.scorer.feature, feature_weight)
+
+    def fids(self, model: nn.Module, rules: Sequence[str]) -> dict[str, list[float]]:
+        """FID per seed set of every rule at every NFE, keyed ``"rule|nfe"``. The points are keyed by the
+        full weights fingerprint, so they are shared with ``skiptune sweep``."""
+        fid = self.config.fid
+        spec = SweepSpec(rules=list(dict.fromkeys(rules)), samplers=[fid.sampler], nfes=list(fid.nfes),
+                         seed_sets=fid.sets, batch=fid.batch)
+        rows = run_sweep(model, spec, store=self.store, scorer=self.scorer, progress=self.progress)
+        return {f"{r.rule}|{r.nfe}": list(r.estimate.values) for r in rows}
+
+
+def run_finetune(net: nn.Module, images: torch.Tensor, config: FinetuneConfig, *, scorer: Scorer,
+                 labels: torch.Tensor | None = None, store: Store | None = None, progress: bool = False,
                  model_id: str | None = None) -> AnalysisResult:
     """Learned rho (raw, sigmoid) and full fine-tuning vs the baseline and hand-set rules, by FID (Tables 11, 12).
 
-    ``images``: training images in [-1, 1]; ``extractor`` the feature network of both the training
-    loss and the FID, ``ref`` its reference :class:`~skiptune.metrics.FeatureSet`. ``params=()`` skips
-    the rho fits, ``full_steps=0`` the full fine-tuning. Units in ``store``: each rho fit, the whole
+    ``images``: training images in [-1, 1] (``labels`` their classes, for a class-conditional network);
+    ``scorer`` holds the feature network of both the training loss and the FID and its reference
+    statistics; ``config`` every setting (``config.rho.params=()`` skips the rho fits,
+    ``config.full.steps=0`` the full fine-tuning). ``model_id`` names the weights in stored units
+    (default: their sha256). Units in ``store`` (a throw-away one when None): each rho fit, the whole
     full fine-tuning (with its FIDs), and every FID point (via :func:`skiptune.runs.sweep.run_sweep`).
     """
-    from skiptune.adapters import find_adapter
-    from skiptune.experiment import Scorer
-    from skiptune.runs.sweep import SweepSpec, run_sweep, seed_sets
-    from skiptune.store import Store
-
     images = images_for(net, images)
-    n = len(images)
-    for p in params:
-        if p not in PARAMS:
-            raise InputError(f"unknown parametrisation {p!r}; use raw and/or sigmoid")
-    if weighting not in ("edm", "none"):
-        raise InputError(f"unknown weighting {weighting!r}; use edm or none")
-    compare = [check_rule(net, r) for r in compare_rules]
-    onehot = one_hot(net, labels, n)
-    model_id = model_id or state_dict_sha256(net)
-    feature = extractor.feature_for("fid")
-    feat_cfg = {"extractor": extractor.name, "feature": feature, "weights_sha256": extractor.weights_sha256}
-    sets = seed_sets(seeds, num_seed_sets)
-    full_checkpoints = sorted(set(full_checkpoints or ([full_steps // 2, full_steps] if full_steps > 1
-                                                       else [full_steps])) - {0}) if full_steps else []
-    config = {"model": model_id, "data": tensor_sha256(images), "n": n, "seed": seed, "features": feat_cfg,
-              "weighting": weighting,
-              "rho": {"params": list(params), "loss": rho_loss, "steps": rho_steps, "batch": rho_batch, "lr": rho_lr,
-                      "init_raw": init_raw, "init_sigmoid": init_sigmoid, "sigmoid_max": sigmoid_max,
-                      "feature_weight": feature_weight},
-              "full": {"steps": full_steps, "checkpoints": full_checkpoints, "batch": full_batch, "lr": full_lr,
-                       "loss": "hybrid", "feature_weight": feature_weight},
-              "fid": {**sampler_fields(sampler), "nfes": list(nfes), "seed_sets": sets,
-                      "batch": fid_batch},
-              "compare_rules": compare}
-    tmp = None
-    if store is None:  # FIDs go through the results store; keep them in a throw-away one
-        tmp = tempfile.TemporaryDirectory()
-        store = Store(Path(tmp.name) / "finetune.sqlite")
-    try:
-        # 1. learned rho (Table 11)
-        fits = {}
-        for p in params:
-            init = init_raw if p == "raw" else init_sigmoid
-            unit = {k: config[k] for k in ("model", "data", "seed", "features", "weighting")} | {
-                "param": p, "loss": rho_loss, "steps": rho_steps, "batch": rho_batch, "lr": rho_lr, "init": init,
-                "rho_max": sigmoid_max if p == "sigmoid" else None,
-                "feature_weight": feature_weight if rho_loss == "hybrid" else None}
-            fits[p] = cached(store, "finetune-rho", unit, lambda p=p, init=init: fit_rho(
-                net, images, make_loss(rho_loss, extractor, feature, feature_weight), param=p, steps=rho_steps,
-                batch=rho_batch, lr=rho_lr, init=init, rho_max=sigmoid_max, weighting=weighting, seed=seed,
-                labels=onehot, progress=progress))
+    compare = [check_rule(net, r) for r in config.fid.compare_rules]
+    onehot = one_hot(net, labels, len(images))
+    record = _record(net, images, config, scorer, compare, model_id)
+    with results_store(store) as st:
+        job = _Job(net, images, onehot, config, scorer, st, progress, record)
+        fits = _fit_rhos(job)
         methods = [("baseline", "none")] + [(f"Skip-Tuning {r}", r) for r in compare]
-        methods += [(f"rho fine-tuned ({p})", _sites_rule(fits[p]["rho"])) for p in params]
+        methods += [(f"rho fine-tuned ({p})", _sites_rule(fits[p]["rho"])) for p in config.rho.params]
+        rule_fids = job.fids(net, [r for _, r in methods])
+        full = _finetune_full(job)
+    rows = [row for nfe in config.fid.nfes for row in _rows_at(job, nfe, methods, rule_fids, full)]
+    return AnalysisResult(NAME, record, rows, _summary(job, fits, full, rows), _notes(job))
 
-        def fids(model, rules):  # FID points keyed by the full weights fingerprint, shared with `skiptune sweep`
-            spec = SweepSpec(rules=list(dict.fromkeys(rules)), samplers=[sampler], nfes=list(nfes), seed_sets=sets,
-                             batch=fid_batch)
-            rows = run_sweep(model, spec, store=store, scorer=Scorer(extractor, ref), progress=progress)
-            return {f"{r.rule}|{r.nfe}": list(r.estimate.values) for r in rows}
 
-        rule_fids = fids(net, [r for _, r in methods])
-        # 2. full fine-tuning (Table 12)
-        full = None
-        if full_steps:
-            unit = {k: config[k] for k in ("model", "data", "seed", "features", "weighting", "full", "fid")}
-            full = cached(store, "finetune-full", unit, lambda: finetune_weights(
-                net, images, make_loss("hybrid", extractor, feature, feature_weight), steps=full_steps,
-                batch=full_batch, lr=full_lr, weighting=weighting, seed=seed, labels=onehot,
-                checkpoints=full_checkpoints, on_checkpoint=lambda step, m: fids(m, ["none"]), progress=progress))
-    finally:
-        if tmp is not None:
-            store.close()
-            tmp.cleanup()
+def _record(net: nn.Module, images: torch.Tensor, config: FinetuneConfig, scorer: Scorer, compare: list[str],
+            model_id: str | None) -> dict:
+    """The result's ``config``: everything that determines the numbers."""
+    ext = scorer.extractor
+    return {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": len(images),
+            "seed": config.seed,
+            "features": {"extractor": ext.name, "feature": scorer.feature, "weights_sha256": ext.weights_sha256},
+            "weighting": config.weighting, "rho": config.rho.record(), "full": config.full.record(),
+            "fid": config.fid.record(), "compare_rules": compare}
 
+
+def _fit_rhos(job: _Job) -> dict[str, dict]:
+    """1. Learned rho (Table 11): one stored unit per parametrisation."""
+    cfg, rho = job.config, job.config.rho
+    fits = {}
+    for p in rho.params:
+        unit = job.unit("model", "data", "seed", "features", "weighting") | rho.unit(p)
+        fits[p] = cached(job.store, "finetune-rho", unit, lambda p=p: fit_rho(
+            job.net, job.images, job.loss(rho.loss, rho.feature_weight), param=p, steps=rho.steps, batch=rho.batch,
+            lr=rho.lr, init=rho.init(p), rho_max=rho.sigmoid_max, weighting=cfg.weighting, seed=cfg.seed,
+            labels=job.labels, progress=job.progress))
+    return fits
+
+
+def _finetune_full(job: _Job) -> dict | None:
+    """2. Full fine-tuning (Table 12), with the FIDs of its checkpoints, as one stored unit (None when skipped)."""
+    cfg, full = job.config, job.config.full
+    if not full.steps:
+        return None
+    unit = job.unit("model", "data", "seed", "features", "weighting", "full", "fid")
+    return cached(job.store, "finetune-full", unit, lambda: finetune_weights(
+        job.net, job.images, job.loss("hybrid", full.feature_weight), steps=full.steps, batch=full.batch, lr=full.lr,
+        weighting=cfg.weighting, seed=cfg.seed, labels=job.labels, checkpoints=full.checkpoint_steps,
+        on_checkpoint=lambda step, m: job.fids(m, ["none"]), progress=job.progress))
+
+
+def _rows_at(job: _Job, nfe: int, methods: list[tuple[str, str]], rule_fids: dict[str, list[float]],
+             full: dict | None) -> list[dict]:
+    """The table rows at one NFE: every method's FID and its paired difference to the baseline."""
+    fid, tuned = job.config.fid, job.config.full
+    entries = [(name, rule, 0, rule_fids[f"{rule}|{nfe}"]) for name, rule in methods]
+    if full is not None:
+        ck = {str(k): v for k, v in full["checkpoints"].items()}  # JSON keys are strings once stored
+        entries += [(f"full fine-tune ({step} steps)", "none", step * tuned.batch, ck[str(step)][f"none|{nfe}"])
+                    for step in tuned.checkpoint_steps]
+    base = rule_fids[f"none|{nfe}"]
     rows = []
-    for nfe in nfes:
-        base = rule_fids[f"none|{nfe}"]
-        entries = [(name, rule, 0, rule_fids[f"{rule}|{nfe}"]) for name, rule in methods]
-        if full is not None:
-            ck = {str(k): v for k, v in full["checkpoints"].items()}  # JSON keys are strings once stored
-            entries += [(f"full fine-tune ({step} steps)", "none", step * full_batch, ck[str(step)][f"none|{nfe}"])
-                        for step in full_checkpoints]
-        for name, rule, imgs, vals in entries:
-            est = t_interval(vals)
-            row = {"method": name, "sampler": sampler, "nfe": nfe, "rule": rule, "train_images": imgs,
-                   "fid": est.mean, "fid_ci_low": est.ci_low, "fid_ci_high": est.ci_high}
-            if name != "baseline":
-                diff = t_interval([a - b for a, b in zip(vals, base, strict=True)])
-                row |= {"fid_diff": diff.mean, "fid_diff_ci_low": diff.ci_low, "fid_diff_ci_high": diff.ci_high}
-            rows.append(row)
-    summary: dict = {"num_sites": len(find_adapter(net).sites(net))}
-    for p in params:
+    for name, rule, imgs, vals in entries:
+        est = t_interval(vals)
+        row = {"method": name, "sampler": fid.sampler, "nfe": nfe, "rule": rule, "train_images": imgs,
+               "fid": est.mean, "fid_ci_low": est.ci_low, "fid_ci_high": est.ci_high}
+        if name != "baseline":
+            diff = t_interval([a - b for a, b in zip(vals, base, strict=True)])
+            row |= {"fid_diff": diff.mean, "fid_diff_ci_low": diff.ci_low, "fid_diff_ci_high": diff.ci_high}
+        rows.append(row)
+    return rows
+
+
+def _summary(job: _Job, fits: dict[str, dict], full: dict | None, rows: list[dict]) -> dict:
+    from skiptune.adapters import find_adapter
+
+    summary: dict = {"num_sites": len(find_adapter(job.net).sites(job.net))}
+    for p in job.config.rho.params:
         rho = fits[p]["rho"]
         summary[f"learned rho ({p})"] = _sites_rule(rho)
         summary[f"sites with rho > 1 ({p})"] = sum(r > 1 for r in rho)
-        summary[f"rho loss first/last 10 steps ({p})"] = f"{_avg(fits[p]['loss'][:10]):.4g} / " \
-                                                         f"{_avg(fits[p]['loss'][-10:]):.4g}"
+        summary[f"rho loss first/last 10 steps ({p})"] = _first_last(fits[p]["loss"])
     if full is not None:
-        summary["full fine-tune loss first/last 10 steps"] = f"{_avg(full['loss'][:10]):.4g} / " \
-                                                             f"{_avg(full['loss'][-10:]):.4g}"
+        summary["full fine-tune loss first/last 10 steps"] = _first_last(full["loss"])
     for row in rows:
         summary[f"FID {row['method']} NFE {row['nfe']}"] = row["fid"]
-    notes = [
-        f"Training images: {n}; draws (image, ln sigma ~ N(-1.2, 1.2^2), noise) from a generator seeded {seed}; "
-        f"loss weighting: {'EDM lambda(sigma)' if weighting == 'edm' else 'none'}; feature network "
-        f"{extractor.name} ('{feature}').",
-        f"rho fits: {rho_loss} loss, Adam lr {rho_lr:g} cosine-decayed over {rho_steps} steps of batch {rho_batch}; "
-        f"raw starts at rho = {init_raw:g} (projected onto rho >= {RHO_FLOOR:g}); sigmoid rho = "
-        f"{sigmoid_max:g} * sigmoid(theta) starts at {init_sigmoid:g}. Learned rho rounded to 4 digits in the rule.",
-        (f"Full fine-tuning: all weights of a copy, L_pixel + {feature_weight:g} L_feature, Adam lr {full_lr:g} "
-         f"cosine-decayed over {full_steps} steps of batch {full_batch} ({full_steps * full_batch} images; the paper "
-         f"trains 4-60 M images), no EMA; FID at steps {full_checkpoints}." if full_steps else
+    return summary
+
+
+def _notes(job: _Job) -> list[str]:
+    cfg, rho, full, fid = job.config, job.config.rho, job.config.full, job.config.fid
+    sets = fid.sets
+    return [
+        f"Training images: {len(job.images)}; draws (image, ln sigma ~ N(-1.2, 1.2^2), noise) from a generator seeded "
+        f"{cfg.seed}; loss weighting: {'EDM lambda(sigma)' if cfg.weighting == 'edm' else 'none'}; feature network "
+        f"{job.scorer.extractor.name} ('{job.scorer.feature}').",
+        f"rho fits: {rho.loss} loss, Adam lr {rho.lr:g} cosine-decayed over {rho.steps} steps of batch {rho.batch}; "
+        f"raw starts at rho = {rho.init_raw:g} (projected onto rho >= {RHO_FLOOR:g}); sigmoid rho = "
+        f"{rho.sigmoid_max:g} * sigmoid(theta) starts at {rho.init_sigmoid:g}. Learned rho rounded to 4 digits in "
+        "the rule.",
+        (f"Full fine-tuning: all weights of a copy, L_pixel + {full.feature_weight:g} L_feature, Adam lr {full.lr:g} "
+         f"cosine-decayed over {full.steps} steps of batch {full.batch} ({full.steps * full.batch} images; the paper "
+         f"trains 4-60 M images), no EMA; FID at steps {full.checkpoint_steps}." if full.steps else
          "Full fine-tuning skipped."),
-        f"FID: {sampler} at NFE {', '.join(map(str, nfes))}, {len(sets)} seed sets ({', '.join(sets)}), "
-        f"{extractor.name} features vs the reference ({ref.n} images); mean and 95% t-interval over seed sets; "
-        "fid_diff paired against the baseline on the same seeds.",
+        f"FID: {fid.sampler} at NFE {', '.join(map(str, fid.nfes))}, {len(sets)} seed sets ({', '.join(sets)}), "
+        f"{job.scorer.extractor.name} features vs the reference ({job.scorer.ref.n} images); mean and 95% t-interval "
+        "over seed sets; fid_diff paired against the baseline on the same seeds.",
         "Paper (EDM ImageNet-64, ResNet-101 loss): Heun 9 NFE 35.12 -> 215.09 (raw rho), 18.92 (sigmoid); 19 NFE "
         "3.64 -> 112.15, 2.77 (Table 11); full fine-tuning 19 NFE 2.60 -> 2.59 (4 Mimg), 2.51 (10), 3.82 (30), "
         "6.03 (60) (Table 12).",
     ]
-    return AnalysisResult(NAME, config, rows, summary, notes)
+
+
+def _first_last(losses: Sequence[float]) -> str:
+    """Mean loss over the first and the last 10 steps, ``"a / b"``."""
+    return f"{_avg(losses[:10]):.4g} / {_avg(losses[-10:]):.4g}"
 
 
 def _avg(v):
     return sum(v) / len(v) if v else math.nan
-
-
-# -- command line ------------------------------------------------------------------------------------------------------

@@ -31,22 +31,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from skiptune.adapters import MODES
 from skiptune.analysis.base import AnalysisResult, cached
 from skiptune.analysis.scoring import canonical_rules, estimate_columns
+from skiptune.core.checks import integer
 from skiptune.core.checksums import state_dict_sha256, tensor_sha256
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.core.stats import paired_difference, t_interval
 from skiptune.experiment.generate import SamplingSpec
 from skiptune.metrics.mmd import Kernel, mmd2
-from skiptune.runs.sweep import seed_sets
+from skiptune.runs.sweep import seed_sets as split_seed_sets
 from skiptune.sampling import (
     DETERMINISTIC,
+    GRIDS,
     EDMDenoiser,
     SeedNoise,
     inversion_sigmas,
@@ -128,102 +133,192 @@ def _one_hot(labels: torch.Tensor | None, label_dim: int, n: int) -> torch.Tenso
     return torch.eye(label_dim, dtype=torch.float64)[labels]
 
 
-def run_inversion(net: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | None = None,
-                  rules: Sequence[str] = ("none", "layer:0.7", "const:0.7"), sampler: str = "heun", steps: int = 9,
-                  grid: str = "edm", seeds: str = "0-99", seed_sets_count: int = 3,
-                  rbf_scales: Sequence[float] = (0.5, 1.0, 2.0), unbiased: bool = True, mode: str = "concat",
-                  batch: int = 250, device: str = "cpu", data_id: str = "", store: Store | None = None,
-                  progress: bool = False) -> AnalysisResult:
-    """Relative MMD^2 between inverted real images and fresh N(0, I) draws per kernel (Table 13).
+@dataclass(frozen=True)
+class InversionConfig:
+    """Every setting of :func:`run_inversion` (the defaults are those of ``skiptune analyze inversion``).
 
-    ``images`` ([N, C, H, W] in [-1, 1]): the first n * ``seed_sets_count`` are used, in chunks of n,
-    n the size of the seed set ``seeds``; chunk k is compared with the standard normal draws of the
-    k-th seed set (``seeds``, then shifted copies).
+    ``rules`` (canonical form; ``none`` is added first if missing) are active during the inversion with
+    ``sampler`` (deterministic) over ``steps`` steps of ``grid``; ``seeds`` is the first noise seed set
+    (its size n is the number of images per chunk) and ``seed_sets`` the number of chunks / seed sets;
+    ``rbf_scales`` are the RBF bandwidths in multiples of the median distance; ``unbiased``: eq. 6
+    (else the V-statistic); ``data_id`` names the images in the stored configs. Validated on
+    construction (:class:`~skiptune.core.errors.InputError` naming the setting and the fix).
     """
-    if sampler not in DETERMINISTIC:
-        raise InputError(f"inversion needs a deterministic sampler, one of {sorted(DETERMINISTIC)}; got {sampler!r}")
-    rules = canonical_rules(rules)
-    if "none" not in rules:
-        rules = ["none", *rules]
-    sets = seed_sets(seeds, seed_sets_count)
-    n = len(SeedNoise(sets[0]).seeds)
+
+    rules: tuple[str, ...] = ("none", "layer:0.7", "const:0.7")
+    sampler: str = "heun"
+    steps: int = 9
+    grid: str = "edm"
+    seeds: str = "0-99"
+    seed_sets: int = 3
+    rbf_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    unbiased: bool = True
+    mode: str = "concat"
+    batch: int = 250
+    device: str = "cpu"
+    data_id: str = ""
+
+    def __post_init__(self):
+        if self.sampler not in DETERMINISTIC:
+            raise InputError(f"InversionConfig.sampler: inversion needs a deterministic sampler, one of "
+                             f"{sorted(DETERMINISTIC)}; got {self.sampler!r}")
+        try:
+            rules = canonical_rules(self.rules)
+        except ValueError as exc:
+            raise InputError(f"InversionConfig.rules: {exc} (give rules such as ('none', 'layer:0.7'))") from None
+        object.__setattr__(self, "rules", tuple(rules) if "none" in rules else ("none", *rules))
+        object.__setattr__(self, "steps", integer(self.steps, minimum=1, what="InversionConfig.steps"))
+        object.__setattr__(self, "seed_sets", integer(self.seed_sets, minimum=1, what="InversionConfig.seed_sets"))
+        object.__setattr__(self, "batch", integer(self.batch, minimum=1, what="InversionConfig.batch"))
+        if self.grid not in GRIDS:
+            raise InputError(f"InversionConfig.grid: unknown grid {self.grid!r}; use one of {', '.join(GRIDS)}")
+        if self.mode not in MODES:
+            raise InputError(f"InversionConfig.mode: unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        try:
+            split_seed_sets(self.seeds, self.seed_sets)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"InversionConfig.seeds: {exc} (give a seed set such as '0-99')") from None
+        object.__setattr__(self, "rbf_scales", _scales(self.rbf_scales))
+
+    @property
+    def sets(self) -> list[str]:
+        """The noise seed sets: ``seeds`` and ``seed_sets - 1`` shifted copies."""
+        return split_seed_sets(self.seeds, self.seed_sets)
+
+    @property
+    def n_per_set(self) -> int:
+        return len(SeedNoise(self.sets[0]).seeds)
+
+
+def _scales(values) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(c) for c in values)
+    except (TypeError, ValueError):
+        scales = (math.nan,)
+    if not all(math.isfinite(c) and c > 0 for c in scales):
+        raise InputError(f"InversionConfig.rbf_scales: RBF bandwidth scales must be numbers > 0 (multiples of "
+                         f"the median distance, e.g. (0.5, 1, 2)), got {values!r}")
+    return scales
+
+
+def _check_images(net: nn.Module, images: torch.Tensor, config: InversionConfig) -> None:
+    """InputError unless there are enough images for the chunks of ``config`` and they fit ``net``."""
+    n, n_sets = config.n_per_set, config.seed_sets
     if images.ndim != 4:
         raise InputError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    if images.shape[0] < n * len(sets):
-        raise InputError(f"inversion needs {len(sets)} chunks of {n} images = {n * len(sets)}, but only "
+    if images.shape[0] < n * n_sets:
+        raise InputError(f"inversion needs {n_sets} chunks of {n} images = {n * n_sets}, but only "
                          f"{images.shape[0]} are available; use fewer seeds per set or fewer seed sets")
     shape = tuple(images.shape[1:])
-    expected = (getattr(net, "img_channels", shape[0]), getattr(net, "img_resolution", shape[1]),
-                getattr(net, "img_resolution", shape[2]))
+    expected = DenoiserInfo.of(net).shape
     if shape != expected:
         raise InputError(f"images are {shape} but the network expects {expected}")
-    net = net.to(device).eval()
-    srange = SamplingSpec(sampler, steps=steps, grid=grid).sigma_range(net)
-    sig = inversion_grid(net, steps, grid, srange)
-    onehot = _one_hot(labels, int(getattr(net, "label_dim", 0) or 0), images.shape[0])
-    model_id = state_dict_sha256(net)
-    d = int(np.prod(shape))
-    per: dict[tuple[str, int], dict] = {}
-    kernel_names: list[str] = []
-    units = [(r, k) for r in rules for k in range(len(sets))]
-    bar = tqdm(units, desc="inversion", unit="chunk", disable=not progress)
-    for rule, k in bar:
-        chunk = images[k * n:(k + 1) * n]
-        labels_k = onehot[k * n:(k + 1) * n].to(device) if onehot is not None else None
-        ref = SeedNoise(sets[k], dtype=torch.float64).randn([d])
-        kernels = noise_kernels(ref, rbf_scales)
-        kernel_names = list(kernels)
-        config = {"model": model_id, "rule": rule, "mode": mode, **sampler_fields(sampler),
-                  "steps": steps, "grid": grid, "sigma_range": list(srange), "images": tensor_sha256(chunk),
-                  "data": data_id, "noise_seeds": sets[k],
-                  "kernels": {name: kern.describe() for name, kern in kernels.items()}, "unbiased": unbiased}
-        bar.set_postfix_str(f"{rule} chunk {k}")
 
-        def compute(rule=rule, chunk=chunk, labels_k=labels_k, ref=ref, kernels=kernels):
+
+@dataclass(frozen=True)
+class _Inverter:
+    """What every (rule, chunk) unit shares: the network, the settings, the sigma grid and the model id."""
+
+    net: nn.Module
+    config: InversionConfig
+    srange: tuple[float, float]
+    sig: torch.Tensor
+    model_id: str
+
+    def unit(self, rule: str, chunk: torch.Tensor, labels: torch.Tensor | None, noise_seeds: str,
+             store: Store | None) -> tuple[dict, list[str]]:
+        """One cached unit: the MMD^2 per kernel of the inverted ``chunk`` against the draws of ``noise_seeds``."""
+        cfg = self.config
+        ref = SeedNoise(noise_seeds, dtype=torch.float64).randn([int(np.prod(chunk.shape[1:]))])
+        kernels = noise_kernels(ref, cfg.rbf_scales)
+        key = {"model": self.model_id, "rule": rule, "mode": cfg.mode, **sampler_fields(cfg.sampler),
+               "steps": cfg.steps, "grid": cfg.grid, "sigma_range": list(self.srange), "images": tensor_sha256(chunk),
+               "data": cfg.data_id, "noise_seeds": noise_seeds,
+               "kernels": {name: kern.describe() for name, kern in kernels.items()}, "unbiased": cfg.unbiased}
+
+        def compute():
             r = as_rule(rule)
-            tuning = nullcontext() if isinstance(r, Identity) else skip_tuning(net, r, mode=mode, sigma_range=srange)
+            tuning = (nullcontext() if isinstance(r, Identity) else
+                      skip_tuning(self.net, r, mode=cfg.mode, sigma_range=self.srange))
             with tuning:
-                z = invert_to_noise(EDMDenoiser(net), chunk.to(device), sig.to(device), sampler=sampler,
-                                    labels=labels_k, batch=batch).cpu()
-            return {"mmd2": noise_mmd(z, ref, kernels, unbiased=unbiased),
+                z = invert_to_noise(EDMDenoiser(self.net), chunk.to(cfg.device), self.sig.to(cfg.device),
+                                    sampler=cfg.sampler, labels=labels, batch=cfg.batch).cpu()
+            return {"mmd2": noise_mmd(z, ref, kernels, unbiased=cfg.unbiased),
                     "bandwidth": {name: kern.sigma for name, kern in kernels.items() if kern.sigma is not None},
                     "latent_mean": float(z.mean()), "latent_std": float(z.std())}
 
-        per[(rule, k)] = cached(store, "inversion", config, compute)
+        return cached(store, "inversion", key, compute), list(kernels)
+
+
+def _table(per: dict[tuple[str, int], dict], rules: Sequence[str], kernel_names: list[str],
+           n_sets: int) -> tuple[list[dict], dict]:
+    """Rows per (kernel, rule): mean MMD^2 over chunks, relative to untouched, paired difference; and the summary."""
     rows = []
-    ks = range(len(sets))
-    summary: dict = {}
+    ks = range(n_sets)
     for kern in kernel_names:
-        base_vals = [per[("none", k)]["mmd2"][kern] for k in ks]
-        base = t_interval(base_vals)
+        base = t_interval([per[("none", k)]["mmd2"][kern] for k in ks])
         for rule in rules:
-            vals = [per[(rule, k)]["mmd2"][kern] for k in ks]
-            e = t_interval(vals)
+            e = t_interval([per[(rule, k)]["mmd2"][kern] for k in ks])
             diff = paired_difference(e, base)
             rel = e.mean / base.mean if base.mean > 0 else math.nan
             rows.append({"kernel": kern, "rule": rule, **estimate_columns(e, "mmd2"), "relative": rel,
                          **estimate_columns(diff, "diff")})
+    summary: dict = {}
     for rule in rules:
         summary[f"latent_std[{rule}]"] = float(np.mean([per[(rule, k)]["latent_std"] for k in ks]))
         summary[f"latent_mean[{rule}]"] = float(np.mean([per[(rule, k)]["latent_mean"] for k in ks]))
         if rule != "none":
             rel = [r["relative"] for r in rows if r["rule"] == rule]
             summary[f"kernels_below_1[{rule}]"] = f"{sum(v < 1 for v in rel)}/{len(rel)}"
-    config = {"model": model_id, "data": data_id, "rules": rules, **sampler_fields(sampler),
-              "steps": steps, "grid": grid,
-              "sigma_range": list(srange), "mode": mode, "noise_seed_sets": sets, "n_per_set": n,
-              "kernels": kernel_names, "unbiased": unbiased}
-    nfe = 2 * steps if sampler == "heun" else steps
+    return rows, summary
+
+
+def _notes(config: InversionConfig, sig: torch.Tensor, rows: list[dict]) -> list[str]:
+    sets, n, steps = config.sets, config.n_per_set, config.steps
+    nfe = 2 * steps if config.sampler == "heun" else steps
     notes = [
-        f"{len(sets)} chunks of {n} real images ({data_id or 'given images'}), each inverted with {sampler} over "
-        f"{steps} steps (about {nfe} NFE) from sigma {float(sig[0]):g} to {float(sig[-1]):g}, latent / sigma_max "
-        f"compared with {n} fresh N(0, I) draws of seed set k ({', '.join(sets)}); seed 003 Table 13: 10k vs 10k, "
-        "9 steps, rho 0.7.",
-        f"{'Unbiased MMD^2 (seed 003 eq. 6)' if unbiased else 'Biased MMD^2 (V-statistic)'}; kernel bandwidths from "
-        "the fresh draws (the same kernels for every rule); relative = mean MMD^2(rule) / mean MMD^2(untouched); "
+        f"{len(sets)} chunks of {n} real images ({config.data_id or 'given images'}), each inverted with "
+        f"{config.sampler} over {steps} steps (about {nfe} NFE) from sigma {float(sig[0]):g} to {float(sig[-1]):g}, "
+        f"latent / sigma_max compared with {n} fresh N(0, I) draws of seed set k ({', '.join(sets)}); seed 003 "
+        "Table 13: 10k vs 10k, 9 steps, rho 0.7.",
+        f"{'Unbiased MMD^2 (seed 003 eq. 6)' if config.unbiased else 'Biased MMD^2 (V-statistic)'}; kernel bandwidths "
+        "from the fresh draws (the same kernels for every rule); relative = mean MMD^2(rule) / mean MMD^2(untouched); "
         "diff = paired difference over chunks with a 95% t interval.",
     ]
     if any(math.isnan(r["relative"]) for r in rows):
         notes.append("relative is NaN where the untouched network's mean MMD^2 is <= 0 (the unbiased estimate of a "
                      "discrepancy too small for this sample size).")
-    return AnalysisResult(NAME, config, rows, summary, notes)
+    return notes
+
+
+def run_inversion(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                  config: InversionConfig = InversionConfig(), *, store: Store | None = None,
+                  progress: bool = False) -> AnalysisResult:
+    """Relative MMD^2 between inverted real images and fresh N(0, I) draws per kernel (Table 13).
+
+    ``images`` ([N, C, H, W] in [-1, 1]) and their class ``labels`` (needed for class-conditional
+    networks; None otherwise): the first n * ``config.seed_sets`` are used, in chunks of n, n the size of
+    the seed set ``config.seeds``; chunk k is compared with the standard normal draws of the k-th seed set
+    (``seeds``, then shifted copies).
+    """
+    sets, n = config.sets, config.n_per_set
+    _check_images(net, images, config)
+    net = net.to(config.device).eval()
+    srange = SamplingSpec(config.sampler, steps=config.steps, grid=config.grid).sigma_range(net)
+    sig = inversion_grid(net, config.steps, config.grid, srange)
+    onehot = _one_hot(labels, DenoiserInfo.of(net).label_dim, images.shape[0])
+    inverter = _Inverter(net, config, srange, sig, state_dict_sha256(net))
+    per: dict[tuple[str, int], dict] = {}
+    kernel_names: list[str] = []
+    bar = tqdm([(r, k) for r in config.rules for k in range(len(sets))], desc="inversion", unit="chunk",
+               disable=not progress)
+    for rule, k in bar:
+        bar.set_postfix_str(f"{rule} chunk {k}")
+        labels_k = onehot[k * n:(k + 1) * n].to(config.device) if onehot is not None else None
+        per[(rule, k)], kernel_names = inverter.unit(rule, images[k * n:(k + 1) * n], labels_k, sets[k], store)
+    rows, summary = _table(per, config.rules, kernel_names, len(sets))
+    result_config = {"model": inverter.model_id, "data": config.data_id, "rules": list(config.rules),
+                     **sampler_fields(config.sampler), "steps": config.steps, "grid": config.grid,
+                     "sigma_range": list(srange), "mode": config.mode, "noise_seed_sets": sets, "n_per_set": n,
+                     "kernels": kernel_names, "unbiased": config.unbiased}
+    return AnalysisResult(NAME, result_config, rows, summary, _notes(config, sig, rows))

@@ -14,6 +14,8 @@ over the noise levels the network meets while sampling.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,19 +26,46 @@ from skiptune.analysis.denoising import (
     attach_joins,
     attached,
     batches,
+    check_image_count,
     check_rule,
     denoise,
     images_for,
     interval,
     one_hot,
-    parse_sigmas,
     seeded_noise,
+    setting_rule,
+    setting_sigmas,
 )
+from skiptune.core.checks import integer
 from skiptune.core.checksums import state_dict_sha256, tensor_sha256
 
 NAME = "norms"
 HELP = "per-site skip-to-decoder norm ratio ||d_i|| / ||u_i|| (Fig. 2)"
 PAPER_MEAN_PROP = {"EDM": 0.446, "DI-distilled EDM": 0.433, "CD-distilled EDM": 0.404}
+
+
+@dataclass(frozen=True)
+class NormsConfig:
+    """Settings of :func:`run_norms`, checked on construction; the defaults are those of ``skiptune analyze norms``.
+
+    ``sigmas``: the noise levels, a spec of :func:`~skiptune.analysis.denoising.parse_sigmas` (``edm:10``,
+    ``lognormal:K``, ``80,5,0.5``) or a sequence, kept as the tuple of values; ``seed``: noise seed of
+    the first image (image j uses ``seed + j``); ``rule``: the Skip-Tuning rule attached while measuring,
+    kept in canonical form (its fit to the network is checked when run); ``batch``: images per forward pass.
+    """
+
+    sigmas: str | Sequence[float] = "edm:10"
+    seed: int = 0
+    rule: str = "none"
+    batch: int = 64
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigmas", setting_sigmas(self.sigmas))
+        value = integer(self.seed, minimum=0, what="seed", meaning="the noise seed of the first image")
+        object.__setattr__(self, "seed", value)
+        object.__setattr__(self, "rule", setting_rule(self.rule))
+        value = integer(self.batch, minimum=1, what="batch", meaning="images per forward pass")
+        object.__setattr__(self, "batch", value)
 
 
 def _measure(net: nn.Module, images: torch.Tensor, noise: torch.Tensor, sigma: float, rule: str,
@@ -66,32 +95,44 @@ def _measure(net: nn.Module, images: torch.Tensor, noise: torch.Tensor, sigma: f
     return {"prop": prop, "d_norm": [sum(v) / len(v) for v in d_norm], "u_norm": [sum(v) / len(v) for v in u_norm]}
 
 
-def run_norms(net: nn.Module, images: torch.Tensor, *, sigmas: str | list[float] = "edm:10", seed: int = 0,
-              rule: str = "none", labels: torch.Tensor | None = None, batch: int = 64, store=None,
-              progress: bool = False, model_id: str | None = None) -> AnalysisResult:
+def run_norms(net: nn.Module, images: torch.Tensor, config: NormsConfig, *, labels: torch.Tensor | None = None,
+              store=None, progress: bool = False, model_id: str | None = None) -> AnalysisResult:
     """prop_i = ||d_i||_2 / ||u_i||_2 per site, per noise level and averaged (seed 003, Fig. 2).
 
-    ``images``: real images [N, C, H, W] in [-1, 1]; ``sigmas``: see
-    :func:`~skiptune.analysis.denoising.parse_sigmas`; ``rule``: measure with a Skip-Tuning rule
-    attached (then d_i is the scaled skip rho_i d_i, and the u_i of outer sites change too).
-    Each noise level is one unit in ``store``.
+    ``images``: real images [N, C, H, W] in [-1, 1], N >= 2 (with their ``labels`` for a
+    class-conditional network); ``config``: see :class:`NormsConfig`. With a rule attached, d_i is
+    the scaled skip rho_i d_i, and the u_i of outer sites change too. Each noise level is one unit in
+    ``store``; ``model_id`` names the model in the stored config (the sha256 of its weights when None).
     """
     from skiptune.adapters import find_adapter
 
     images = images_for(net, images)
-    sig = parse_sigmas(sigmas)
-    rule = check_rule(net, rule)
+    n = check_image_count(len(images))
+    rule = check_rule(net, config.rule)
     sites = find_adapter(net).sites(net)
-    n, k = len(images), len(sites)
     onehot = one_hot(net, labels, n)
-    noise = seeded_noise(seed, n, images.shape[1:])
-    config = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n, "seed": seed,
-              "rule": rule, "sigmas": sig, "batch": batch}
+    noise = seeded_noise(config.seed, n, images.shape[1:])
+    sig = list(config.sigmas)
+    stored = {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": n,
+              "seed": config.seed, "rule": rule, "sigmas": sig, "batch": config.batch}
+    unit_base = {k: v for k, v in stored.items() if k != "sigmas"}
     units = {}
     for s in tqdm(sig, desc="norms", unit="sigma", disable=not progress):
-        unit = {k_: v for k_, v in config.items() if k_ != "sigmas"} | {"sigma": s}
-        units[s] = cached(store, "norms", unit, lambda s=s: _measure(net, images, noise, s, rule, onehot, batch, k))
+        units[s] = cached(store, "norms", unit_base | {"sigma": s},
+                          lambda s=s: _measure(net, images, noise, s, rule, onehot, config.batch, len(sites)))
+    rows, per_image_mean = _rows(sites, sig, units, n)
+    k = len(sites)
+    site_means = [r["prop"] for r in rows[:k]]
+    summary = {**interval(per_image_mean, "mean_prop"),
+               "mean_prop": sum(site_means) / k,  # the same mean, summed by site
+               "slope_per_site": _slope(list(range(k)), site_means), "num_sites": k, "n_images": n,
+               "num_sigmas": len(sig)}
+    return AnalysisResult(NAME, stored, rows, summary, _notes(n, sig, config.seed, rule, k))
 
+
+def _rows(sites, sig: list[float], units: dict, n: int) -> tuple[list[dict], list[float]]:
+    """The table (first one row per site averaged over sigma, then one per sigma and site) and, per image,
+    its ratio averaged over sites and noise levels."""
     rows, per_site_avg = [], []
     for site in sites:
         i = site.index
@@ -108,13 +149,12 @@ def run_norms(net: nn.Module, images: torch.Tensor, *, sigmas: str | list[float]
             rows.append({"site": i, "name": site.name, "resolution": site.resolution, "sigma": s,
                          **interval(units[s]["prop"][i], "prop"), "d_norm": units[s]["d_norm"][i],
                          "u_norm": units[s]["u_norm"][i]})
-    site_means = [r["prop"] for r in rows[:k]]
-    mean_prop = sum(site_means) / k
-    per_image_mean = [sum(per_site_avg[i][j] for i in range(k)) / k for j in range(n)]
-    slope = _slope(list(range(k)), site_means)
-    summary = {**interval(per_image_mean, "mean_prop"), "mean_prop": mean_prop,  # the same mean, summed by site
-               "slope_per_site": slope, "num_sites": k, "n_images": n, "num_sigmas": len(sig)}
-    notes = [
+    k = len(sites)
+    return rows, [sum(per_site_avg[i][j] for i in range(k)) / k for j in range(n)]
+
+
+def _notes(n: int, sig: list[float], seed: int, rule: str, k: int) -> list[str]:
+    return [
         f"prop_i = ||d_i||_2 / ||u_i||_2 (Frobenius over C, H, W of one sample) at the join of skip site i "
         f"(0 = innermost), per sample, averaged over {n} real images x {len(sig)} noise levels "
         f"sigma = {', '.join(f'{s:.4g}' for s in sig)}; images noised as y + sigma n with n from seeds "
@@ -125,7 +165,6 @@ def run_norms(net: nn.Module, images: torch.Tensor, *, sigmas: str | list[float]
         "CD-distilled 0.404 (data and noise levels not stated in the paper).",
         f"slope_per_site: least-squares slope of prop_i against i (innermost 0 -> outermost {k - 1}).",
     ]
-    return AnalysisResult(NAME, config, rows, summary, notes)
 
 
 def _slope(x: list[float], y: list[float]) -> float:
@@ -133,6 +172,3 @@ def _slope(x: list[float], y: list[float]) -> float:
         return math.nan
     mx, my = sum(x) / len(x), sum(y) / len(y)
     return sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
-
-
-# -- command line ------------------------------------------------------------------------------------------------------

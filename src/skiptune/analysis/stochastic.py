@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -32,8 +34,9 @@ from skiptune.analysis.scoring import (
     fid_estimates,
 )
 from skiptune.core.errors import InputError
-from skiptune.core.stats import paired_difference, significant
-from skiptune.sampling import sampler_fields
+from skiptune.core.stats import Estimate, paired_difference, significant
+from skiptune.experiment.generate import SamplingSpec
+from skiptune.sampling import sampler_fields, steps_for_nfe
 from skiptune.skip import as_rule
 from skiptune.store import Store
 
@@ -41,6 +44,85 @@ NAME = "stochastic"
 HELP = "grid of stochastic strength (EDM S_churn) x rho, FID (Fig. 8)"
 SAMPLER = "edm_sde"
 GAMMA_MAX = math.sqrt(2) - 1
+#: the config's names of EDM's sampler options (besides S_churn) -> the sampler's names
+_OPTION = {"s_tmin": "S_tmin", "s_tmax": "S_tmax", "s_noise": "S_noise"}
+
+
+@dataclass(frozen=True)
+class StochasticConfig:
+    """Every setting of the S_churn x rule grid besides the FidSetup (defaults: ``skiptune analyze stochastic``).
+
+    ``nfe`` evaluations of EDM's stochastic sampler (``edm_sde``); ``churns`` the S_churn values and ``rules``
+    the rules of the grid (the untouched network is always measured); ``s_tmin``, ``s_tmax``, ``s_noise``
+    EDM's other options (None: the sampler's defaults 0, inf, 1). Validated on construction; whether
+    ``nfe`` fits the network's grid and the S_churn give distinct gamma on it is checked by
+    :func:`stochastic_plan` (called first by :func:`run_stochastic`).
+    """
+
+    nfe: int = 9
+    churns: tuple[float, ...] = (0.0, 1.0, 2.0)
+    rules: tuple[str, ...] = ("none", "const:0.85", "const:0.7")
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+
+    def __post_init__(self):
+        SamplingSpec(SAMPLER, nfe=self.nfe)  # nfe a whole number >= 1
+        steps_for_nfe(SAMPLER, self.nfe)  # reachable (every grid of SamplingSpec ends at sigma = 0)
+        object.__setattr__(self, "nfe", int(self.nfe))
+        object.__setattr__(self, "churns", _churn_values(self.churns))
+        object.__setattr__(self, "rules", _rule_texts(self.rules))
+        for key in ("s_tmin", "s_tmax", "s_noise"):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise InputError(f"{key} (EDM {_OPTION[key]}) must be a finite number >= 0 or None, got {v!r}")
+            object.__setattr__(self, key, float(v))
+
+    @property
+    def measured_rules(self) -> list[str]:
+        """``rules`` in canonical form, the untouched network (``none``) first unless given."""
+        rules = canonical_rules(self.rules)
+        return rules if "none" in rules else ["none", *rules]
+
+    @property
+    def options(self) -> dict[str, float]:
+        """The sampler options given (``S_tmin``, ``S_tmax``, ``S_noise``), besides S_churn."""
+        return {name: getattr(self, key) for key, name in _OPTION.items() if getattr(self, key) is not None}
+
+
+def _rule_texts(rules: Sequence[str] | str) -> tuple[str, ...]:
+    """``rules`` as a tuple (a string is split at ';'), each readable as a rule."""
+    if isinstance(rules, str):
+        rules = [r for r in (p.strip() for p in rules.split(";")) if r]
+    try:
+        rules = tuple(rules)
+    except TypeError:
+        raise InputError(f"rules must be a sequence of rule strings such as 'const:0.85', got {rules!r}") from None
+    if not rules:
+        raise InputError("rules: give at least one rule (the untouched network is always measured), e.g. 'const:0.85'")
+    canonical_rules(rules)  # InputError naming a rule that cannot be read
+    return rules
+
+
+def _churn_values(churns: Sequence[float]) -> tuple[float, ...]:
+    """The S_churn values as floats: at least one, each finite, >= 0 and given once."""
+    try:
+        if isinstance(churns, str):
+            raise TypeError
+        vals = tuple(float(c) for c in churns)
+    except (TypeError, ValueError):
+        raise InputError(f"churns must be a sequence of S_churn numbers, got {churns!r}") from None
+    if not vals:
+        raise InputError("give at least one S_churn value")
+    for c in vals:
+        if not math.isfinite(c) or c < 0:
+            raise InputError(f"S_churn must be finite and >= 0, got {c}")
+    dup = sorted({c for c in vals if vals.count(c) > 1})
+    if dup:
+        raise InputError(f"S_churn {', '.join(f'{c:g}' for c in dup)} given more than once: give each value once")
+    return vals
 
 
 def churn_gamma(s_churn: float, steps: int) -> float:
@@ -49,13 +131,9 @@ def churn_gamma(s_churn: float, steps: int) -> float:
 
 
 def check_churns(churns: Sequence[float], steps: int) -> list[float]:
-    """Validated S_churn values: finite, >= 0, distinct, and giving distinct gamma (no two saturated)."""
-    vals = [float(c) for c in churns]
-    if not vals:
-        raise InputError("give at least one S_churn value")
-    for c in vals:
-        if not math.isfinite(c) or c < 0:
-            raise InputError(f"S_churn must be finite and >= 0, got {c}")
+    """Validated S_churn values: finite, >= 0, distinct, and giving distinct gamma on ``steps`` steps (no two
+    saturated)."""
+    vals = list(_churn_values(churns))
     gammas: dict[float, float] = {}
     for c in vals:
         g = churn_gamma(c, steps)
@@ -75,51 +153,63 @@ def rule_rho(rule: str) -> float:
     return float(getattr(r, "bottom", getattr(r, "rho", math.nan)))
 
 
-def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Sequence[float] = (0, 1, 2),
-                   rules: Sequence[str] = ("none", "const:0.85", "const:0.7"), s_tmin: float | None = None,
-                   s_tmax: float | None = None, s_noise: float | None = None, store: Store | None = None,
+def stochastic_plan(net: nn.Module, config: StochasticConfig, grid: str = "edm") -> int:
+    """The number of sampling steps on ``net``'s grid; InputError before any sampling if ``config.nfe`` cannot be
+    used on the grid or two S_churn values give the same gamma on it (see :func:`check_churns`)."""
+    steps = len(check_sampling(net, SAMPLER, config.nfe, grid)) - 1
+    check_churns(config.churns, steps)
+    return steps
+
+
+def run_stochastic(net: nn.Module, setup: FidSetup, config: StochasticConfig, *, store: Store | None = None,
                    progress: bool = False) -> AnalysisResult:
-    """FID of the EDM stochastic sampler for every (S_churn, rule), paired over the same seed sets.
+    """FID of the EDM stochastic sampler for every (S_churn, rule) of ``config``, paired over the same seed sets.
 
     Rows per (S_churn, rule): gamma, rho, mean FID with its 95% t interval and the paired
     difference to the untouched network at the same S_churn. The summary names, per rule, the
     S_churn with the lowest FID (the "sweet point" of Fig. 8).
     """
-    sigmas = check_sampling(net, SAMPLER, nfe, setup.grid)
-    steps = len(sigmas) - 1
-    churns = check_churns(churns, steps)
-    rules = canonical_rules(rules)
-    if "none" not in rules:
-        rules = ["none", *rules]
-    extra = {k: float(v) for k, v in (("S_tmin", s_tmin), ("S_tmax", s_tmax), ("S_noise", s_noise)) if v is not None}
-    for k, v in extra.items():
-        if not math.isfinite(v) or v < 0:
-            raise InputError(f"{k} must be finite and >= 0, got {v}")
+    steps = stochastic_plan(net, config, setup.grid)
+    churns, rules, extra = list(config.churns), config.measured_rules, config.options
     rows = []
-    means: dict[tuple[float, str], float] = {}
     for c in churns:
-        est = fid_estimates(net, setup, sampler=SAMPLER, nfe=nfe, rules=rules, options={"S_churn": c, **extra},
+        est = fid_estimates(net, setup, sampler=SAMPLER, nfe=config.nfe, rules=rules, options={"S_churn": c, **extra},
                             store=store, progress=progress)
-        base = est["none"]
-        for r in rules:
-            d = paired_difference(est[r], base)
-            means[(c, r)] = est[r].mean
-            rows.append({"S_churn": c, "gamma": churn_gamma(c, steps), "rule": r, "rho": rule_rho(r),
-                         **estimate_columns(est[r]), **estimate_columns(d, "diff"),
-                         "vs_none": "-" if r == "none" else significant(d)})
-    summary: dict = {}
+        rows += _churn_rows(c, steps, rules, est)
+    means = {(row["S_churn"], row["rule"]): row["fid"] for row in rows}
+    result_config = {**sampler_fields(SAMPLER), "nfe": config.nfe, "steps": steps, "S_churn": churns,
+                     "rules": rules, "options": extra, **setup.config()}
+    return AnalysisResult(NAME, result_config, rows, _summary(means, churns, rules), _notes(config, setup, steps))
+
+
+def _churn_rows(c: float, steps: int, rules: Sequence[str], est: dict[str, Estimate]) -> list[dict[str, Any]]:
+    """The rows of one S_churn: per rule gamma, rho, FID and the paired difference to the untouched network."""
+    rows = []
     for r in rules:
-        best = min(churns, key=lambda c, r=r: means[(c, r)])
-        summary[f"best_S_churn[{r}]"] = best
+        d = paired_difference(est[r], est["none"])
+        rows.append({"S_churn": c, "gamma": churn_gamma(c, steps), "rule": r, "rho": rule_rho(r),
+                     **estimate_columns(est[r]), **estimate_columns(d, "diff"),
+                     "vs_none": "-" if r == "none" else significant(d)})
+    return rows
+
+
+def _summary(means: dict[tuple[float, str], float], churns: Sequence[float], rules: Sequence[str]) -> dict[str, Any]:
+    """Per rule the S_churn with the lowest FID (and whether it beats the untouched network at every S_churn);
+    the best (S_churn, rule) overall."""
+    summary: dict[str, Any] = {}
+    for r in rules:
+        summary[f"best_S_churn[{r}]"] = min(churns, key=lambda c, r=r: means[(c, r)])
         if r != "none":
             summary[f"better_than_none_at_every_S_churn[{r}]"] = all(means[(c, r)] < means[(c, "none")] for c in churns)
     c_best, r_best = min(means, key=means.get)
     summary.update({"best_S_churn": c_best, "best_rule": r_best, "best_fid": means[(c_best, r_best)]})
-    config = {**sampler_fields(SAMPLER),
-              "nfe": nfe, "steps": steps, "S_churn": churns,
-              "rules": rules, "options": extra, **setup.config()}
-    notes = [
-        f"EDM stochastic sampler (Alg. 2), NFE {nfe} ({steps} steps on the {setup.grid} grid); gamma = "
+    return summary
+
+
+def _notes(config: StochasticConfig, setup: FidSetup, steps: int) -> list[str]:
+    extra = config.options
+    return [
+        f"EDM stochastic sampler (Alg. 2), NFE {config.nfe} ({steps} steps on the {setup.grid} grid); gamma = "
         f"min(S_churn/{steps}, sqrt(2)-1) per step"
         + ("; " + ", ".join(f"{k} = {v:g}" for k, v in extra.items()) if extra
            else "; S_tmin = 0, S_tmax = inf, S_noise = 1")
@@ -127,4 +217,3 @@ def run_stochastic(net: nn.Module, setup: FidSetup, *, nfe: int = 9, churns: Seq
         "diff = FID(rule) - FID(untouched) at the same S_churn, paired over the seed sets.",
         setup.note(),
     ]
-    return AnalysisResult(NAME, config, rows, summary, notes)

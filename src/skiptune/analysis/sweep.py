@@ -14,7 +14,7 @@ the x value is rho (const) or rho_bottom (layer).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -31,6 +31,8 @@ from skiptune.store import Store
 NAME = "sweep"
 HELP = "FID vs rho U-curves per NFE from the sweep runs in the results store (Fig. 4)"
 CURVE_FAMILIES = ("none", "const", "layer")
+#: the feature network that ``skiptune analyze`` scores with unless ``--features`` says otherwise
+DEFAULT_FEATURES = "digits-classifier"
 
 
 def _rho(rule: str) -> float | None:
@@ -53,26 +55,81 @@ def _label(cfg: dict, options: dict) -> str:
     return text
 
 
-def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = None, features: str | None = None,
-              samplers: Sequence[str] | None = None, nfes: Sequence[int] | None = None, all_rules: bool = False,
-              progress: bool = False) -> AnalysisResult:
-    """Per (sampler, NFE, rule): mean FID over the stored seed sets, its t interval and the paired
-    difference to the untouched network. ``model_id`` (default: the checksum of ``net``) selects the
-    model; ``features``, ``samplers`` and ``nfes`` filter further."""
-    if store is None:
-        raise InputError("the sweep analysis reads the sweep runs of a results store: give a store (not --no-db)")
-    if model_id is None:
-        if net is None:
-            raise InputError("give a network or a model checksum")
-        model_id = state_dict_sha256(net)
-    filters = {"kind": POINT_KIND, "model": model_id}
-    if features:
-        filters["features"] = features
-    recs = [r for r in store.runs(filters, status="complete") if "nfe" in r.config]  # steps-based points: no NFE
-    if samplers:
-        recs = [r for r in recs if r.config.get("sampler") in set(samplers)]
-    if nfes:
-        recs = [r for r in recs if int(r.config.get("nfe")) in {int(n) for n in nfes}]
+@dataclass(frozen=True)
+class SweepConfig:
+    """Which stored sweep runs the curves are drawn from (every setting of :func:`run_sweep`).
+
+    ``model_id``: sha256 of the model's weights (None: that of the network given to :func:`run_sweep`);
+    ``features``: the feature network of the FIDs (``digits-classifier``, the default of ``skiptune analyze
+    --features``; None or ``""``: any); ``samplers`` and ``nfes``: only these (empty: all);
+    ``all_rules``: also tabulate rules that are not on a rho axis (ramps, windows, products).
+    Validated on construction (:class:`~skiptune.core.errors.InputError` naming the setting).
+    """
+
+    model_id: str | None = None
+    features: str | None = DEFAULT_FEATURES
+    samplers: tuple[str, ...] = ()
+    nfes: tuple[int, ...] = ()
+    all_rules: bool = False
+
+    def __post_init__(self):
+        if self.model_id is not None and not (isinstance(self.model_id, str) and self.model_id.strip()):
+            raise InputError(f"SweepConfig.model_id must be the sha256 of a model's weights (or None for the "
+                             f"network's own), got {self.model_id!r}")
+        if self.features is not None and not isinstance(self.features, str):
+            raise InputError(f"SweepConfig.features must be a feature network name (or None for any), "
+                             f"got {self.features!r}")
+        samplers = _sequence("samplers", self.samplers, "sampler names such as ('heun',)")
+        if not all(isinstance(s, str) and s for s in samplers):
+            raise InputError(f"SweepConfig.samplers must hold sampler names such as 'heun' (empty: all), "
+                             f"got {self.samplers!r}")
+        object.__setattr__(self, "samplers", samplers)
+        object.__setattr__(self, "nfes", _positive_ints(_sequence("nfes", self.nfes, "integers such as (9, 35)")))
+
+    def filters(self, model_id: str) -> dict[str, str]:
+        """The store filter of the runs read: sweep points of this model (and feature network)."""
+        return {"kind": POINT_KIND, "model": model_id, **({"features": self.features} if self.features else {})}
+
+    def result_config(self, model_id: str) -> dict:
+        """The ``config`` of the stored result."""
+        return {"model": model_id, "features": self.features or "any", "samplers": list(self.samplers),
+                "nfes": list(self.nfes), "all_rules": self.all_rules}
+
+
+def _sequence(name: str, values, what: str) -> tuple:
+    """``values`` as a tuple (None: empty); InputError naming the setting for a string or a non-sequence."""
+    if values is None:
+        return ()
+    if not isinstance(values, str | bytes):
+        try:
+            return tuple(values)
+        except TypeError:
+            pass
+    raise InputError(f"SweepConfig.{name} must be a sequence of {what} (empty: all), got {values!r}")
+
+
+def _positive_ints(values: tuple) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        try:
+            ok = not isinstance(v, bool) and int(v) == v and v >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"SweepConfig.nfes must hold integers >= 1 (e.g. (9, 35); empty: all), got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def _read_groups(store: Store, model_id: str, config: SweepConfig) -> tuple[dict[tuple, dict[str, float]], dict]:
+    """``groups[key] = {seed set: FID}`` and ``meta[key] = {label, ref}`` of the complete runs, keyed by
+    (sampler, options, NFE, grid, mode, ref, samples per set, rule)."""
+    recs = store.runs(config.filters(model_id), status="complete")
+    recs = [r for r in recs if "nfe" in r.config]  # steps-based points: no NFE
+    if config.samplers:
+        recs = [r for r in recs if r.config.get("sampler") in set(config.samplers)]
+    if config.nfes:
+        recs = [r for r in recs if int(r.config.get("nfe")) in set(config.nfes)]
     groups: dict[tuple, dict[str, float]] = {}
     meta: dict[tuple, dict] = {}
     for rec in recs:
@@ -80,7 +137,7 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
         if cfg.get("sampler_rev") != revision_fields(cfg["sampler"]).get("sampler_rev"):
             continue  # made by an older revision of this sampler
         rule = cfg["rule"]
-        if not all_rules and rule.split(":")[0] not in CURVE_FAMILIES:
+        if not config.all_rules and rule.split(":")[0] not in CURVE_FAMILIES:
             continue
         m = rec.metrics.get("fid")
         if m is None:
@@ -91,18 +148,21 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
                cfg.get("ref"), n, rule)
         groups.setdefault(key, {}).setdefault(cfg["seeds"], m.value)  # one value per seed set (oldest run)
         meta[key] = {"label": _label(cfg, options), "ref": str(cfg.get("ref"))[:8]}
-    if not groups:
-        raise InputError(f"no complete sweep runs of model {model_id[:16]} in {store.path}"
-                         + (f" with features {features}" if features else "")
-                         + ": run `skiptune sweep` (or `skiptune demo`) with this model and store first")
+    return groups, meta
+
+
+def _curve_rows(groups: dict[tuple, dict[str, float]], meta: dict) -> list[dict]:
+    """One row per group: mean FID over the seed sets, its t interval, and the paired difference to ``none``."""
     labels_n: dict[str, set] = {}
     for key, mt in meta.items():
         labels_n.setdefault(mt["label"], set()).add((key[6], key[5]))
-    rows = []
+
     def order(k):  # by sampler, NFE, samples, then rho; rules off the rho axis last
         rho = _rho(k[7])
         return meta[k]["label"], k[2], k[6] or 0, rho is None, rho or 0.0, k[7]
 
+    rows = []
+    nan = float("nan")
     for key in sorted(groups, key=order):
         vals = groups[key]
         label = meta[key]["label"]
@@ -115,7 +175,12 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
         rows.append({"sampler": label, "nfe": key[2], "rule": key[7], "rho": _rho(key[7]), "n_samples": key[6],
                      "seed_sets": len(vals), **estimate_columns(e),
                      **({"diff": d.mean, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high} if d else
-                        {"diff": float("nan"), "diff_ci_low": float("nan"), "diff_ci_high": float("nan")})})
+                        {"diff": nan, "diff_ci_low": nan, "diff_ci_high": nan})})
+    return rows
+
+
+def _summary(groups: dict[tuple, dict[str, float]], rows: list[dict]) -> dict:
+    """Runs read, and the best rule per (sampler, NFE) next to the untouched network."""
     summary: dict = {"runs_read": sum(len(v) for v in groups.values())}
     for label, nfe in dict.fromkeys((r["sampler"], r["nfe"]) for r in rows):
         group = [r for r in rows if r["sampler"] == label and r["nfe"] == nfe]
@@ -123,9 +188,30 @@ def run_sweep(net: nn.Module | None, *, store: Store, model_id: str | None = Non
         base = next((r for r in group if r["rule"] == "none"), None)
         summary[f"best[{label}, NFE {nfe}]"] = (f"{best['rule']} {best['fid']:.4g}"
                                                 + (f" (untouched {base['fid']:.4g})" if base else ""))
-    config = {"model": model_id, "features": features or "any", "samplers": list(samplers or []),
-              "nfes": [int(n) for n in nfes or []], "all_rules": all_rules}
+    return summary
+
+
+def run_sweep(net: nn.Module | None, config: SweepConfig = SweepConfig(), *, store: Store | None = None,
+              progress: bool = False) -> AnalysisResult:
+    """Per (sampler, NFE, rule): mean FID over the stored seed sets, its t interval and the paired
+    difference to the untouched network. ``config.model_id`` (default: the checksum of ``net``) selects the
+    model; ``config.features``, ``samplers`` and ``nfes`` filter further. ``progress`` is unused (nothing is
+    computed)."""
+    if store is None:
+        raise InputError("the sweep analysis reads the sweep runs of a results store: pass store= "
+                         "(on the command line: drop --no-db and give --db)")
+    model_id = config.model_id
+    if model_id is None:
+        if net is None:
+            raise InputError("give a network or a model checksum (SweepConfig.model_id)")
+        model_id = state_dict_sha256(net)
+    groups, meta = _read_groups(store, model_id, config)
+    if not groups:
+        raise InputError(f"no complete sweep runs of model {model_id[:16]} in {store.path}"
+                         + (f" with features {config.features}" if config.features else "")
+                         + ": run `skiptune sweep` (or `skiptune demo`) with this model and store first")
+    rows = _curve_rows(groups, meta)
     notes = ["Read from the results store; every FID is the mean over the seed sets stored for that configuration "
              "(95% Student-t interval); diff = paired difference to the untouched network over common seed sets.",
              "Seed 003 Fig. 4: U-shaped curves at every NFE, the best rho rising towards 1 with the NFE."]
-    return AnalysisResult(NAME, config, rows, summary, notes)
+    return AnalysisResult(NAME, config.result_config(model_id), rows, _summary(groups, rows), notes)

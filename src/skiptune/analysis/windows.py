@@ -26,8 +26,10 @@ that of step i: use a deterministic sampler for a clean attribution.)
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -39,13 +41,66 @@ from skiptune.analysis.scoring import (
     estimate_columns,
     fid_estimates,
 )
+from skiptune.core.checks import integer
 from skiptune.core.errors import InputError
-from skiptune.core.stats import paired_difference, significant
-from skiptune.sampling import sampler_fields
+from skiptune.core.stats import Estimate, paired_difference, significant
+from skiptune.experiment.generate import SamplingSpec
+from skiptune.sampling import sampler_fields, steps_for_nfe
 from skiptune.store import Store
 
 NAME = "windows"
 HELP = "exhaustive window search: tune inside one window of steps at a time, FID per window (Fig. 7)"
+
+
+@dataclass(frozen=True)
+class WindowsConfig:
+    """Every setting of the window search besides the :class:`FidSetup` (defaults: ``skiptune analyze windows``).
+
+    ``sampler`` and ``nfe`` pick the sampling grid; ``window_steps`` sampling steps make one window;
+    ``rule`` is applied inside the window (rho = 1 outside); ``only`` restricts the windows computed to
+    these indices (for partial runs; None: every window). Validated on construction as far as possible
+    without the network; whether ``nfe`` fits the network's grid and ``only`` names existing windows is
+    checked by :func:`select_windows` (called first by :func:`run_windows`).
+    """
+
+    sampler: str = "heun"
+    nfe: int = 9
+    window_steps: int = 1
+    rule: str = "const:0.7"
+    only: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "nfe", _checked_nfe(self.sampler, self.nfe))
+        object.__setattr__(self, "window_steps", integer(self.window_steps, minimum=1, what="window_steps",
+                                                          meaning="sampling steps per window"))
+        canonical_rules([self.rule])  # InputError naming the rule if it cannot be read
+        if self.only is not None:
+            object.__setattr__(self, "only", _window_indices(self.only))
+
+    @property
+    def canonical_rule(self) -> str:
+        """``rule`` in canonical form (its identity in stored runs)."""
+        return canonical_rules([self.rule])[0]
+
+
+def _checked_nfe(sampler: str, nfe: int) -> int:
+    """``nfe`` as an int, after checking that ``sampler`` exists and can use exactly ``nfe`` evaluations."""
+    SamplingSpec(sampler, nfe=nfe)  # a known sampler; nfe a whole number >= 1
+    steps_for_nfe(sampler, nfe)  # reachable (every grid of SamplingSpec ends at sigma = 0)
+    return int(nfe)
+
+
+def _window_indices(only: Any) -> tuple[int, ...]:
+    """``only`` as a non-empty tuple of window indices >= 0 (InputError naming the setting otherwise)."""
+    try:
+        vals = tuple(only)
+        ok = bool(vals) and all(not isinstance(v, bool) and operator.index(v) >= 0 for v in vals)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InputError(f"only must be a non-empty sequence of window indices (integers >= 0), or None for every "
+                         f"window; got {only!r}")
+    return tuple(operator.index(v) for v in vals)
 
 
 @dataclass(frozen=True)
@@ -81,58 +136,80 @@ def step_windows(sigmas: Sequence[float], window_steps: int, rule: str) -> list[
     return out
 
 
-def run_windows(net: nn.Module, setup: FidSetup, *, sampler: str = "heun", nfe: int = 9, window_steps: int = 1,
-                rule: str = "const:0.7", only: Sequence[int] | None = None, store: Store | None = None,
-                progress: bool = False) -> AnalysisResult:
-    """FID with ``rule`` applied in one window of ``window_steps`` steps at a time (seed 003, Fig. 7).
+def select_windows(net: nn.Module, config: WindowsConfig, grid: str = "edm") -> tuple[list[float], list[StepWindow]]:
+    """The sampler's sigma grid on ``net`` and the windows to compute (all, or those in ``config.only``).
 
-    Rows: the untouched network (``window = none``), the rule in every step (``all``) and one row per
-    window, with the mean FID over the seed sets, its 95% t interval and the paired difference to
-    the untouched network. ``only`` restricts the windows computed (indices; for partial runs).
+    Raises InputError before any sampling if ``config.nfe`` cannot be used on the grid or ``only`` names a
+    window the grid does not have.
     """
-    sigmas = check_sampling(net, sampler, nfe, setup.grid)
-    inner = canonical_rules([rule])[0]
-    wins = step_windows(sigmas, window_steps, inner)
-    if only is not None:
-        bad = sorted(set(only) - {w.index for w in wins})
+    sigmas = check_sampling(net, config.sampler, config.nfe, grid)
+    wins = step_windows(sigmas, config.window_steps, config.canonical_rule)
+    if config.only is not None:
+        bad = sorted(set(config.only) - {w.index for w in wins})
         if bad:
             raise InputError(f"window indices {bad} do not exist: the grid has {len(wins)} windows "
                              f"(0..{len(wins) - 1})")
-        wins = [w for w in wins if w.index in set(only)]
+        wins = [w for w in wins if w.index in set(config.only)]
+    return sigmas, wins
+
+
+def run_windows(net: nn.Module, setup: FidSetup, config: WindowsConfig, *, store: Store | None = None,
+                progress: bool = False) -> AnalysisResult:
+    """FID with ``config.rule`` applied in one window of ``config.window_steps`` steps at a time (seed 003, Fig. 7).
+
+    Rows: the untouched network (``window = none``), the rule in every step (``all``) and one row per
+    window, with the mean FID over the seed sets, its 95% t interval and the paired difference to
+    the untouched network. ``config.only`` restricts the windows computed (indices; for partial runs).
+    """
+    sigmas, wins = select_windows(net, config, setup.grid)
+    inner = config.canonical_rule
     rules = ["none", inner, *(w.rule for w in wins)]
-    est = fid_estimates(net, setup, sampler=sampler, nfe=nfe, rules=rules, store=store, progress=progress)
+    est = fid_estimates(net, setup, sampler=config.sampler, nfe=config.nfe, rules=rules, store=store,
+                        progress=progress)
+    rows = _window_rows(est, inner, wins, sigmas)
+    result_config = {**sampler_fields(config.sampler), "nfe": config.nfe, "steps": len(sigmas) - 1,
+                     "window_steps": config.window_steps, "rule": inner, "windows": [w.index for w in wins],
+                     **setup.config()}
+    return AnalysisResult(NAME, result_config, rows, _summary(rows, est, inner), _notes(config, setup, sigmas))
+
+
+def _window_rows(est: dict[str, Estimate], inner: str, wins: Sequence[StepWindow],
+                 sigmas: Sequence[float]) -> list[dict[str, Any]]:
+    """One row for the untouched network, one for the rule in every step, one per window."""
     base = est["none"]
+    entries = [("none", "-", sigmas[0], sigmas[-2], "none"),
+               ("all", _steps(0, len(sigmas) - 2), sigmas[0], sigmas[-2], inner),
+               *((str(w.index), _steps(w.first_step, w.last_step), w.sigma_start, w.sigma_end, w.rule) for w in wins)]
     rows = []
-    for label, w, r in [("none", None, "none"), ("all", None, inner), *((str(w.index), w, w.rule) for w in wins)]:
-        e = est[r]
-        d = paired_difference(e, base)
-        rows.append({
-            "window": label,
-            "steps": _steps(w.first_step, w.last_step) if w else ("-" if r == "none" else _steps(0, len(sigmas) - 2)),
-            "sigma_start": w.sigma_start if w else sigmas[0],
-            "sigma_end": w.sigma_end if w else sigmas[-2],
-            "rule": r, **estimate_columns(e), **estimate_columns(d, "diff"),
-            "vs_none": "-" if label == "none" else significant(d),
-        })
+    for label, steps, start, end, rule in entries:
+        d = paired_difference(est[rule], base)
+        rows.append({"window": label, "steps": steps, "sigma_start": start, "sigma_end": end, "rule": rule,
+                     **estimate_columns(est[rule]), **estimate_columns(d, "diff"),
+                     "vs_none": "-" if label == "none" else significant(d)})
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]], est: dict[str, Estimate], inner: str) -> dict[str, Any]:
+    """FID untouched and tuned throughout, and the window with the lowest FID."""
+    summary: dict[str, Any] = {"fid_none": est["none"].mean, "fid_all": est[inner].mean}
     win_rows = rows[2:]
-    best = min(win_rows, key=lambda row: row["fid"]) if win_rows else None
-    summary = {"fid_none": base.mean, "fid_all": est[inner].mean}
-    if best is not None:
+    if win_rows:
+        best = min(win_rows, key=lambda row: row["fid"])
         summary.update({"best_window": best["window"],
                         "best_window_sigmas": f"{best['sigma_start']:.4g}..{best['sigma_end']:.4g}",
                         "best_window_fid": best["fid"], "best_window_diff": best["diff"]})
-    config = {**sampler_fields(sampler), "nfe": nfe,
-              "steps": len(sigmas) - 1, "window_steps": window_steps, "rule": inner,
-              "windows": [w.index for w in wins], **setup.config()}
-    notes = [
-        f"{sampler}, NFE {nfe} ({len(sigmas) - 1} steps on the {setup.grid} grid); windows of {window_steps} step(s); "
-        f"the rule `{inner}` only for sigma inside the window, rho = 1 outside (seed 003, Fig. 7: 13 windows of 4 "
-        "steps on EDM ImageNet-64).",
+    return summary
+
+
+def _notes(config: WindowsConfig, setup: FidSetup, sigmas: Sequence[float]) -> list[str]:
+    return [
+        f"{config.sampler}, NFE {config.nfe} ({len(sigmas) - 1} steps on the {setup.grid} grid); windows of "
+        f"{config.window_steps} step(s); the rule `{config.canonical_rule}` only for sigma inside the window, "
+        "rho = 1 outside (seed 003, Fig. 7: 13 windows of 4 steps on EDM ImageNet-64).",
         "A window covers the grid sigmas at which its steps start (sigma_start..sigma_end); Heun's corrector at "
         "sigma_{i+1} belongs to the window of step i+1.",
         setup.note(),
     ]
-    return AnalysisResult(NAME, config, rows, summary, notes)
 
 
 def _steps(first: int, last: int) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
-from skiptune.analysis.complexity import ESTIMATORS, EXACT_MAX_DIM, run_complexity
+from skiptune.analysis.complexity import ESTIMATORS, EXACT_MAX_DIM, ComplexityConfig, run_complexity
 from skiptune.analysis.context import AnalysisContext
 
 
@@ -22,9 +22,10 @@ def add_arguments(p) -> None:
 
 
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
+    # the settings are checked here, before the model and the data load
+    config = ComplexityConfig(rules=args.rules, sigmas=args.sigmas, estimator=args.estimator, probes=args.probes,
+                              seed=args.seed, chunk=args.chunk)
     ds = ctx.dataset(args.split)
     labels = getattr(ds, "labels", None)
-    return run_complexity(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas,
-                          estimator=args.estimator, probes=args.probes, seed=args.seed,
-                          labels=None if labels is None else labels[:args.n], chunk=args.chunk, store=ctx.store,
-                          progress=ctx.progress, model_id=ctx.fingerprint)
+    return run_complexity(ctx.net, ds.images[:args.n], config, labels=None if labels is None else labels[:args.n],
+                          store=ctx.store, progress=ctx.progress, model_id=ctx.fingerprint)

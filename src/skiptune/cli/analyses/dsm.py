@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.dsm import run_dsm
+from skiptune.analysis.dsm import DsmConfig, run_dsm
 
 
 def add_arguments(p) -> None:
@@ -24,11 +24,13 @@ def add_arguments(p) -> None:
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
     from skiptune.metrics import get_extractor
 
+    # the settings are checked here, before the model and the data load
+    config = DsmConfig(rules=args.rules, sigmas=args.sigmas, lognormal=not args.no_lognormal, seed=args.seed,
+                       batch=args.batch)
     names = [s.strip() for s in (args.feature_nets or ctx.features).split(",") if s.strip()]
     exts = [ctx.extractor if name == ctx.features else get_extractor(name) for name in names]
     ds = ctx.dataset(args.split)
     labels = getattr(ds, "labels", None)
-    return run_dsm(ctx.net, ds.images[:args.n], rules=args.rules, sigmas=args.sigmas, extractors=exts,
-                   lognormal=not args.no_lognormal, seed=args.seed,
-                   labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
-                   progress=ctx.progress, model_id=ctx.fingerprint)
+    return run_dsm(ctx.net, ds.images[:args.n], config, extractors=exts,
+                   labels=None if labels is None else labels[:args.n], store=ctx.store, progress=ctx.progress,
+                   model_id=ctx.fingerprint)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.finetune import LOSSES, run_finetune
+from skiptune.analysis.finetune import (
+    LOSSES,
+    FidConfig,
+    FinetuneConfig,
+    FullFinetuneConfig,
+    RhoFitConfig,
+    run_finetune,
+)
 from skiptune.core.errors import InputError
 
 
@@ -40,19 +47,27 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the training draws")
 
 
+def config_from_args(args) -> FinetuneConfig:
+    """The analysis settings named by the options (``--feature-weight`` weighs L_feature in both the hybrid rho
+    loss and the full fine-tuning)."""
+    rho = RhoFitConfig(params=tuple(p.strip() for p in args.params.split(",") if p.strip()), loss=args.rho_loss,
+                       steps=args.rho_steps, batch=args.rho_batch, lr=args.rho_lr, init_raw=args.init_raw,
+                       init_sigmoid=args.init_sigmoid, sigmoid_max=args.sigmoid_max,
+                       feature_weight=args.feature_weight)
+    full = FullFinetuneConfig(steps=args.full_steps,
+                              checkpoints=tuple(_ints(args.full_checkpoints)) if args.full_checkpoints else None,
+                              batch=args.full_batch, lr=args.full_lr, feature_weight=args.feature_weight)
+    fid = FidConfig(sampler=args.sampler, nfes=tuple(_ints(args.nfe)), seeds=args.seeds, seed_sets=args.seed_sets,
+                    batch=args.fid_batch,
+                    compare_rules=tuple(r.strip() for r in args.compare_rules.split(";") if r.strip()))
+    return FinetuneConfig(weighting=args.weighting, seed=args.seed, rho=rho, full=full, fid=fid)
+
+
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
+    config = config_from_args(args)  # checked before the model and data are loaded
     ds = ctx.dataset("train")
     n = args.n if args.n is not None else len(ds.images)
     labels = getattr(ds, "labels", None)
-    params = [p.strip() for p in args.params.split(",") if p.strip()]
-    checkpoints = _ints(args.full_checkpoints) if args.full_checkpoints else None
-    compare = [r.strip() for r in args.compare_rules.split(";") if r.strip()]
-    return run_finetune(ctx.net, ds.images[:n], extractor=ctx.extractor, ref=ctx.reference, params=params,
-                        rho_loss=args.rho_loss, rho_steps=args.rho_steps, rho_batch=args.rho_batch,
-                        rho_lr=args.rho_lr, init_raw=args.init_raw, init_sigmoid=args.init_sigmoid,
-                        sigmoid_max=args.sigmoid_max, full_steps=args.full_steps, full_checkpoints=checkpoints,
-                        full_batch=args.full_batch, full_lr=args.full_lr, feature_weight=args.feature_weight,
-                        weighting=args.weighting, compare_rules=compare, sampler=args.sampler, nfes=_ints(args.nfe),
-                        seeds=args.seeds, num_seed_sets=args.seed_sets, fid_batch=args.fid_batch, seed=args.seed,
+    return run_finetune(ctx.net, ds.images[:n], config, scorer=ctx.scorer,
                         labels=None if labels is None else labels[:n], store=ctx.store, progress=ctx.progress,
                         model_id=ctx.fingerprint)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.grid import run_grid
-from skiptune.analysis.scoring import canonical_rules
+from skiptune.analysis.grid import GridConfig, run_grid
 from skiptune.core.errors import InputError
 
 
@@ -21,14 +20,19 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=250)
 
 
-def run(args, ctx: AnalysisContext) -> AnalysisResult:
+def config_from_args(args, ctx: AnalysisContext) -> GridConfig:
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     try:
         nfes = [int(v) for v in args.nfe.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
     if not samplers or not nfes:
-        raise InputError("give at least one sampler and one NFE")
-    return run_grid(ctx.net, out=ctx.out, samplers=samplers, nfes=nfes, rules=canonical_rules(args.rules),
-                    seeds=args.seeds, grid=args.grid, mode=args.mode, ncols=args.ncols, class_label=args.class_label,
-                    batch=args.batch, device=ctx.device, store=ctx.store, progress=ctx.progress)
+        raise InputError("give at least one sampler (--samplers) and one NFE (--nfe)")
+    return GridConfig(samplers=samplers, nfes=nfes, rules=args.rules, seeds=args.seeds, grid=args.grid,
+                      mode=args.mode, ncols=args.ncols, class_label=args.class_label, batch=args.batch,
+                      device=ctx.device)
+
+
+def run(args, ctx: AnalysisContext) -> AnalysisResult:
+    config = config_from_args(args, ctx)
+    return run_grid(ctx.net, ctx.out, config, store=ctx.store, progress=ctx.progress)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.inversion import run_inversion
-from skiptune.analysis.scoring import canonical_rules
+from skiptune.analysis.inversion import InversionConfig, run_inversion
 from skiptune.core.errors import InputError
-from skiptune.sampling import DETERMINISTIC
 
 
 def add_arguments(p) -> None:
@@ -26,30 +24,35 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=250)
 
 
-def run(args, ctx: AnalysisContext) -> AnalysisResult:
+def _dataset(args, ctx: AnalysisContext):
+    """The real images of ``--split`` and the split they come from (``auto``: test if there is one, else train)."""
+    if args.split == "auto":
+        try:
+            return ctx.dataset("test"), "test"
+        except ValueError:
+            return ctx.dataset("train"), "train"
+    try:
+        return ctx.dataset(args.split), args.split
+    except ValueError as exc:
+        raise InputError(f"{exc} (pass --split train)") from None
+
+
+def config_from_args(args, ctx: AnalysisContext, split: str | None = None) -> InversionConfig:
+    """The settings of the command line; ``data_id`` is ``DATA:SPLIT`` (``--split`` until the split is known)."""
     try:
         scales = [float(v) for v in args.rbf_scales.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--rbf-scales must be comma-separated numbers, got {args.rbf_scales!r}") from None
-    rules = canonical_rules(args.rules)
-    if args.sampler not in DETERMINISTIC:
-        raise InputError(f"--sampler must be deterministic for inversion: one of {sorted(DETERMINISTIC)}")
-    split = args.split
-    if split == "auto":
-        try:
-            data = ctx.dataset("test")
-            split = "test"
-        except ValueError:
-            data, split = ctx.dataset("train"), "train"
-    else:
-        try:
-            data = ctx.dataset(split)
-        except ValueError as exc:
-            raise InputError(f"{exc} (pass --split train)") from None
-    res = run_inversion(ctx.net, data.images, labels=data.labels, rules=rules, sampler=args.sampler, steps=args.steps,
-                        grid=args.grid, seeds=args.seeds, seed_sets_count=args.seed_sets, rbf_scales=scales,
-                        unbiased=not args.biased, mode=args.mode, batch=args.batch, device=ctx.device,
-                        data_id=f"{ctx.data}:{split}", store=ctx.store, progress=ctx.progress)
+    return InversionConfig(rules=args.rules, sampler=args.sampler, steps=args.steps, grid=args.grid, seeds=args.seeds,
+                           seed_sets=args.seed_sets, rbf_scales=scales, unbiased=not args.biased, mode=args.mode,
+                           batch=args.batch, device=ctx.device, data_id=f"{ctx.data}:{split or args.split}")
+
+
+def run(args, ctx: AnalysisContext) -> AnalysisResult:
+    config_from_args(args, ctx)  # refuse bad options before any data is loaded
+    data, split = _dataset(args, ctx)
+    res = run_inversion(ctx.net, data.images, data.labels, config_from_args(args, ctx, split), store=ctx.store,
+                        progress=ctx.progress)
     if split == "train":
         res.notes.append("The images come from the training split (the data set has no held-out split).")
     return res

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.norms import run_norms
-from skiptune.core.errors import InputError
+from skiptune.analysis.norms import NormsConfig, run_norms
 
 
 def add_arguments(p) -> None:
@@ -20,11 +19,9 @@ def add_arguments(p) -> None:
 
 
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
-    if args.n < 2:
-        raise InputError("--n must be >= 2 (intervals need two images)")
+    # the settings are checked here, before the model and the data load
+    config = NormsConfig(sigmas=args.sigmas, seed=args.seed, rule=args.rule, batch=args.batch)
     ds = ctx.dataset(args.split)
-    images = ds.images[:args.n]
     labels = getattr(ds, "labels", None)
-    return run_norms(ctx.net, images, sigmas=args.sigmas, seed=args.seed, rule=args.rule,
-                     labels=None if labels is None else labels[:args.n], batch=args.batch, store=ctx.store,
-                     progress=ctx.progress, model_id=ctx.fingerprint)
+    return run_norms(ctx.net, ds.images[:args.n], config, labels=None if labels is None else labels[:args.n],
+                     store=ctx.store, progress=ctx.progress, model_id=ctx.fingerprint)

@@ -1,13 +1,13 @@
-"""``skiptune analyze order``: options, and the call of :func:`skiptune.analysis.order.run_order`."""
+"""``skiptune analyze order``: options, read into an :class:`~skiptune.analysis.order.OrderConfig` for
+:func:`skiptune.analysis.order.run_order`."""
 
 from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.order import order_rules, run_order
-from skiptune.analysis.scoring import check_sampling
+from skiptune.analysis.order import OrderConfig, order_plan, run_order
+from skiptune.cli import parse_list
 from skiptune.cli.analyses._fid import add_fid_arguments, setup_from_args
-from skiptune.core.errors import InputError
 
 
 def add_arguments(p) -> None:
@@ -17,13 +17,17 @@ def add_arguments(p) -> None:
                    help="ramp linear in sigma (paper, default) or in log sigma")
 
 
+def config_from_args(args) -> OrderConfig:
+    return OrderConfig(sampler=args.sampler, nfe=args.nfe, rho0=parse_numbers("--rho0", args.rho0),
+                       space=args.space)
+
+
+def parse_numbers(flag: str, text: str) -> tuple[float, ...]:
+    """``0.7,1`` -> ``(0.7, 1.0)``; UsageError naming ``flag`` if it is not a non-empty list of numbers."""
+    return parse_list(text, float, flag=flag, what="numbers")
+
+
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
-    try:
-        rho0 = [float(v) for v in args.rho0.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--rho0 must be comma-separated numbers, got {args.rho0!r}") from None
-    for r in rho0:
-        order_rules(r, args.space)  # validates rho_0 > 0 before any work
-    check_sampling(ctx.net, args.sampler, args.nfe, args.grid)
-    return run_order(ctx.net, setup_from_args(args, ctx), sampler=args.sampler, nfe=args.nfe, rho0=rho0,
-                     space=args.space, store=ctx.store)
+    config = config_from_args(args)
+    order_plan(ctx.net, config, args.grid)  # fails on the grid before the scorer loads its reference
+    return run_order(ctx.net, setup_from_args(args, ctx), config, store=ctx.store)

@@ -1,13 +1,13 @@
-"""``skiptune analyze stochastic``: options, and the call of :func:`skiptune.analysis.stochastic.run_stochastic`."""
+"""``skiptune analyze stochastic``: options, read into a :class:`~skiptune.analysis.stochastic.StochasticConfig`
+for :func:`skiptune.analysis.stochastic.run_stochastic`."""
 
 from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.scoring import canonical_rules, check_sampling
-from skiptune.analysis.stochastic import SAMPLER, check_churns, run_stochastic
+from skiptune.analysis.stochastic import SAMPLER, StochasticConfig, run_stochastic, stochastic_plan
+from skiptune.cli import parse_list
 from skiptune.cli.analyses._fid import add_fid_arguments, setup_from_args
-from skiptune.core.errors import InputError
 
 
 def add_arguments(p) -> None:
@@ -20,13 +20,22 @@ def add_arguments(p) -> None:
     p.add_argument("--s-noise", type=float, default=None, help="EDM S_noise (default 1)")
 
 
+def config_from_args(args) -> StochasticConfig:
+    return StochasticConfig(nfe=args.nfe, churns=parse_churns(args.churn), rules=parse_rules(args.rules),
+                            s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise)
+
+
+def parse_churns(text: str) -> tuple[float, ...]:
+    """``--churn 0,1,2`` -> ``(0.0, 1.0, 2.0)`` (UsageError naming the flag if it is not a list of numbers)."""
+    return parse_list(text, float, flag="--churn", what="numbers")
+
+
+def parse_rules(text: str) -> tuple[str, ...]:
+    """``--rules 'none;const:0.85'`` -> ``('none', 'const:0.85')``."""
+    return parse_list(text, flag="--rules", what="rules such as 'const:0.85;const:0.7'", sep=";")
+
+
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
-    try:
-        churns = [float(v) for v in args.churn.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--churn must be comma-separated numbers, got {args.churn!r}") from None
-    steps = len(check_sampling(ctx.net, SAMPLER, args.nfe, args.grid)) - 1
-    check_churns(churns, steps)
-    rules = canonical_rules(args.rules)
-    return run_stochastic(ctx.net, setup_from_args(args, ctx), nfe=args.nfe, churns=churns, rules=rules,
-                          s_tmin=args.s_tmin, s_tmax=args.s_tmax, s_noise=args.s_noise, store=ctx.store)
+    config = config_from_args(args)
+    stochastic_plan(ctx.net, config, args.grid)  # fails on the grid before the scorer loads its reference
+    return run_stochastic(ctx.net, setup_from_args(args, ctx), config, store=ctx.store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.sweep import run_sweep
+from skiptune.analysis.sweep import SweepConfig, run_sweep
 from skiptune.core.errors import InputError
 
 
@@ -15,13 +15,15 @@ def add_arguments(p) -> None:
                    help="also tabulate rules that are not on a rho axis (ramps, windows, products)")
 
 
-def run(args, ctx: AnalysisContext) -> AnalysisResult:
-    if ctx.store is None:
-        raise InputError("the sweep analysis reads the results store: drop --no-db and give --db")
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()] if args.samplers else None
+def config_from_args(args, ctx: AnalysisContext) -> SweepConfig:
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()] if args.samplers else []
     try:
-        nfes = [int(v) for v in args.nfe.split(",") if v.strip()] if args.nfe else None
+        nfes = [int(v) for v in args.nfe.split(",") if v.strip()] if args.nfe else []
     except ValueError:
         raise InputError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
-    return run_sweep(ctx.net, store=ctx.store, features=ctx.features, samplers=samplers, nfes=nfes,
-                     all_rules=args.all_rules)
+    return SweepConfig(features=ctx.features, samplers=samplers, nfes=nfes, all_rules=args.all_rules)
+
+
+def run(args, ctx: AnalysisContext) -> AnalysisResult:
+    config = config_from_args(args, ctx)
+    return run_sweep(ctx.net, config, store=ctx.store)

@@ -1,13 +1,13 @@
-"""``skiptune analyze windows``: options, and the call of :func:`skiptune.analysis.windows.run_windows`."""
+"""``skiptune analyze windows``: options, read into a :class:`~skiptune.analysis.windows.WindowsConfig` for
+:func:`skiptune.analysis.windows.run_windows`."""
 
 from __future__ import annotations
 
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
-from skiptune.analysis.scoring import check_sampling
-from skiptune.analysis.windows import run_windows, step_windows
+from skiptune.analysis.windows import WindowsConfig, run_windows, select_windows
+from skiptune.cli import parse_list
 from skiptune.cli.analyses._fid import add_fid_arguments, setup_from_args
-from skiptune.core.errors import InputError
 
 
 def add_arguments(p) -> None:
@@ -17,13 +17,17 @@ def add_arguments(p) -> None:
     p.add_argument("--only", default=None, help="comma-separated window indices to compute (default all)")
 
 
+def config_from_args(args) -> WindowsConfig:
+    return WindowsConfig(sampler=args.sampler, nfe=args.nfe, window_steps=args.window_steps, rule=args.rule,
+                         only=parse_only(args.only))
+
+
+def parse_only(text: str | None) -> tuple[int, ...] | None:
+    """``--only 0,3,4`` -> ``(0, 3, 4)``; absent or empty -> None (every window)."""
+    return parse_list(text, int, flag="--only", what="window indices (integers >= 0)") if text else None
+
+
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
-    only = None
-    if args.only:
-        try:
-            only = [int(v) for v in args.only.split(",") if v.strip()]
-        except ValueError:
-            raise InputError(f"--only must be comma-separated window indices, got {args.only!r}") from None
-    step_windows(check_sampling(ctx.net, args.sampler, args.nfe, args.grid), args.window_steps, args.rule)
-    return run_windows(ctx.net, setup_from_args(args, ctx), sampler=args.sampler, nfe=args.nfe,
-                       window_steps=args.window_steps, rule=args.rule, only=only, store=ctx.store)
+    config = config_from_args(args)
+    select_windows(ctx.net, config, args.grid)  # fails on the grid before the scorer loads its reference
+    return run_windows(ctx.net, setup_from_args(args, ctx), config, store=ctx.store)
