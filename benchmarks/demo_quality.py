@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from skiptune import load_model
-from skiptune.demo.assets import DEMO_MODEL, asset_path
 from skiptune.experiment.generate import SamplingSpec, generate, to_uint8
 from skiptune.metrics import extract_features, fid_floor, fid_from_features, get_extractor
 from skiptune.train.data import digits_split_indices, load_dataset
@@ -65,7 +64,7 @@ def main() -> None:
     print(f"| model | FID n={N_SAMPLES} | " + " | ".join(f"FID n={n} (mean, std over sets) | / floor" for n in SIZES)
           + " |")
     print("|" + " --- |" * (2 + 2 * len(SIZES)))
-    for path in args.models or [str(asset_path(DEMO_MODEL))]:
+    for path in args.models or ["demo-digits"]:
         net = load_model(path)
         g = feats(generate(net, f"0-{N_SAMPLES - 1}", SamplingSpec("heun", nfe=39), batch_size=300).images)
         cells = [f"{fid_from_features(g, train):.2f}"]

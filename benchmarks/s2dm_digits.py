@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from skiptune.demo.assets import classifier_extractor
+    from skiptune.experiment import Scorer, open_store
     from skiptune.experiment.generate import to_uint8
     from skiptune.io import load_model
     from skiptune.metrics import extract_features, fid_from_stats
-    from skiptune.runs.compare import compare_training, format_compare_table
+    from skiptune.runs.compare import CompareSpec, compare_training, format_compare_table
     from skiptune.sampling import parse_seeds
-    from skiptune.store import Store
     from skiptune.train import TrainConfig, load_dataset, train
 
     out = Path(args.out)
@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     floor = [float(fid_from_stats(extract_features(c, ext, features=[feature], keep=False).get(feature),
                                   ref.get(feature))) for c in chunks]
     t0 = time.perf_counter()
-    with Store(out / "results.sqlite") as store:
-        rows = compare_training(load_model(paths["ddpm"]), load_model(paths["s2dm"]), opt["samplers"].split(","),
-                                [int(s) for s in opt["sample_steps"].split(",")], opt["seeds"], opt["sets"], ext, ref,
-                                store, progress=True)
+    with open_store(out / "results.sqlite") as store:
+        spec = CompareSpec(samplers=opt["samplers"].split(","), steps=[int(s) for s in opt["sample_steps"].split(",")],
+                           seeds=opt["seeds"], sets=opt["sets"])
+        rows = compare_training(load_model(paths["ddpm"]), load_model(paths["s2dm"]), spec, Scorer(ext, ref), store,
+                                progress=True)
     table = format_compare_table(rows)
     print(f"\nsettings: {json.dumps({**opt, 'skip_span': args.skip_span, 'tau': args.tau, 'seed': args.seed})}")
     print(f"FID: digits-classifier features vs {ref.get(feature).n} training digits; {opt['sets']} seed sets of {n} "

@@ -20,12 +20,9 @@ import time
 
 from skiptune import load_model
 from skiptune.core.stats import t_interval
-from skiptune.experiment.generate import to_uint8
-from skiptune.metrics import extract_features, get_extractor
-from skiptune.runs.sweep import SweepSpec, expand_rules, fingerprint, run_sweep, seed_sets
+from skiptune.experiment import Scorer, open_store
+from skiptune.runs.sweep import SweepSpec, expand_rules, model_ref, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
-from skiptune.store import Store
-from skiptune.train.data import load_dataset
 
 
 def main() -> None:
@@ -43,31 +40,28 @@ def main() -> None:
     ap.add_argument("--weights", help="weights file of the feature network (default: its shipped one)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    ext = get_extractor(args.features, weights=args.weights)
-    feature = ext.feature_for("fid")
-    ref = extract_features(to_uint8(load_dataset(args.data, split="train").images), ext, features=[feature],
-                           keep=False)
+    scorer = Scorer.load(args.features, args.data, weights=args.weights)
     rules = expand_rules(args.rules)
     if rules[0] != "none":
         raise SystemExit("--rules must start with 'none' (the baseline of the paired differences)")
     sets = seed_sets(args.seeds, args.sets)
     lines = []
-    with Store(args.db) as store:
+    with open_store(args.db) as store:
         for item in args.model:
             label, _, path = item.partition("=")
             if not path:
                 raise SystemExit(f"--model must be LABEL=PATH, got {item!r}")
             net = load_model(path)
+            model = model_ref(net, path)
             quality = "-"
             if args.quality_nfe:
                 q = run_sweep(net, SweepSpec(rules=["none"], samplers=["heun"], nfes=[args.quality_nfe],
                                              seed_sets=sets[:1], batch=300),
-                              store=store, extractor=ext, ref=ref, model_id=fingerprint(net), progress=False)
+                              store=store, scorer=scorer, model=model, progress=False)
                 quality = f"{q[0].estimate.mean:.1f}"
             spec = SweepSpec(rules=rules, samplers=args.samplers.split(","), nfes=[int(x) for x in args.nfe.split(",")],
                              seed_sets=sets, batch=300)
-            rows = run_sweep(net, spec, store=store, extractor=ext, ref=ref, model_id=fingerprint(net),
-                             progress=False)
+            rows = run_sweep(net, spec, store=store, scorer=scorer, model=model, progress=False)
             first = len(lines)
             by = {(r.sampler, r.nfe, r.rule): r.estimate for r in rows}
             for s in spec.samplers:

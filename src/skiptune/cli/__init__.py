@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_list(text: str, convert=str, *, flag: str, what: str = "values", sep: str = ",") -> tuple:
+    """``"0.7,1"`` -> ``(0.7, 1.0)`` with ``convert``; UsageError naming ``flag`` if an item does not convert
+    or the list is empty (``what`` says what the items should be)."""
+    try:
+        items = tuple(convert(v.strip()) for v in (text or "").split(sep) if v.strip())
+    except ValueError:
+        items = ()
+    if not items:
+        raise UsageError(f"{flag} must be {'comma' if sep == ',' else repr(sep)}-separated {what}, got {text!r}")
+    return items
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--model PATH`` and/or ``--arch PRESET``, and ``--trust-code``, shared by commands that load a network."""
     p.add_argument("--model", metavar="PATH", help="skiptune .safetensors checkpoint, EDM network .pkl, or a raw "

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skiptune.cli import UsageError
-from skiptune.cli.sweep import _csv
+from skiptune.cli import UsageError, parse_list
 
 
 def register(sub) -> None:
@@ -61,12 +60,12 @@ def run(args) -> int:
 
     from skiptune.experiment import Scorer, open_store
     from skiptune.io import load_model
-    from skiptune.runs.compare import check_pair, compare_training, format_compare_table
+    from skiptune.runs.compare import CompareSpec, compare_training, format_compare_table
     from skiptune.runs.sweep import expand_rules
     from skiptune.sampling import SAMPLERS, parse_seeds
 
-    samplers = _csv(args.samplers)
-    steps = _csv(args.steps, int)
+    samplers = parse_list(args.samplers, flag="--samplers", what="sampler names")
+    steps = parse_list(args.steps, int, flag="--steps", what="integers")
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown:
         raise UsageError(f"unknown sampler(s) {', '.join(unknown)}; known: {', '.join(SAMPLERS)}")
@@ -80,23 +79,23 @@ def run(args) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    rules = expand_rules(args.rules)
+    spec = CompareSpec(samplers=samplers, steps=steps, seeds=args.seeds, sets=args.seed_sets,
+                       rules=expand_rules(args.rules), grid=args.grid, mode=args.mode, batch=args.batch)
     base, s2dm = load_model(args.base), load_model(args.s2dm)
     digits = all((getattr(n, "skiptune_extra", {}) or {}).get("dataset") == "digits" for n in (base, s2dm))
     if args.ref is None and not digits:
         raise UsageError("--ref is required unless both models were trained on digits: give reference statistics "
                          "(an .npz from `skiptune ref`) or the training data set")
     features = args.features or ("digits-classifier" if digits else "inception-v3")
-    check_pair(base, s2dm, samplers, steps, args.grid, rules)  # before extracting any reference features
+    spec.check(base, s2dm)  # before extracting any reference features
     open_store(args.db).close()  # a store that cannot be used fails before any reference features are extracted
     scorer = Scorer.load(features, args.ref or "digits", weights=args.weights, device=args.device,
                          progress=not args.no_progress)
     print(f"base  {args.base}: {_describe(base)}")
     print(f"s2dm  {args.s2dm}: {_describe(s2dm)}")
     with open_store(args.db) as store:
-        rows = compare_training(base, s2dm, samplers, steps, args.seeds, args.seed_sets, scorer, store,
-                                rules=rules, grid=args.grid, mode=args.mode, batch=args.batch, device=args.device,
-                                progress=not args.no_progress, sources=(args.base, args.s2dm))
+        rows = compare_training(base, s2dm, spec, scorer, store, device=args.device, progress=not args.no_progress,
+                                sources=(args.base, args.s2dm))
     table = format_compare_table(rows)
     print(f"FID ({scorer.extractor.name} features, vs {scorer.spec().ref_n} reference images): mean ± 95% "
           f"half-width over {args.seed_sets} seed sets of {len(parse_seeds(args.seeds))} samples; relative "

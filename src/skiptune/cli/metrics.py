@@ -87,6 +87,9 @@ def _format(rec: dict) -> str:
 
 
 def run_eval(args) -> int:
+    from functools import partial
+
+    from skiptune.distributed import extract_features_distributed, init_distributed
     from skiptune.metrics import evaluate
 
     _check_input(args.images, "--images")
@@ -95,45 +98,17 @@ def run_eval(args) -> int:
         raise UsageError("--metrics is empty")
     if args.ref is not None:
         _check_input(args.ref, "--ref")
-    images, ref = _features_distributed(args, metrics)
-    if images is None:  # not the main process
-        return 0
-    results = evaluate(images, ref, metrics, extractor=args.features,
+    d = init_distributed("cpu")  # one process unless started by torchrun: then the ranks share the images out
+    results = evaluate(args.images, args.ref, metrics, extractor=args.features,
                        extractor_kwargs=_extractor_kwargs(args), batch_size=args.batch,
-                       progress=not args.no_progress, kid_subsets=args.kid_subsets,
-                       kid_subset_size=args.kid_subset_size)
+                       progress=not args.no_progress and d.is_main, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size,
+                       extract=partial(extract_features_distributed, d=d) if d.enabled else None)
+    if not d.is_main:
+        return 0
     print(f"{'metric':<8} {'value':<40} {'n':>7} {'n_ref':>7}  extractor")
     for name, rec in results.items():
         print(f"{name:<8} {_format(rec):<40} {rec.get('n', ''):>7} {rec.get('n_ref', ''):>7}  {rec.get('extractor')}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
-
-
-def _features_distributed(args, metrics: list[str]):
-    """Under torchrun: features of --images (and of --ref images) extracted by all ranks, reduced;
-    ``(None, None)`` on ranks other than 0. In one process: the inputs unchanged."""
-    from skiptune.distributed import extract_features_distributed, init_distributed
-    from skiptune.metrics import get_extractor
-    from skiptune.metrics.evaluate import METRICS, _as_feature_set
-
-    d = init_distributed("cpu")
-    if not d.enabled:
-        return args.images, args.ref
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise UsageError(f"unknown metrics {bad}; choose from {METRICS}")
-    ext = get_extractor(args.features, **_extractor_kwargs(args))
-    wanted = sorted({ext.feature_for(m) for m in metrics})
-    raw = sorted({ext.feature_for(m) for m in metrics if m != "fid"})  # only FID works from mean/cov alone
-
-    def features(x):
-        pre = _as_feature_set(x)
-        if pre is not None:
-            return pre
-        return extract_features_distributed(x, ext, d, features=wanted, keep=raw, batch_size=args.batch,
-                                            progress=not args.no_progress)
-
-    images = features(args.images)
-    ref = None if args.ref is None else features(args.ref)
-    return (images, ref) if d.is_main else (None, None)

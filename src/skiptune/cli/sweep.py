@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skiptune.cli import UsageError, add_model_options, load_from_args
-
-
-def _csv(text: str, conv=str) -> list:
-    try:
-        return [conv(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"cannot read list {text!r}") from None
+from skiptune.cli import UsageError, add_model_options, load_from_args, parse_list
 
 
 def add_scoring_options(p) -> None:
@@ -81,7 +74,9 @@ def run_sweep_cmd(args) -> int:
     from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
     from skiptune.runs.sweep import SweepSpec, best_rows, expand_rules, model_ref, run_sweep, seed_sets
 
-    spec = SweepSpec(rules=expand_rules(args.rules), samplers=_csv(args.samplers), nfes=_csv(args.nfe, int),
+    spec = SweepSpec(rules=expand_rules(args.rules),
+                     samplers=list(parse_list(args.samplers, flag="--samplers", what="sampler names")),
+                     nfes=list(parse_list(args.nfe, int, flag="--nfe", what="integers")),
                      seed_sets=seed_sets(args.seeds, args.seed_sets), mode=args.mode, grid=args.grid,
                      batch=args.batch, precision=args.precision)
     for s in spec.samplers:  # validate every sampler/NFE pair before any work

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from skiptune.core.stats import t_interval
+from skiptune.core.stats import paired_difference, significant
 from skiptune.demo.assets import DEMO_MODEL, classifier_extractor
-from skiptune.experiment import Scorer, open_store, to_uint8
+from skiptune.experiment import Scorer, load_reference, open_store, to_uint8
 from skiptune.metrics import extract_features, fid_floor
 from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
 from skiptune.runs.sweep import SweepRow, SweepSpec, best_rows, expand_rules, model_ref, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
+from skiptune.train.data import load_dataset
 
 FULL = dict(samplers=["heun", "unipc"], nfes=[5, 9, 19],
             rules="none;layer:0.8;const:0.7;const:1.2", seeds="0-99", sets=3, grid_seeds="0-31")
@@ -37,11 +38,8 @@ class DemoResult:
     out: Path
 
 
-def _digits_uint8(split: str):
-    from skiptune.train.data import load_dataset
-
-    data = load_dataset("digits", split=split)
-    return to_uint8(data.images)
+_VERDICT = {"lower": "yes (interval below 0)", "n.s.": "not significantly (interval contains 0)",
+            "higher": "no (interval above 0)", "n/a": "n/a (1 seed set)"}
 
 
 def format_table(rows: list[SweepRow]) -> str:
@@ -56,9 +54,8 @@ def format_table(rows: list[SweepRow]) -> str:
         if best is base:
             diff, verdict = "0", "no: rho = 1 is best"
         else:
-            d = t_interval([a - b for a, b in zip(e.values, base.estimate.values, strict=True)])
-            diff = str(d)
-            verdict = "yes (interval below 0)" if d.ci_high < 0 else "not significantly (interval contains 0)"
+            d = paired_difference(e, base.estimate)
+            diff, verdict = str(d), _VERDICT[significant(d)]
         lines.append(f"| {s} | {n} | {base.estimate} | {best.rule} | {e} | {diff} | {verdict} |")
     return "\n".join(lines)
 
@@ -74,12 +71,13 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
     net = load_model(model or "demo-digits")
     ext = classifier_extractor(device=device)
     feature = ext.feature_for("fid")
-    ref = extract_features(_digits_uint8("train"), ext, features=[feature], keep=False)
+    ref = load_reference("digits", ext)
     sets = seed_sets(cfg["seeds"], cfg["sets"])
     n_per_set = len(parse_seeds(sets[0]))
     # real-vs-real floor at the same sample count: n_per_set digits vs 1497 others, uniformly drawn from all
     # 1797 (not the class-balanced held-out split, whose fixed class counts no unconditional sampler has)
-    pool = extract_features(_digits_uint8("all"), ext, features=[feature], keep=True).get(feature).features
+    digits = to_uint8(load_dataset("digits", split="all").images)
+    pool = extract_features(digits, ext, features=[feature], keep=True).get(feature).features
     floors = fid_floor(pool, n_per_set, ref_n=ref.get(feature).n, draws=FLOOR_DRAWS)
     floor = float(floors.mean())
     spec = SweepSpec(rules=expand_rules(cfg["rules"]), samplers=cfg["samplers"], nfes=cfg["nfes"], seed_sets=sets,

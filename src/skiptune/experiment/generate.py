@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.sampling import (
     SAMPLERS,
@@ -71,12 +72,11 @@ class SamplingSpec:
     def sigma_range(self, net: nn.Module | None = None) -> tuple[float, float]:
         lo = self.sigma_min
         hi = self.sigma_max
+        info = None if net is None else DenoiserInfo.of(net)
         if lo is None:
-            lo = float(getattr(net, "sigma_min", 0) or 0)
-            lo = lo if lo > 0 else DEFAULT_SIGMA_MIN
+            lo = info.sigma_min if info is not None and info.sigma_min > 0 else DEFAULT_SIGMA_MIN
         if hi is None:
-            hi = float(getattr(net, "sigma_max", math.inf))
-            hi = hi if math.isfinite(hi) else DEFAULT_SIGMA_MAX
+            hi = info.sigma_max if info is not None and math.isfinite(info.sigma_max) else DEFAULT_SIGMA_MAX
         if not 0 < lo < hi:
             raise InputError(f"need 0 < sigma_min < sigma_max, got {lo}, {hi}")
         return lo, hi
@@ -84,7 +84,7 @@ class SamplingSpec:
     def sigmas(self, net: nn.Module | None = None) -> torch.Tensor:
         steps = self.steps if self.steps is not None else _steps_for_nfe(self.sampler, self.nfe)
         if self.grid in DISCRETE_GRIDS:  # the network's own timesteps; sigma_min/sigma_max do not apply
-            abar = getattr(net, "alphas_cumprod", None)
+            abar = None if net is None else DenoiserInfo.of(net).alphas_cumprod
             if abar is None:
                 raise InputError(f"grid {self.grid!r} needs a discrete-time network (one with alphas_cumprod, e.g. "
                                  "DDPMPrecond); use a continuous grid such as edm for this model")
@@ -144,8 +144,8 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
     denoiser = EDMDenoiser(net, autocast=PRECISIONS[precision])
     sigmas = spec.sigmas(net)
     nfe = nfe_for_sigmas(spec.sampler, sigmas)
-    label_dim = int(getattr(net, "label_dim", 0) or 0)
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    info = DenoiserInfo.of(net)
+    label_dim, shape = info.label_dim, info.shape
     rule = as_rule(rule)
     out, labels = [], []
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ the feature used and the sample counts, so it can be reproduced or rejected.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,7 @@ def evaluate(
     mmd_unbiased: bool = True,
     cmmd_sigma: float = 10.0,
     seed: int = 0,
+    extract: Callable[..., FeatureSet] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Compute ``metrics`` (from ``fid, is, pr, kid, mmd, cmmd, immd``) of ``images`` against ``ref``.
 
@@ -192,6 +193,8 @@ def evaluate(
     Returns ``{metric: {values..., 'extractor', 'weights_sha256', 'resize', 'feature', 'n', 'n_ref'}}``:
     ``fid -> value``; ``is -> mean, std``; ``pr -> precision, recall``; ``kid -> mean, std``;
     ``mmd -> values {kernel: MMD^2}``; ``cmmd``/``immd -> value`` (1000 x biased RBF MMD^2, sigma 10).
+    ``extract(images, extractor, features=..., keep=True, batch_size=..., progress=...)`` replaces
+    :func:`extract_features` for images (e.g. the torchrun version that shares the images out).
     """
     metrics = [m.lower() for m in metrics]
     unknown = [m for m in metrics if m not in METRICS]
@@ -216,6 +219,8 @@ def evaluate(
             return pre
         e = ext()
         wanted = sorted({e.feature_for(m) for m in for_metrics})
+        if extract is not None:
+            return extract(x, e, features=wanted, keep=True, batch_size=batch_size, progress=progress)
         return extract_features(
             x,
             e,

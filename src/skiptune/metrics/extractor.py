@@ -11,8 +11,6 @@ Extractors consume the canonical image form of :mod:`skiptune.metrics.images` (u
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,34 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skiptune.core.checksums import file_sha256, state_dict_sha256  # noqa: F401 - part of this module's interface
 from skiptune.core.errors import InputError, UnknownNameError
 
 from .errors import FeatureDimMismatchError, MetricsError
 from .images import ImageArray, to_uint8_nchw
 
 FeatureFn = Callable[[torch.Tensor, Sequence[str]], Mapping[str, torch.Tensor]]
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """Hex sha256 over a module's state dict (names, dtypes, shapes and raw bytes, in key order).
-
-    Identifies in-memory weights that did not come from a file.
-    """
-    h = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass(eq=False)

@@ -14,19 +14,20 @@ sets (the paired interval); the FIDs themselves get the same kind of interval.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
+from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
-from skiptune.core.stats import Estimate, t_interval
+from skiptune.core.stats import Estimate, significant, t_interval
 from skiptune.experiment import Point, SamplingSpec, Scorer, score_stored
 from skiptune.experiment.results import record_result
 from skiptune.runs.sweep import model_ref, seed_sets
-from skiptune.skip import as_rule, canonical_rule
+from skiptune.skip import canonical_rule
 from skiptune.store import Store
 
 ROLES = ("base", "s2dm")
@@ -64,66 +65,90 @@ def relative_improvement(base: Sequence[float], s2dm: Sequence[float], confidenc
     return t_interval([(b - s) / b for b, s in zip(base, s2dm, strict=True)], confidence)
 
 
-def check_pair(base: nn.Module, s2dm: nn.Module, samplers: Sequence[str], steps: Sequence[int], grid: str,
-               rules: Sequence[str] = ("none",)) -> None:
-    """ValueError before any work if the two models or the sampling setup cannot be compared."""
-    shape = [(getattr(n, "img_channels", None), getattr(n, "img_resolution", None), getattr(n, "label_dim", 0))
-             for n in (base, s2dm)]
-    if shape[0] != shape[1]:
-        raise InputError(f"the models generate different images (channels, resolution, labels): {shape[0]} vs "
-                         f"{shape[1]}")
-    if not samplers or not steps:
-        raise InputError("give at least one sampler and one step count")
-    for rule in rules:
-        as_rule(rule)
-    for net in (base, s2dm):
-        for sampler in samplers:
-            for n in steps:
-                SamplingSpec(sampler, steps=n, grid=grid).sigmas(net)
-
-
-def compare_training(base: nn.Module, s2dm: nn.Module, samplers: Sequence[str], steps: Sequence[int], seeds: str,
-                     sets: int, scorer: Scorer, store: Store, *, rules: Sequence[str] = ("none",),
-                     grid: str = "discrete", mode: str = "concat", batch: int = 250, device: str = "cpu",
-                     progress: bool = False, sampler_options: dict[str, dict[str, Any]] | None = None,
-                     sources: tuple[str | None, str | None] = (None, None)) -> list[CompareRow]:
-    """FID of ``base`` and ``s2dm`` for every rule x sampler x steps over ``sets`` seed sets.
+@dataclass(frozen=True)
+class CompareSpec:
+    """What compare-training measures: every rule x sampler x step count on ``sets`` seed sets.
 
     ``seeds`` is the first seed set (e.g. ``0-999``); the others are shifted copies
-    (:func:`skiptune.runs.sweep.seed_sets`). Rules (Skip-Tuning, ``none`` = untouched) apply to both models
-    alike. Every FID is a :class:`~skiptune.experiment.Point` scored through the store (computed only when
+    (:func:`skiptune.runs.sweep.seed_sets`). Rules (Skip-Tuning, ``none`` = untouched) apply to both
+    models alike; ``grid`` defaults to DDIM's uniform timesteps of the discrete-time models.
+    """
+
+    samplers: tuple[str, ...] = ("ddim", "ipndm", "deis")
+    steps: tuple[int, ...] = (10, 20, 50, 100)
+    seeds: str = "0-999"
+    sets: int = 3
+    rules: tuple[str, ...] = ("none",)
+    grid: str = "discrete"
+    mode: str = "concat"
+    batch: int = 250
+    sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "samplers", tuple(self.samplers))
+        object.__setattr__(self, "steps", tuple(int(n) for n in self.steps))
+        object.__setattr__(self, "rules", tuple(dict.fromkeys(str(canonical_rule(r)) for r in self.rules)))
+        if not self.samplers or not self.steps:
+            raise InputError("give at least one sampler and one step count")
+        if self.batch < 1:
+            raise InputError(f"batch must be >= 1, got {self.batch}")
+        seed_sets(self.seeds, self.sets)  # validates the seeds and the number of sets
+
+    @property
+    def seed_sets(self) -> list[str]:
+        return seed_sets(self.seeds, self.sets)
+
+    def sampling(self, sampler: str, steps: int) -> SamplingSpec:
+        return SamplingSpec(sampler, steps=steps, grid=self.grid, options=dict(self.sampler_options.get(sampler, {})))
+
+    def check(self, base: nn.Module, s2dm: nn.Module) -> None:
+        """InputError before any work if the two models cannot be compared under this spec."""
+        shape = [(info.shape, info.label_dim) for info in map(DenoiserInfo.of, (base, s2dm))]
+        if shape[0] != shape[1]:
+            raise InputError(f"the models generate different images ((channels, height, width), classes): {shape[0]} "
+                             f"vs {shape[1]}")
+        for net in (base, s2dm):
+            for sampler in self.samplers:
+                for n in self.steps:
+                    self.sampling(sampler, n).sigmas(net)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"grid": self.grid, "mode": self.mode, "batch": self.batch, "rules": list(self.rules),
+                "samplers": list(self.samplers), "steps": list(self.steps), "seed_sets": self.seed_sets,
+                "options": dict(self.sampler_options)}
+
+
+def compare_training(base: nn.Module, s2dm: nn.Module, spec: CompareSpec, scorer: Scorer, store: Store, *,
+                     device: str = "cpu", progress: bool = False,
+                     sources: tuple[str | None, str | None] = (None, None)) -> list[CompareRow]:
+    """FID of ``base`` and ``s2dm`` for every (rule, sampler, steps) of ``spec`` over its seed sets.
+
+    Every FID is a :class:`~skiptune.experiment.Point` scored through the store (computed only when
     missing, shared with sweeps of the same model); the summary table is recorded as the analysis
     ``compare-training``. Returns one :class:`CompareRow` per (rule, sampler, steps), in that nesting order.
     """
-    rules = list(dict.fromkeys(str(canonical_rule(r)) for r in rules))
-    check_pair(base, s2dm, samplers, steps, grid, rules)
-    sets_ = seed_sets(seeds, sets)
-    options = sampler_options or {}
+    spec.check(base, s2dm)
     scoring = scorer.spec()
     models = {role: (net, model_ref(net, src)) for role, net, src in zip(ROLES, (base, s2dm), sources, strict=True)}
-    cells = [(rule, sampler, n, role, k) for rule in rules for sampler in samplers for n in steps
-             for role in ROLES for k in range(len(sets_))]
+    sets = spec.seed_sets
+    cells = [(rule, sampler, n, role, k) for rule in spec.rules for sampler in spec.samplers for n in spec.steps
+             for role in ROLES for k in range(len(sets))]
     fids: dict[tuple[str, str, int, str], list[float]] = {}
     nfes: dict[tuple[str, str, int], int] = {}
     bar = tqdm(cells, desc="compare-training", unit="run", disable=not progress)
     for rule, sampler, n, role, k in bar:
         net, model = models[role]
-        sampling = SamplingSpec(sampler, steps=n, grid=grid, options=dict(options.get(sampler, {})))
-        point = Point(model, sampling, rule, sets_[k], scoring, mode=mode, batch=batch)
+        point = Point(model, spec.sampling(sampler, n), rule, sets[k], scoring, mode=spec.mode, batch=spec.batch)
         bar.set_postfix_str(f"{role} {rule} {sampler} {n} steps, set {k}")
         metric = score_stored(net, point, scorer, store, device=device).metrics["fid"]
         fids.setdefault((rule, sampler, n, role), []).append(metric.value)
         nfes[(rule, sampler, n)] = int(metric.details.get("nfe", n))
-    rows = []
-    for rule in rules:
-        for sampler in samplers:
-            for n in steps:
-                b, s = fids[(rule, sampler, n, "base")], fids[(rule, sampler, n, "s2dm")]
-                rows.append(CompareRow(rule, sampler, n, nfes[(rule, sampler, n)], t_interval(b), t_interval(s),
-                                       relative_improvement(b, s)))
+    rows = [CompareRow(rule, sampler, n, nfes[(rule, sampler, n)], t_interval(b), t_interval(s),
+                       relative_improvement(b, s))
+            for rule in spec.rules for sampler in spec.samplers for n in spec.steps
+            for b, s in [(fids[(rule, sampler, n, "base")], fids[(rule, sampler, n, "s2dm")])]]
     spec_id = {"base": models["base"][1].sha256, "s2dm": models["s2dm"][1].sha256, **scoring.to_config(),
-               "grid": grid, "mode": mode, "batch": batch, "rules": rules, "samplers": list(samplers),
-               "steps": list(steps), "seed_sets": sets_, "options": options}
+               **spec.to_config()}
     record_result(store, ANALYSIS, spec_id, {"spec": spec_id, "rows": [r.to_dict() for r in rows]})
     return rows
 
@@ -134,6 +159,10 @@ def _fmt(e: Estimate, scale: float = 1.0, unit: str = "") -> str:
     return f"{e.mean * scale:.3g}{unit} ± {e.half_width * scale:.2g}{unit}"
 
 
+#: the relative improvement (base - s2dm) / base: an interval above 0 means S²-DM is better
+_VERDICT = {"higher": "yes", "lower": "no, worse", "n.s.": "not significantly", "n/a": "n/a (1 seed set)"}
+
+
 def format_compare_table(rows: Sequence[CompareRow], *, show_rule: bool | None = None) -> str:
     """Markdown: FID of each model (mean ± 95% half-width over seed sets) and the relative improvement."""
     show_rule = any(r.rule != "none" for r in rows) if show_rule is None else show_rule
@@ -142,14 +171,7 @@ def format_compare_table(rows: Sequence[CompareRow], *, show_rule: bool | None =
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         imp = r.improvement
-        if len(imp.values) < 2:
-            verdict = "n/a (1 seed set)"
-        elif imp.ci_low > 0:
-            verdict = "yes"
-        elif imp.ci_high < 0:
-            verdict = "no, worse"
-        else:
-            verdict = "not significantly"
+        verdict = _VERDICT[significant(imp)]
         cells = [r.rule] * show_rule + [r.sampler, str(r.steps), _fmt(r.base), _fmt(r.s2dm),
                                         _fmt(imp, 100, "%"), verdict]
         lines.append("| " + " | ".join(cells) + " |")
