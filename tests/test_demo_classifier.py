@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skiptune.demo.assets import load_classifier
+from skiptune.demo.assets import classifier_metadata, load_classifier
 from skiptune.demo.classifier import joint_labels, train_classifier
 from skiptune.metrics import get_extractor
 from skiptune.train.data import SHAPES_BACKGROUNDS, SHAPES_CLASSES, SHAPES_PALETTES, make_shapes
@@ -34,7 +34,7 @@ def test_shapes_classifier_recipe_and_extractor(tmp_path):
     assert report["num_classes"] == 75 and report["n_test"] == 20 and 0 <= report["test_class_accuracy"] <= 1
     model = load_classifier(path)
     assert (model.in_channels, model.resolution, model.num_classes) == (3, 32, 75)
-    assert model.skiptune_extra["data"] == "shapes"
+    assert classifier_metadata(path)["extra"]["data"] == "shapes"
 
     ext = get_extractor("shapes-classifier", weights=path)
     assert ext.name == "shapes-classifier" and ext.dims == {"features": 64, "logits": 75}

@@ -10,7 +10,8 @@ import torch
 import skiptune
 from conftest import randomize
 from edm_format import InertRecord, write_edm_pickle
-from skiptune.io import CheckpointError, UnsafePickleError, load_model, save_checkpoint
+from skiptune.core.checksums import state_dict_sha256
+from skiptune.io import CheckpointError, UnsafePickleError, load_model, network_config, open_model, save_checkpoint
 from skiptune.io.edm_pickle import read_edm_pickle
 from skiptune.nets import build_network, preset_config
 
@@ -26,9 +27,11 @@ def _same_outputs(a, b, label_dim=0):
 def test_safetensors_round_trip(tmp_path, name):
     net = randomize(load_model(name))
     path = save_checkpoint(net, tmp_path / "net.safetensors", extra={"note": "test"})
-    back = load_model(path)
+    loaded = open_model(path)
+    back = loaded.net
     assert _same_outputs(net, back, net.label_dim)
-    assert back.skiptune_config == net.skiptune_config and back.skiptune_extra == {"note": "test"}
+    assert loaded.network == network_config(net) and loaded.extra == {"note": "test"} and loaded.loader == "skiptune"
+    assert loaded.sha256 == state_dict_sha256(net)
     assert (tmp_path / "net.json").exists()
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import randomize
 from skiptune.experiment.generate import SamplingSpec, generate
-from skiptune.io import load_model
+from skiptune.io import load_model, open_model
 from skiptune.nets import build_network
 from skiptune.sampling import VPDenoiser, alphas_cumprod, discrete_sigmas, discrete_timesteps
 from skiptune.train import (
@@ -246,9 +246,9 @@ def test_tiny_s2dm_run_decreases_the_loss(tmp_path):
     first, last = losses[:10], losses[-10:]
     se = math.sqrt(first.var(ddof=1) / len(first) + last.var(ddof=1) / len(last))
     assert first.mean() - last.mean() > 3 * se, (first.mean(), last.mean(), se)  # one-sided z-test, p ~ 0.001
-    net = load_model(result.network)
-    assert type(net).__name__ == "DDPMPrecond" and net.skiptune_extra["objective"] == "s2dm"
-    assert net.skiptune_extra["train_config"]["skip_span"] == 10
+    loaded = open_model(result.network)
+    assert type(loaded.net).__name__ == "DDPMPrecond" and loaded.extra["objective"] == "s2dm"
+    assert loaded.extra["train_config"]["skip_span"] == 10
 
 
 def _same_tensors(a: dict, b: dict) -> bool:

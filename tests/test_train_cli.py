@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from skiptune.cli import main
-from skiptune.io import load_model
+from skiptune.io import load_model, open_model
 
 TINY = ["--model-channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", "--attn", "none"]
 
@@ -31,7 +31,7 @@ def test_train_end_to_end_then_resume(tmp_path):
     assert main([*args, "--steps", "6", "--resume"]) == 0
     log = [json.loads(line) for line in (out / "train-log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
-    assert load_model(out / "network.safetensors").skiptune_extra["step"] == 6
+    assert open_model(out / "network.safetensors").extra["step"] == 6
     # --init-from continues from the finished network in a new run directory.
     warm = [*args[:-5], "--out", str(tmp_path / "warm"), "--no-progress", "--threads", "1", "--steps", "1"]
     assert main([*warm, "--init-from", str(out / "network.safetensors")]) == 0

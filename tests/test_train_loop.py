@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from skiptune.io import load_model
+from skiptune.io import load_model, open_model
 from skiptune.train import TrainConfig, ema_beta, load_dataset, make_shapes, train, update_ema
 from skiptune.train.loop import EpochSampler
 
@@ -129,8 +129,9 @@ def test_run_files_and_checkpoint(tmp_path):
     assert resolved["network"]["kwargs"]["label_dim"] == 10 and resolved["network"]["kwargs"]["img_channels"] == 1
     assert {"torch", "git_revision", "skiptune"} <= set(resolved["provenance"])
     assert (tmp_path / "run/ema-0000002.safetensors").exists()
-    net = load_model(result.network)
-    assert net.skiptune_extra["step"] == 3 and net.skiptune_extra["num_classes"] == 10
+    loaded = open_model(result.network)
+    net = loaded.net
+    assert loaded.extra["step"] == 3 and loaded.extra["num_classes"] == 10
     _assert_same_tensors(net.state_dict(), _state(result.state)["ema"])
     out = net(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, 2.0]), torch.eye(10)[:2])
     assert out.shape == (2, 1, 8, 8)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from conftest import randomize
 from skiptune.cli.info import describe
-from skiptune.io import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from skiptune.io import CheckpointError, load_checkpoint, load_model, open_model, save_checkpoint
 from skiptune.nets import build_preset
 from skiptune.nets.uvit import UViT
 from skiptune.skip import Sites, skip_sites, skip_tuning
@@ -140,8 +140,9 @@ def test_state_dict_file_round_trip_through_load_model(tmp_path):
     state = public_state(shapes)
     path = tmp_path / "nnet_ema.pth"
     torch.save(state, path)
-    for net in (load_model(path, arch="uvit-tiny"), load_model(path)):  # given, then inferred from the shapes
-        assert net.skiptune_config["kwargs"]["schedule"] == "vp"
+    for opened in (open_model(path, arch="uvit-tiny"), open_model(path)):  # given, then inferred from the shapes
+        net = opened.net
+        assert opened.network["kwargs"]["schedule"] == "vp" and opened.loader == "uvit"
         loaded = net.model.state_dict()
         assert set(loaded) == set(shapes) and all(torch.equal(loaded[k], state[k]) for k in state)
     wrapped = tmp_path / "wrapped.pth"

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "skiptune.io",
+    "open_model": "skiptune.io",
     "save_checkpoint": "skiptune.io",
     "parse_rule": "skiptune.skip",
     "skip_sites": "skiptune.skip",

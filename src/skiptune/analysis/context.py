@@ -12,6 +12,7 @@ from torch import nn
 
 from skiptune.core.denoiser import DenoiserInfo
 from skiptune.experiment import ModelRef, Scorer, load_reference, open_store
+from skiptune.io import LoadedModel
 from skiptune.store import Store
 
 DEFAULT_MODEL = "demo-digits"
@@ -42,17 +43,19 @@ class AnalysisContext:
         return self.model or DEFAULT_MODEL
 
     @cached_property
-    def net(self) -> nn.Module:
-        from skiptune.io import load_model
+    def loaded(self) -> LoadedModel:
+        from skiptune.io import open_model
 
-        return load_model(self.model_name, trust_code=self.trust_code).to(self.device).eval()
+        return open_model(self.model_name, trust_code=self.trust_code)
+
+    @cached_property
+    def net(self) -> nn.Module:
+        return self.loaded.net.to(self.device).eval()
 
     @cached_property
     def model_ref(self) -> ModelRef:
         """The model's identity in stored results (sha256 of the weights, computed once per command)."""
-        from skiptune.runs.sweep import model_ref
-
-        return model_ref(self.net, self.model_name)
+        return ModelRef.of(self.loaded)
 
     @property
     def fingerprint(self) -> str:

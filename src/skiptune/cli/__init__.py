@@ -61,14 +61,20 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="UNSAFE: unpickle EDM files with Python's stock loader, executing code they contain")
 
 
-def load_from_args(args: argparse.Namespace):
-    from skiptune.io import load_model
+def open_from_args(args: argparse.Namespace):
+    """The :class:`~skiptune.io.LoadedModel` of ``--model`` / ``--arch`` / ``--trust-code``."""
+    from skiptune.io import open_model
 
     if not args.model and not args.arch:
         raise UsageError("give --model PATH, --arch PRESET, or both (a raw state dict and its architecture)")
     if args.model:
-        return load_model(args.model, arch=args.arch, trust_code=getattr(args, "trust_code", False))
-    return load_model(args.arch)
+        return open_model(args.model, arch=args.arch, trust_code=getattr(args, "trust_code", False))
+    return open_model(args.arch)
+
+
+def load_from_args(args: argparse.Namespace):
+    """The network of :func:`open_from_args`."""
+    return open_from_args(args).net
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,11 +43,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _describe(net) -> str:
-    extra = getattr(net, "skiptune_extra", {}) or {}
+def _describe(model) -> str:
+    extra = model.extra
     cfg = extra.get("train_config") or {}
     objective = extra.get("objective") or cfg.get("objective") or "unknown objective"
-    text = f"{type(net).__name__}, {objective}"
+    text = f"{type(model.net).__name__}, {objective}"
     if objective == "s2dm":
         text += f" (skip span {cfg.get('skip_span')}, tau {cfg.get('tau')})"
     if "step" in extra:
@@ -59,7 +59,7 @@ def run(args) -> int:
     import torch
 
     from skiptune.experiment import Scorer, open_store
-    from skiptune.io import load_model
+    from skiptune.io import open_model
     from skiptune.runs.compare import CompareSpec, compare_training, format_compare_table
     from skiptune.runs.sweep import expand_rules
     from skiptune.sampling import SAMPLERS, parse_seeds
@@ -81,8 +81,9 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     spec = CompareSpec(samplers=samplers, steps=steps, seeds=args.seeds, sets=args.seed_sets,
                        rules=expand_rules(args.rules), grid=args.grid, mode=args.mode, batch=args.batch)
-    base, s2dm = load_model(args.base), load_model(args.s2dm)
-    digits = all((getattr(n, "skiptune_extra", {}) or {}).get("dataset") == "digits" for n in (base, s2dm))
+    models = open_model(args.base), open_model(args.s2dm)
+    base, s2dm = (m.net for m in models)
+    digits = all(m.extra.get("dataset") == "digits" for m in models)
     if args.ref is None and not digits:
         raise UsageError("--ref is required unless both models were trained on digits: give reference statistics "
                          "(an .npz from `skiptune ref`) or the training data set")
@@ -91,8 +92,8 @@ def run(args) -> int:
     open_store(args.db).close()  # a store that cannot be used fails before any reference features are extracted
     scorer = Scorer.load(features, args.ref or "digits", weights=args.weights, device=args.device,
                          progress=not args.no_progress)
-    print(f"base  {args.base}: {_describe(base)}")
-    print(f"s2dm  {args.s2dm}: {_describe(s2dm)}")
+    print(f"base  {args.base}: {_describe(models[0])}")
+    print(f"s2dm  {args.s2dm}: {_describe(models[1])}")
     with open_store(args.db) as store:
         rows = compare_training(base, s2dm, spec, scorer, store, device=args.device, progress=not args.no_progress,
                                 sources=(args.base, args.s2dm))

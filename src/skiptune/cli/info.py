@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from skiptune.cli import add_model_options, load_from_args
+from skiptune.cli import add_model_options, open_from_args
 from skiptune.core.errors import InputError
 
 
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
+def describe(net, rule_text: str = "none", sigma: float | None = None, network: dict | None = None) -> dict:
     """Everything ``info`` prints, as a dict."""
     from skiptune.adapters import find_adapter
     from skiptune.skip import as_rule
@@ -30,7 +30,7 @@ def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
     rule.check(len(sites))
     if rule.sigma_dependent and sigma is None:
         raise InputError(f"rule '{rule}' depends on sigma: pass --sigma")
-    cfg = getattr(net, "skiptune_config", {})
+    cfg = network or {}
     inner = getattr(net, "model", net)
     return {
         "precond": type(net).__name__,
@@ -48,7 +48,8 @@ def describe(net, rule_text: str = "none", sigma: float | None = None) -> dict:
 
 
 def run(args) -> int:
-    info = describe(load_from_args(args), args.rule, args.sigma)
+    loaded = open_from_args(args)
+    info = describe(loaded.net, args.rule, args.sigma, loaded.network)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skiptune.cli import UsageError, add_model_options, load_from_args
+from skiptune.cli import UsageError, add_model_options, open_from_args
 
 
 def parse_options(text: str | None) -> dict:
@@ -91,7 +91,8 @@ def run(args) -> int:
     if not seeds:
         raise UsageError("--seeds is empty")
     d = init_distributed(args.device)  # one process unless started by torchrun
-    net = load_from_args(args)
+    loaded = open_from_args(args)
+    net = loaded.net
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mine = shard_batches(seeds, args.batch, d.rank, d.world_size)
@@ -106,7 +107,7 @@ def run(args) -> int:
         extra["labels"] = res.labels.numpy()
     scale = getattr(net, "latent_scale_factor", None)
     if scale is not None:
-        return _save_latents(args, net, spec, rule, res, extra, scale, out)
+        return _save_latents(args, loaded, spec, rule, res, extra, scale, out)
     imgs = to_uint8(res.images)
     save_npz(imgs, out / "images.npz", **extra)
     save_grid(imgs[:256], out / "grid.png", scale=max(1, 128 // imgs.shape[-1]))
@@ -114,21 +115,22 @@ def run(args) -> int:
         (out / "images").mkdir(exist_ok=True)
         for seed, img in zip(res.seeds, imgs, strict=True):
             save_png(img, out / "images" / f"{seed:06d}.png")
-    write_run_json(out / "config.json", _run_config(args, net, spec, rule, res))
+    write_run_json(out / "config.json", _run_config(args, loaded, spec, rule, res))
     print(f"{len(res.seeds)} images, {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s -> {out}")
     print(json.dumps({"grid": str(out / "grid.png"), "npz": str(out / "images.npz")}))
     return 0
 
 
-def _run_config(args, net, spec, rule, res) -> dict:
-    return {"command": "sample", "model": args.model or args.arch, "network": getattr(net, "skiptune_config", {}),
-            "sampling": spec.config(net), "rule": str(rule), "mode": args.mode,
+def _run_config(args, loaded, spec, rule, res) -> dict:
+    model = {"source": loaded.source, "loader": loaded.loader, "sha256": loaded.sha256}
+    return {"command": "sample", "model": model, "network": loaded.network, "sampling": spec.config(loaded.net),
+            "rule": str(rule), "mode": args.mode,
             "freeu": str(args.freeu) if args.freeu else None, "seeds": args.seeds,
             "class_label": args.class_label, "batch": args.batch, "device": args.device, "precision": args.precision,
             "processes": res.processes, "seconds": round(res.seconds, 3)}
 
 
-def _save_latents(args, net, spec, rule, res, extra: dict, scale: float, out: Path) -> int:
+def _save_latents(args, loaded, spec, rule, res, extra: dict, scale: float, out: Path) -> int:
     """A latent model's samples: float32 latents in OUT/latents.npz (no autoencoder ships with skiptune)."""
     import numpy as np
 
@@ -136,7 +138,7 @@ def _save_latents(args, net, spec, rule, res, extra: dict, scale: float, out: Pa
 
     latents = res.images.float().cpu().numpy()
     np.savez(out / "latents.npz", latents=latents, latent_scale_factor=np.float64(scale), **extra)
-    write_run_json(out / "config.json", {**_run_config(args, net, spec, rule, res), "output": "latents"})
+    write_run_json(out / "config.json", {**_run_config(args, loaded, spec, rule, res), "output": "latents"})
     shape = "x".join(str(n) for n in latents.shape[1:])
     print(f"{len(res.seeds)} latents ({shape}), {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s "
           f"-> {out}")

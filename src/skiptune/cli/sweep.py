@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skiptune.cli import UsageError, add_model_options, load_from_args, parse_list
+from skiptune.cli import UsageError, add_model_options, open_from_args, parse_list
 
 
 def add_scoring_options(p) -> None:
@@ -70,9 +70,9 @@ def run_sweep_cmd(args) -> int:
     from contextlib import nullcontext
 
     from skiptune.distributed import init_distributed
-    from skiptune.experiment import SamplingSpec, open_store
+    from skiptune.experiment import ModelRef, SamplingSpec, open_store
     from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
-    from skiptune.runs.sweep import SweepSpec, best_rows, expand_rules, model_ref, run_sweep, seed_sets
+    from skiptune.runs.sweep import SweepSpec, best_rows, expand_rules, run_sweep, seed_sets
 
     spec = SweepSpec(rules=expand_rules(args.rules),
                      samplers=list(parse_list(args.samplers, flag="--samplers", what="sampler names")),
@@ -85,11 +85,12 @@ def run_sweep_cmd(args) -> int:
     d = init_distributed(args.device)  # one process unless started by torchrun
     if d.is_main:  # a store that cannot be used fails before models and references are loaded
         open_store(args.db).close()
-    net = load_from_args(args)
+    loaded = open_from_args(args)
+    net = loaded.net
     scorer = load_scorer(args, progress=not args.no_progress and d.is_main)
     # only rank 0 opens the store: no shared file system or file locking across nodes is needed
     with open_store(args.db) if d.is_main else nullcontext() as store:
-        rows = run_sweep(net, spec, store=store, scorer=scorer, model=model_ref(net, args.model or args.arch),
+        rows = run_sweep(net, spec, store=store, scorer=scorer, model=ModelRef.of(loaded),
                          progress=not args.no_progress, device=str(d.device), dist=d)
     if not d.is_main:
         return 0
@@ -116,16 +117,16 @@ def run_sweep_cmd(args) -> int:
 
 
 def run_search_cmd(args) -> int:
-    from skiptune.experiment import Point, SamplingSpec, open_store, score_stored
+    from skiptune.experiment import ModelRef, Point, SamplingSpec, open_store, score_stored
     from skiptune.runs.search import search_rho
-    from skiptune.runs.sweep import model_ref
 
     sampling = SamplingSpec(args.sampler, nfe=args.nfe)
     sampling.sigmas()  # a sampler/NFE pair that cannot work fails before any work
     open_store(args.db).close()
-    net = load_from_args(args)
+    loaded = open_from_args(args)
+    net = loaded.net
     scorer = load_scorer(args)
-    base = Point(model_ref(net, args.model or args.arch), sampling, "none", "0", scorer.spec(), batch=args.batch)
+    base = Point(ModelRef.of(loaded), sampling, "none", "0", scorer.spec(), batch=args.batch)
 
     def point(rule: str, n: int, seed_set: int) -> Point:
         # seed set k holds seeds k*n_max .. k*n_max + n_max - 1 and rungs use its first n: the final rung's

@@ -35,21 +35,27 @@ def save_classifier(model, path: str | os.PathLike, extra: dict | None = None) -
     return path
 
 
-def load_classifier(path: str | os.PathLike | None = None):
-    """The digits classifier (``SmallClassifier``) from a safetensors file (default: the shipped one)."""
+def classifier_metadata(path: str | os.PathLike | None = None) -> dict:
+    """``{"config": constructor kwargs, "extra": the recipe's record}`` of a classifier file (default: shipped)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from skiptune.nets.classifier import SmallClassifier
 
     path = Path(path) if path is not None else asset_path(CLASSIFIER)
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("skiptune-classifier", "{}"))
     if "config" not in meta:
         raise InputError(f"{path} is not a skiptune classifier checkpoint")
-    model = SmallClassifier(**meta["config"])
+    return {"config": meta["config"], "extra": meta.get("extra", {})}
+
+
+def load_classifier(path: str | os.PathLike | None = None):
+    """The digits classifier (``SmallClassifier``) from a safetensors file (default: the shipped one)."""
+    from safetensors.torch import load_file
+
+    from skiptune.nets.classifier import SmallClassifier
+
+    path = Path(path) if path is not None else asset_path(CLASSIFIER)
+    model = SmallClassifier(**classifier_metadata(path)["config"])
     model.load_state_dict(load_file(str(path)), strict=True)
-    model.skiptune_extra = meta.get("extra", {})
     return model.eval()
 
 
@@ -78,7 +84,7 @@ def classifier_extractor(weights: str | os.PathLike | None = None, device: str |
     path = Path(weights) if weights is not None else asset_path(CLASSIFIER)
     model = load_classifier(path).to(device)
     res, channels = model.resolution, model.in_channels
-    data = model.skiptune_extra.get("data", "digits")
+    data = classifier_metadata(path)["extra"].get("data", "digits")
 
     def fn(x: torch.Tensor, wanted):
         y = x.to(torch.float32)

@@ -21,6 +21,7 @@ from typing import Any
 from skiptune.adapters import MODES
 from skiptune.core.errors import InputError
 from skiptune.experiment.generate import PRECISIONS, SamplingSpec
+from skiptune.io import LoadedModel
 from skiptune.sampling import nfe_for_steps, parse_seeds, sampler_fields
 from skiptune.skip import Rule, canonical_rule
 from skiptune.store import config_key
@@ -52,6 +53,12 @@ class ModelRef:
 
     def __post_init__(self):
         _check_sha(self.sha256, "a model's sha256")
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> ModelRef:
+        """The reference of a model loaded by :func:`skiptune.io.open_model`."""
+        return cls(loaded.sha256, source=loaded.source, loader=loaded.loader,
+                   network=loaded.network.get("class_name") or type(loaded.net).__name__)
 
     def to_config(self) -> str:
         return self.sha256

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from skiptune.core.assets import SHIPPED_MODELS, asset_path
+from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import CheckpointError, InputError, MissingFileError
 from skiptune.io.edm_pickle import load_edm_pickle
 from skiptune.io.uvit import is_uvit_state, load_uvit, read_state_dict
@@ -85,18 +88,52 @@ def _load_into(net: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
     return net.eval()
 
 
+def _described(net: nn.Module, spec: str | os.PathLike, loader: str, extra: dict | None = None) -> LoadedModel:
+    return LoadedModel(net, str(spec), loader, network_config(net), dict(extra or {}))
+
+
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Load a checkpoint written by :func:`save_checkpoint`."""
-    path = Path(path)
+    """Load a checkpoint written by :func:`save_checkpoint` (with its metadata: :func:`open_model`)."""
+    return _read_checkpoint(Path(path))[0]
+
+
+def _read_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     cfg = read_checkpoint_config(path)
     net = build_network(cfg["class_name"], cfg["kwargs"])
-    net.skiptune_extra = cfg.get("extra", {})
-    return _load_into(net, _load_state(path), path, f"{cfg['class_name']}({cfg['kwargs']})")
+    return _load_into(net, _load_state(path), path, f"{cfg['class_name']}({cfg['kwargs']})"), cfg
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A network as loaded, with what describes it.
+
+    ``net``: the denoiser in eval mode; ``source``: what was asked for (a path, preset or shipped name);
+    ``loader``: how it was read (``preset``, ``skiptune``, ``state-dict``, ``uvit``, ``edm-pickle``,
+    ``diffusers``); ``network``: ``{'class_name', 'kwargs'}`` to rebuild it (empty for a diffusers
+    folder); ``extra``: the checkpoint's metadata (e.g. the training step and data set of a skiptune
+    checkpoint; empty for other formats); ``sha256``: of the state dict, computed on first use.
+    """
+
+    net: nn.Module
+    source: str
+    loader: str
+    network: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def sha256(self) -> str:
+        return state_dict_sha256(self.net)
 
 
 def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: bool = False,
                key: str = "ema") -> nn.Module:
-    """Load any supported model, ready for :func:`skiptune.skip_tuning`.
+    """The network of :func:`open_model` (same arguments), ready for :func:`skiptune.skip_tuning`."""
+    return open_model(spec, arch=arch, trust_code=trust_code, key=key).net
+
+
+def open_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: bool = False,
+               key: str = "ema") -> LoadedModel:
+    """Load any supported model, with its description (:class:`LoadedModel`).
 
     ``spec`` is a shipped model's name (``demo-digits``), a preset name (a randomly initialised network,
     e.g. ``adm-tiny``), a skiptune
@@ -107,7 +144,7 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
     A folder written by diffusers' ``save_pretrained`` (a ``UNet2DModel``/``UNet2DConditionModel``, or a
     pipeline with ``unet/`` and ``scheduler/``) loads as a :class:`~skiptune.io.diffusers.DiffusersDenoiser`
     (needs ``pip install 'skiptune[diffusers]'``).
-    Returns the preconditioned network in eval mode: ``net(x, sigma, class_labels) -> x0``.
+    The network is the preconditioned denoiser in eval mode: ``net(x, sigma, class_labels) -> x0``.
     """
     text = str(spec)
     if text in SHIPPED_MODELS and not Path(text).exists():
@@ -121,7 +158,7 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
                                    f"{', '.join(SHIPPED_MODELS)}); presets: {', '.join(preset_names())}") from None
         if arch is not None:
             raise InputError("give either a preset name or a file with arch=PRESET, not both")
-        return build_preset(text)
+        return _described(build_preset(text), spec, "preset")
     if path.is_dir():
         from skiptune.io.diffusers import diffusers_layout, load_diffusers
 
@@ -130,19 +167,20 @@ def load_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
                                   ".safetensors checkpoint, an EDM .pkl file or a diffusers save_pretrained folder")
         if arch is not None:
             raise InputError("arch does not apply to a diffusers folder, which carries its own config")
-        return load_diffusers(path)
+        return LoadedModel(load_diffusers(path), str(spec), "diffusers")
     suffix = path.suffix.lower()
     if arch is not None:
         preset_config(arch)  # an unknown preset fails before the file is read
         state = _load_state(path) if suffix == ".safetensors" else read_state_dict(path)
         if is_uvit_state(state):  # the public U-ViT naming, without our wrapper's "model." prefix
-            return load_uvit(path, arch, state=state)
-        return _load_into(build_preset(arch), state, path, f"preset {arch}")
+            return _described(load_uvit(path, arch, state=state), spec, "uvit")
+        return _described(_load_into(build_preset(arch), state, path, f"preset {arch}"), spec, "state-dict")
     if suffix == ".safetensors":
-        return load_checkpoint(path)
+        net, cfg = _read_checkpoint(path)
+        return _described(net, spec, "skiptune", cfg.get("extra", {}))
     if suffix in (".pkl", ".pickle"):
-        return load_edm_pickle(path, key=key, trust_code=trust_code)
+        return _described(load_edm_pickle(path, key=key, trust_code=trust_code), spec, "edm-pickle")
     if suffix in (".pt", ".pth"):  # a raw state dict: only U-ViT's can be recognised without arch
-        return load_uvit(path)
+        return _described(load_uvit(path), spec, "uvit")
     raise CheckpointError(f"{path}: unsupported file type {suffix!r}; expected a skiptune .safetensors checkpoint, "
                           "an EDM network .pkl, or a state dict with arch=PRESET")

@@ -48,7 +48,7 @@ from torch import nn
 
 from skiptune.core.errors import InputError, MissingFileError
 from skiptune.core.provenance import environment
-from skiptune.io.checkpoint import load_model, save_checkpoint
+from skiptune.io.checkpoint import open_model, save_checkpoint
 from skiptune.metrics.extractor import file_sha256
 from skiptune.nets.presets import build_network
 from skiptune.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_network
@@ -224,12 +224,11 @@ def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module,
     running code from it) into ``nets``, which must be the same network, and return where they came from."""
     if not Path(path).exists():
         raise MissingFileError(f"init_from: no checkpoint at {path}")
-    source = load_model(path)
-    cfg = getattr(source, "skiptune_config", None)
-    if cfg is None:
-        raise InputError(f"init_from {path}: a {type(source).__name__} cannot be trained here; give a skiptune "
+    loaded = open_model(path)
+    if not loaded.network:
+        raise InputError(f"init_from {path}: a {type(loaded.net).__name__} cannot be trained here; give a skiptune "
                          ".safetensors checkpoint or an EDM network pickle")
-    have = json.loads(json.dumps(cfg))  # tuples as lists, as in this run's resolved config
+    have = json.loads(json.dumps(loaded.network))  # tuples as lists, as in this run's resolved config
     if have["class_name"] != class_name or have["kwargs"] != kwargs:
         what = f"class {have['class_name']} vs {class_name}" if have["class_name"] != class_name else \
             ", ".join(f"{k}={have['kwargs'].get(k)!r} vs {kwargs.get(k)!r}"
@@ -238,8 +237,8 @@ def _warm_start(path: str, class_name: str, kwargs: dict, nets: tuple[nn.Module,
                          "network options it was trained with (a skiptune checkpoint's .json file lists them; "
                          "--net-json takes any network's kwargs)")
     for net in nets:
-        net.load_state_dict(source.state_dict())
-    extra = getattr(source, "skiptune_extra", {})
+        net.load_state_dict(loaded.net.state_dict())
+    extra = loaded.extra
     return {"path": str(path), "sha256": file_sha256(path), "step": extra.get("step"), "images": extra.get("images")}
 
 
