@@ -50,6 +50,19 @@ def parse_list(text: str, convert=str, *, flag: str, what: str = "values", sep: 
     return items
 
 
+def check_device(name: str) -> str:
+    """``--device NAME`` checked before any work: a device torch knows, and CUDA only where it is available."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--device {name}: not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
+    return str(device)
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--model PATH`` and/or ``--arch PRESET``, and ``--trust-code``, shared by commands that load a network."""
     p.add_argument("--model", metavar="PATH", help="skiptune .safetensors checkpoint, EDM network .pkl, or a raw "
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:  # one device check for every command, before any work
+            args.device = check_device(args.device)
         return int(args.func(args) or 0)
     except SkiptuneError as exc:
         if args.debug:

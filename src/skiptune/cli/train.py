@@ -6,7 +6,7 @@ import json
 import signal
 from pathlib import Path
 
-from skiptune.cli import UsageError
+from skiptune.cli import UsageError, check_device
 
 _DDPMPP_OPTIONS = ("model_channels", "channel_mult", "num_blocks", "attn", "dropout")
 
@@ -88,12 +88,8 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def config_from_args(args):
-    """Build and validate a :class:`~skiptune.train.TrainConfig` from parsed options."""
-    import torch
-
-    from skiptune.train import TrainConfig
-
+def _network(args) -> tuple[dict | None, dict]:
+    """``(--net-json network or None, the DDPM++ options given)``; they exclude each other and --arch."""
     given = [o for o in _DDPMPP_OPTIONS if getattr(args, o) is not None]
     if given and (args.arch or args.net_json):
         flags = ", ".join("--" + o.replace("_", "-") for o in given)
@@ -106,57 +102,54 @@ def config_from_args(args):
             raise UsageError(f"--net-json {args.net_json}: {exc}") from None
         if not isinstance(net, dict):
             raise UsageError(f"--net-json {args.net_json}: expected a JSON object")
+    lists = {"channel_mult": "--channel-mult", "attn": "--attn"}
+    names = {"attn": "attn_resolutions"}
+    ddpmpp = {names.get(o, o): _int_list(getattr(args, o), lists[o]) if o in lists else getattr(args, o)
+              for o in given}
+    return net, ddpmpp
+
+
+def _number_or_none(text: str, flag: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
     try:
-        rampup = None if args.ema_rampup.strip().lower() == "none" else float(args.ema_rampup)
+        return float(text)
     except ValueError:
-        raise UsageError(f"--ema-rampup must be a number or 'none', got {args.ema_rampup!r}") from None
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {args.device}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+        raise UsageError(f"{flag} must be a number or 'none', got {text!r}") from None
+
+
+def _objective(args) -> dict:
     s2dm_only = [flag for flag, v in (("--skip-span", args.skip_span), ("--tau", args.tau)) if v is not None]
     if s2dm_only and args.objective != "s2dm":
         raise UsageError(f"{', '.join(s2dm_only)} only apply to --objective s2dm (got --objective {args.objective})")
-    if args.grad_clip is None:
-        grad_clip = "auto"  # TrainConfig's policy: 1.0 for ddpm/s2dm, none for edm
-    elif args.grad_clip.strip().lower() == "none":
-        grad_clip = None
-    else:
-        try:
-            grad_clip = float(args.grad_clip)
-        except ValueError:
-            raise UsageError(f"--grad-clip must be a number or 'none', got {args.grad_clip!r}") from None
     objective = dict(objective=args.objective)
     if args.skip_span is not None:
         objective["skip_span"] = args.skip_span
     if args.tau is not None:
         objective["tau"] = args.tau
+    # unset: TrainConfig's policy (1.0 for ddpm/s2dm, none for edm)
+    objective["grad_clip"] = "auto" if args.grad_clip is None else _number_or_none(args.grad_clip, "--grad-clip")
+    return objective
+
+
+def config_from_args(args):
+    """Build and validate a :class:`~skiptune.train.TrainConfig` from parsed options."""
+    from skiptune.train import TrainConfig
+
+    net, ddpmpp = _network(args)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.save_every < 0:
         raise UsageError(f"--save-every must be >= 0, got {args.save_every}")
-    ddpmpp = {}
-    if args.model_channels is not None:
-        ddpmpp["model_channels"] = args.model_channels
-    if args.channel_mult is not None:
-        ddpmpp["channel_mult"] = _int_list(args.channel_mult, "--channel-mult")
-    if args.num_blocks is not None:
-        ddpmpp["num_blocks"] = args.num_blocks
-    if args.attn is not None:
-        ddpmpp["attn_resolutions"] = _int_list(args.attn, "--attn")
-    if args.dropout is not None:
-        ddpmpp["dropout"] = args.dropout
     config = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, net=net, resolution=args.resolution, data_size=args.data_size,
         data_seed=args.data_seed, xflip=args.xflip, cond=args.cond, label_dropout=args.label_dropout,
         batch=args.batch, steps=args.steps, images=args.images, lr=args.lr, lr_warmup_images=args.lr_warmup,
-        lr_cooldown_start=args.lr_cooldown,
-        ema_halflife_images=args.ema_halflife, ema_rampup_ratio=rampup, grad_clip=grad_clip,
-        P_mean=args.p_mean, P_std=args.p_std, seed=args.seed, init_from=args.init_from, device=str(device),
-        save_every=args.save_every or None, log_every=args.log_every, progress=not args.no_progress, **objective,
-        **ddpmpp)
+        lr_cooldown_start=args.lr_cooldown, ema_halflife_images=args.ema_halflife,
+        ema_rampup_ratio=_number_or_none(args.ema_rampup, "--ema-rampup"), P_mean=args.p_mean, P_std=args.p_std,
+        seed=args.seed, init_from=args.init_from, device=check_device(args.device),
+        save_every=args.save_every or None, log_every=args.log_every, progress=not args.no_progress,
+        **_objective(args), **ddpmpp)
     try:
         config.validate()
     except ValueError as exc:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -240,18 +241,11 @@ class _Evaluator:
         return sum(e.n_samples for e in self.trace if not e.cached)
 
 
-def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}", lo: float = 0.5, hi: float = 1.5,
-               step: float = 0.05, coarse_step: float = 0.1, n_min: int | None = None, growth: float = 2.0,
-               seed_sets: int = 3, confidence: float = 0.95, baseline: float | None = None, max_walk: int = 2,
-               fresh_ci: bool = False, select_sets: int = 1,
-               callback: Callable[[Evaluation], None] | None = None) -> SearchResult:
-    """Find the rho of ``template`` in [lo, hi] that minimises a noisy objective (see the module doc).
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every setting of :func:`search_rho`, validated on construction.
 
-    Args:
-        evaluate: ``evaluate(rho, n_samples, seed_set) -> value``, lower is better, deterministic
-            for given arguments, the same seeds for every rho at fixed ``(n_samples, seed_set)``.
-            It may return ``(value, cached)`` instead, ``cached`` saying that the value was read
-            from a results store rather than computed (it then does not count in ``computed``).
+    Attributes:
         n_max: sample count of the final rung and of the estimate.
         template: rule with one ``{rho}``: ``layer:{rho}`` (rho_bottom, rho_top = 1),
             ``layer:0.6:{rho}``, ``ramp:down:{rho}``, ``const:{rho}``, ...
@@ -265,90 +259,151 @@ def search_rho(evaluate: Objective, *, n_max: int, template: str = "layer:{rho}"
         max_walk: extra final-rung points allowed to reach a local minimum.
         fresh_ci: estimate on seed sets select_sets..select_sets+S-1 instead of 0..S-1.
         select_sets: seed sets (0..select_sets-1) whose mean the final rung selects on.
-        callback: called with each new :class:`Evaluation` (progress display).
     """
-    lattice = _Lattice(template, lo, hi, step)
-    K = lattice.K
-    m0 = round(coarse_step / lattice.step) if isinstance(coarse_step, (int, float)) and coarse_step > 0 else 0
-    if m0 < 1 or abs(coarse_step / lattice.step - m0) > 1e-6 or m0 > K:
-        raise InputError(f"coarse_step must be a whole number of steps ({lattice.step:g}) no wider than the range, "
-                         f"got {coarse_step!r}")
-    if not isinstance(n_max, int) or n_max < 1:
-        raise InputError(f"n_max must be a positive integer, got {n_max!r}")
-    n_min = math.ceil(n_max / 8) if n_min is None else n_min
-    if not isinstance(n_min, int) or not 1 <= n_min <= n_max:
-        raise InputError(f"n_min must be an integer in [1, n_max = {n_max}], got {n_min!r}")
-    if not growth > 1:
-        raise InputError(f"growth must be > 1, got {growth!r}")
-    if not isinstance(seed_sets, int) or seed_sets < 1:
-        raise InputError(f"seed_sets must be a positive integer, got {seed_sets!r}")
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence must lie in (0, 1), got {confidence!r}")
-    if not isinstance(select_sets, int) or isinstance(select_sets, bool) or select_sets < 1:
-        raise InputError(f"select_sets must be a positive integer, got {select_sets!r}")
-    if max_walk < 0:
-        raise InputError(f"max_walk must be >= 0, got {max_walk!r}")
-    if baseline is not None:
-        lattice.rule(float(baseline))
-    ev = _Evaluator(evaluate, lattice, callback)
 
-    def tie(k: int) -> tuple[float, int]:
-        return abs(lattice.rho(k) - 1.0), k
+    n_max: int
+    template: str = "layer:{rho}"
+    lo: float = 0.5
+    hi: float = 1.5
+    step: float = 0.05
+    coarse_step: float = 0.1
+    n_min: int | None = None
+    growth: float = 2.0
+    seed_sets: int = 3
+    confidence: float = 0.95
+    baseline: float | None = None
+    max_walk: int = 2
+    fresh_ci: bool = False
+    select_sets: int = 1
 
-    def run_rung(ks: list[int], n: int, stage: str) -> list[tuple[int, float]]:
-        return [(k, ev(lattice.rho(k), n, 0, stage)) for k in sorted(set(ks))]
+    def __post_init__(self):
+        lattice = self.lattice()
+        m0 = (round(self.coarse_step / lattice.step)
+              if isinstance(self.coarse_step, (int, float)) and self.coarse_step > 0 else 0)
+        if m0 < 1 or abs(self.coarse_step / lattice.step - m0) > 1e-6 or m0 > lattice.K:
+            raise InputError(f"coarse_step must be a whole number of steps ({lattice.step:g}) no wider than the "
+                             f"range, got {self.coarse_step!r}")
+        if not isinstance(self.n_max, int) or self.n_max < 1:
+            raise InputError(f"n_max must be a positive integer, got {self.n_max!r}")
+        n_min = math.ceil(self.n_max / 8) if self.n_min is None else self.n_min
+        if not isinstance(n_min, int) or not 1 <= n_min <= self.n_max:
+            raise InputError(f"n_min must be an integer in [1, n_max = {self.n_max}], got {n_min!r}")
+        object.__setattr__(self, "n_min", n_min)
+        if not self.growth > 1:
+            raise InputError(f"growth must be > 1, got {self.growth!r}")
+        if not isinstance(self.seed_sets, int) or self.seed_sets < 1:
+            raise InputError(f"seed_sets must be a positive integer, got {self.seed_sets!r}")
+        if not 0 < self.confidence < 1:
+            raise InputError(f"confidence must lie in (0, 1), got {self.confidence!r}")
+        if not isinstance(self.select_sets, int) or isinstance(self.select_sets, bool) or self.select_sets < 1:
+            raise InputError(f"select_sets must be a positive integer, got {self.select_sets!r}")
+        if self.max_walk < 0:
+            raise InputError(f"max_walk must be >= 0, got {self.max_walk!r}")
+        if self.baseline is not None:
+            lattice.rule(float(self.baseline))
 
-    # 1. coarse rung over the whole range
-    spacings = [m0]
-    while spacings[-1] > 1:
-        spacings.append(spacings[-1] // 2)
-    points = run_rung(list(range(0, K + 1, m0)) + [K], n_min, "coarse")
-    center = _center(points, tie)
-    # 2. refinement rungs: halve the spacing, grow the sample count
-    for j in range(1, len(spacings)):
-        h, wide = spacings[j], spacings[j - 1]
-        ks = [center + i * h for i in range(-(wide // h), wide // h + 1)]
-        ks += [0] if center - wide < 0 else []
-        ks += [K] if center + wide > K else []
-        n = min(n_max, math.ceil(n_min * growth**j))
-        points = run_rung([k for k in ks if 0 <= k <= K], n, f"refine-{j}")
-        center = _center(points, tie)
-    # 3. final rung at n_max: descend from the centre to a local minimum of the n_max values
-    final: dict[int, float] = {}
+    def lattice(self) -> _Lattice:
+        return _Lattice(self.template, self.lo, self.hi, self.step)
 
-    def final_value(k: int) -> float:
-        if k not in final:
-            final[k] = math.fsum(ev(lattice.rho(k), n_max, s, "final") for s in range(select_sets)) / select_sets
-        return final[k]
+    @property
+    def coarse_spacings(self) -> list[int]:
+        """Lattice spacing of the coarse rung, then halved rung by rung down to 1."""
+        spacings = [round(self.coarse_step / self.lattice().step)]
+        while spacings[-1] > 1:
+            spacings.append(spacings[-1] // 2)
+        return spacings
 
-    for k in (center - 1, center, center + 1):
-        if 0 <= k <= K:
-            final_value(k)
-    walks = 0
-    while True:
-        best = min(final, key=lambda k: (_key(final[k]), *tie(k)))
-        todo = [k for k in (best - 1, best + 1) if 0 <= k <= K and k not in final]
-        if not todo or walks == max_walk:
-            break
-        final_value(todo[0])
-        walks += 1
-    if not math.isfinite(final[best]):
-        raise InputError(f"the objective is not finite at any final point ({len(final)} points at n = {n_max})")
-    rho_best = lattice.rho(best)
-    # 4. estimate over seed sets (and the paired baseline)
-    sets = list(range(select_sets, select_sets + seed_sets)) if fresh_ci else list(range(seed_sets))
-    best_vals = [ev(rho_best, n_max, s, "final" if s < select_sets else "estimate") for s in sets]
-    estimate = t_interval(best_vals, confidence)
-    base_est = diff_est = None
-    if baseline is not None:
-        rho_base = float(_fmt(float(baseline)))
-        base_vals = [ev(rho_base, n_max, s, "baseline") for s in sets]
-        base_est = t_interval(base_vals, confidence)
-        diff_est = t_interval([a - b for a, b in zip(best_vals, base_vals, strict=True)], confidence)
-    return SearchResult(rho=rho_best, rule=lattice.rule(rho_best), template=template, value=final[best],
-                        estimate=estimate, baseline=base_est, difference=diff_est, n_samples=n_max, budget=ev.budget,
-                        computed=ev.computed, trace=tuple(ev.trace), at_edge=best in (0, K), lo=lattice.lo,
-                        hi=lattice.hi, step=lattice.step)
+
+def search_rho(evaluate: Objective, config: SearchConfig | None = None, *,
+               callback: Callable[[Evaluation], None] | None = None, **settings: Any) -> SearchResult:
+    """Find the rho of the config's template in [lo, hi] that minimises a noisy objective (see the module doc).
+
+    ``evaluate(rho, n_samples, seed_set) -> value``: lower is better, deterministic for given arguments,
+    the same seeds for every rho at fixed ``(n_samples, seed_set)``; it may return ``(value, cached)``,
+    ``cached`` saying that the value was read from a results store rather than computed (it then does
+    not count in ``computed``). ``config`` holds the settings (or give them as keywords, e.g.
+    ``search_rho(f, n_max=1000, template="const:{rho}")``); ``callback`` is called with each new
+    :class:`Evaluation` (progress display).
+    """
+    if config is None:
+        config = SearchConfig(**settings)
+    elif settings:
+        raise InputError(f"give the settings either as a SearchConfig or as keywords, not both: {sorted(settings)}")
+    search = _Search(config, _Evaluator(evaluate, config.lattice(), callback))
+    center = search.refine()
+    best, value = search.final(center)
+    return search.result(best, value)
+
+
+class _Search:
+    """The rungs of :func:`search_rho` over one lattice and one memoised objective."""
+
+    def __init__(self, config: SearchConfig, ev: _Evaluator):
+        self.config, self.ev, self.lattice = config, ev, ev.lattice
+        self.K = self.lattice.K
+
+    def tie(self, k: int) -> tuple[float, int]:
+        return abs(self.lattice.rho(k) - 1.0), k
+
+    def rung(self, ks: list[int], n: int, stage: str) -> list[tuple[int, float]]:
+        return [(k, self.ev(self.lattice.rho(k), n, 0, stage)) for k in sorted(set(ks))]
+
+    def refine(self) -> int:
+        """1. the coarse rung over the whole range; 2. refinement rungs (halved spacing, growing sample
+        count) around the smoothed minimum; returns the last centre."""
+        c, K = self.config, self.K
+        spacings = c.coarse_spacings
+        center = _center(self.rung(list(range(0, K + 1, spacings[0])) + [K], c.n_min, "coarse"), self.tie)
+        for j in range(1, len(spacings)):
+            h, wide = spacings[j], spacings[j - 1]
+            ks = [center + i * h for i in range(-(wide // h), wide // h + 1)]
+            ks += [0] if center - wide < 0 else []
+            ks += [K] if center + wide > K else []
+            n = min(c.n_max, math.ceil(c.n_min * c.growth**j))
+            center = _center(self.rung([k for k in ks if 0 <= k <= K], n, f"refine-{j}"), self.tie)
+        return center
+
+    def final(self, center: int) -> tuple[int, float]:
+        """3. the final rung at n_max: descend from the centre to a local minimum of the n_max values."""
+        c, K = self.config, self.K
+        final: dict[int, float] = {}
+
+        def value(k: int) -> float:
+            if k not in final:
+                final[k] = math.fsum(self.ev(self.lattice.rho(k), c.n_max, s, "final")
+                                     for s in range(c.select_sets)) / c.select_sets
+            return final[k]
+
+        for k in (center - 1, center, center + 1):
+            if 0 <= k <= K:
+                value(k)
+        walks = 0
+        while True:
+            best = min(final, key=lambda k: (_key(final[k]), *self.tie(k)))
+            todo = [k for k in (best - 1, best + 1) if 0 <= k <= K and k not in final]
+            if not todo or walks == c.max_walk:
+                break
+            value(todo[0])
+            walks += 1
+        if not math.isfinite(final[best]):
+            raise InputError(f"the objective is not finite at any final point ({len(final)} points at n = {c.n_max})")
+        return best, final[best]
+
+    def result(self, best: int, value: float) -> SearchResult:
+        """4. the estimate over seed sets at the best point (and the paired baseline)."""
+        c, ev, lattice = self.config, self.ev, self.lattice
+        rho_best = lattice.rho(best)
+        sets = list(range(c.select_sets, c.select_sets + c.seed_sets)) if c.fresh_ci else list(range(c.seed_sets))
+        best_vals = [ev(rho_best, c.n_max, s, "final" if s < c.select_sets else "estimate") for s in sets]
+        base_est = diff_est = None
+        if c.baseline is not None:
+            base_vals = [ev(float(_fmt(float(c.baseline))), c.n_max, s, "baseline") for s in sets]
+            base_est = t_interval(base_vals, c.confidence)
+            diff_est = t_interval([a - b for a, b in zip(best_vals, base_vals, strict=True)], c.confidence)
+        return SearchResult(rho=rho_best, rule=lattice.rule(rho_best), template=c.template, value=value,
+                            estimate=t_interval(best_vals, c.confidence), baseline=base_est, difference=diff_est,
+                            n_samples=c.n_max, budget=ev.budget, computed=ev.computed, trace=tuple(ev.trace),
+                            at_edge=best in (0, self.K), lo=lattice.lo, hi=lattice.hi, step=lattice.step)
 
 
 def full_grid(evaluate: Objective, *, n_samples: int, template: str = "layer:{rho}", lo: float = 0.5,
