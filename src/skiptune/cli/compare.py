@@ -62,25 +62,16 @@ def run(args) -> int:
     from skiptune.io import open_model
     from skiptune.runs.compare import CompareSpec, compare_training, format_compare_table
     from skiptune.runs.sweep import expand_rules
-    from skiptune.sampling import SAMPLERS, parse_seeds
+    from skiptune.sampling import parse_seeds
 
-    samplers = parse_list(args.samplers, flag="--samplers", what="sampler names")
-    steps = parse_list(args.steps, int, flag="--steps", what="integers")
-    unknown = [s for s in samplers if s not in SAMPLERS]
-    if unknown:
-        raise UsageError(f"unknown sampler(s) {', '.join(unknown)}; known: {', '.join(SAMPLERS)}")
-    if not samplers or not steps or any(n < 1 for n in steps):
-        raise UsageError("--samplers and --steps need at least one entry each, and steps must be >= 1")
-    if args.seed_sets < 1:
-        raise UsageError(f"--seed-sets must be >= 1, got {args.seed_sets}")
-    if args.batch < 1:
-        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    spec = CompareSpec(samplers=parse_list(args.samplers, flag="--samplers", what="sampler names"),
+                       steps=parse_list(args.steps, int, flag="--steps", what="integers"), seeds=args.seeds,
+                       sets=args.seed_sets, rules=expand_rules(args.rules), grid=args.grid, mode=args.mode,
+                       batch=args.batch)
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    spec = CompareSpec(samplers=samplers, steps=steps, seeds=args.seeds, sets=args.seed_sets,
-                       rules=expand_rules(args.rules), grid=args.grid, mode=args.mode, batch=args.batch)
     models = open_model(args.base), open_model(args.s2dm)
     base, s2dm = (m.net for m in models)
     digits = all(m.extra.get("dataset") == "digits" for m in models)

@@ -21,12 +21,14 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
+from skiptune.core.checks import integer
 from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.core.stats import Estimate, significant, t_interval
 from skiptune.experiment import Point, SamplingSpec, Scorer, score_stored
 from skiptune.experiment.results import record_result
 from skiptune.runs.sweep import model_ref, seed_sets
+from skiptune.sampling import SAMPLERS
 from skiptune.skip import canonical_rule
 from skiptune.store import Store
 
@@ -90,8 +92,13 @@ class CompareSpec:
         object.__setattr__(self, "rules", tuple(dict.fromkeys(str(canonical_rule(r)) for r in self.rules)))
         if not self.samplers or not self.steps:
             raise InputError("give at least one sampler and one step count")
-        if self.batch < 1:
-            raise InputError(f"batch must be >= 1, got {self.batch}")
+        unknown = [s for s in self.samplers if s not in SAMPLERS]
+        if unknown:
+            raise InputError(f"unknown sampler(s) {', '.join(unknown)}; known: {', '.join(SAMPLERS)}")
+        for n in self.steps:
+            integer(n, minimum=1, what="every step count (--steps)")
+        integer(self.sets, minimum=1, what="the number of seed sets (--seed-sets)")
+        integer(self.batch, minimum=1, what="batch (--batch)")
         seed_sets(self.seeds, self.sets)  # validates the seeds and the number of sets
 
     @property
