@@ -49,7 +49,7 @@ def test_the_key_is_the_store_key_of_the_config_and_ignores_context():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"seeds": "0-3,2-5"}, r"repeat \[2, 3\]"),
+    ({"seeds": "0-3,2-5"}, r"repeats 2 seeds \(2-3\)"),
     ({"mode": "sideways"}, "unknown mode"),
     ({"batch": 0}, "batch must be a positive integer"),
     ({"precision": "fp8"}, "precision must be one of"),

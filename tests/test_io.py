@@ -179,3 +179,55 @@ def test_trust_code_without_edm_repo_explains(tmp_path):
     write_edm_pickle(tmp_path / "net.pkl", build_network(cls, kwargs), kwargs)
     with pytest.raises(ModuleNotFoundError, match="PYTHONPATH"):
         load_model(tmp_path / "net.pkl", trust_code=True)
+
+
+# -- files that are not what their name says, and state dicts of other networks: short messages that say so -------
+
+@pytest.mark.parametrize("name", ["net.pt", "net.pth", "net.pkl", "net.safetensors"])
+def test_a_text_file_named_like_a_checkpoint_says_it_is_text(tmp_path, name):
+    (tmp_path / name).write_text("<this is not a checkpoint>\n")
+    with pytest.raises(CheckpointError, match="it is a text file") as e:
+        load_model(tmp_path / name, arch="ddpmpp-tiny") if name.endswith(".pth") else load_model(tmp_path / name)
+    assert str(tmp_path / name) in str(e.value) and ": 101" not in str(e.value)
+
+
+def test_a_state_dict_of_another_network_is_summarised(tmp_path):
+    from skiptune.io.uvit import describe_mismatch
+
+    net = load_model("ddpmpp-tiny")
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "sd.pt", arch="adm-tiny")
+    text = str(e.value)
+    assert "\n" not in text and len(text) < 1000, text  # counts and a few keys, not every key
+    assert "missing" in text and "unexpected" in text and "mis-shaped" in text and "more)" in text
+    assert "look like an EDM SongUNet (DDPM++/NCSN++; 16x16, 3 channels, model_channels 16)" in text
+    # keys that differ only by a prefix: said so instead of listing them all
+    inner = {k.removeprefix("model."): v for k, v in net.state_dict().items()}
+    summary = describe_mismatch({k: v.shape for k, v in net.state_dict().items()}, inner)
+    assert "differ only by their prefix" in summary and "'model.'" in summary
+    assert describe_mismatch({k: v.shape for k, v in net.state_dict().items()}, net.state_dict()) is None
+
+
+def test_guess_architecture_names_known_key_layouts():
+    from skiptune.io.uvit import guess_architecture
+
+    def keys(name):
+        return load_model(name).state_dict()
+
+    assert guess_architecture(keys("ddpmpp-tiny")).startswith("an EDM SongUNet")
+    assert guess_architecture(keys("adm-tiny")).startswith("an EDM DhariwalUNet (ADM")
+    assert guess_architecture(keys("uvit-tiny")).startswith("a U-ViT (embed_dim")
+    assert guess_architecture({"conv_in.weight": (4, 3, 3, 3), "down_blocks.0.resnets.0.conv1.weight": (4, 4, 3, 3)}
+                              ).startswith("a diffusers UNet")
+    assert "guided-diffusion" in guess_architecture({"input_blocks.0.0.weight": (1,), "output_blocks.0.0.weight": (1,)})
+    assert guess_architecture({"fc.weight": (2, 2)}) is None
+
+
+def test_an_edm_pickle_whose_tensors_do_not_fit_its_arguments_is_summarised(tmp_path):
+    cls, kwargs = preset_config("ddpmpp-tiny")
+    net = build_network(cls, kwargs)
+    write_edm_pickle(tmp_path / "net.pkl", net, {**kwargs, "model_channels": 2 * kwargs["model_channels"]})
+    with pytest.raises(CheckpointError, match="tensors do not match.*mis-shaped keys") as e:
+        load_model(tmp_path / "net.pkl")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 1500

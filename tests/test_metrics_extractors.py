@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import sys
 import types
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from skiptune.metrics import (
+    ChecksumMismatchError,
     FeatureDimMismatchError,
     FeatureExtractor,
     FeatureStats,
@@ -87,14 +89,60 @@ def test_evaluate_with_a_user_module_records_provenance() -> None:
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (30, 3, 4, 4), dtype=np.uint8)
     b = rng.integers(0, 200, (40, 4, 4, 3), dtype=np.uint8)
-    res = evaluate(a, b, metrics=("fid", "kid", "cmmd"), extractor=ext, kid_subset_size=20, kid_subsets=3)
+    res = evaluate(a, b, metrics=("fid", "kid", "immd"), extractor=ext, kid_subset_size=20, kid_subsets=3)
     fa = a.astype(np.float64).mean(axis=(2, 3)) / 255
     fb = b.astype(np.float64).mean(axis=(1, 2)) / 255
     from skiptune.metrics import fid_from_features
 
     assert res["fid"]["value"] == pytest.approx(fid_from_features(fa, fb), rel=1e-5)
-    assert res["kid"]["n"] == 30 and res["kid"]["n_ref"] == 40 and res["cmmd"]["sigma"] == 10.0
+    assert res["kid"]["n"] == 30 and res["kid"]["n_ref"] == 40 and res["immd"]["sigma"] == 10.0
     assert res["fid"]["extractor"] == "mean-colour" and res["fid"]["resize"] == "uint8 -> float in [0, 1]"
+
+
+def test_cmmd_needs_clip_features() -> None:
+    """CMMD on another network's features would be that network's immd under CLIP's name: refused, before any
+    feature is extracted; features of a CLIP extractor (named clip-...) are accepted."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (30, 3, 4, 4), dtype=np.uint8)
+    b = rng.integers(0, 200, (40, 3, 4, 4), dtype=np.uint8)
+    calls = []
+    ext = wrap_module(_MeanColour(), "mean-colour")
+    fn = ext.fn
+    ext.fn = lambda x, w: calls.append(1) or fn(x, w)
+    with pytest.raises(ValueError, match=r"cmmd needs CLIP .*'mean-colour'.*pip install 'skiptune\[clip\]'"):
+        evaluate(a, b, metrics=("fid", "cmmd"), extractor=ext)
+    with pytest.raises(ValueError, match="cmmd needs CLIP.*'inception-v3'"):
+        evaluate(a, b, metrics=("cmmd",))  # by name: refused before the weights are even looked for
+    assert not calls
+    clip = wrap_module(_MeanColour(), "clip-stand-in")
+    res = evaluate(a, b, metrics=("cmmd", "immd"), extractor=clip)
+    assert res["cmmd"]["value"] == pytest.approx(res["immd"]["value"]) and res["cmmd"]["extractor"] == "clip-stand-in"
+    # precomputed features carry their extractor: those of another network are refused too
+    from skiptune.metrics import extract_features
+
+    feats = extract_features(a, ext)
+    with pytest.raises(ValueError, match="cmmd needs CLIP.*'mean-colour'"):
+        evaluate(feats, feats, metrics=("cmmd",), extractor=clip)
+    assert evaluate(extract_features(a, clip), extract_features(b, clip), metrics=("cmmd",))["cmmd"]["value"] >= 0
+
+
+def test_get_extractor_refuses_options_the_network_does_not_take() -> None:
+    from skiptune.core.errors import InputError
+
+    register_extractor("no-options-test", lambda: wrap_module(_MeanColour(), "plain"), overwrite=True)
+    try:
+        with pytest.raises(InputError, match="'no-options-test' takes no option weights; .* none"):
+            get_extractor("no-options-test", weights="w.pth")
+        assert get_extractor("no-options-test", weights=None).name == "plain"  # unset: not passed
+    finally:
+        unregister_extractor("no-options-test")
+    with pytest.raises(InputError, match="takes no option foo; the options it takes: weights, expected_sha256"):
+        get_extractor("inception-v3", foo=1)
+    # a factory with **kwargs that hands them to a function without that option
+    with pytest.raises(InputError, match="'digits-classifier' takes no option expected_sha256"):
+        get_extractor("digits-classifier", expected_sha256="any")
+    with pytest.raises(InputError, match="only be given with an extractor name"):
+        get_extractor(wrap_module(_MeanColour(), "plain"), weights="w.pth")
 
 
 def test_evaluate_errors() -> None:
@@ -150,6 +198,18 @@ def test_state_dict_pickle_loads_safely(tmp_path) -> None:
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         torch.testing.assert_close(ext(x)["pool"], net(x)["pool"])
+    # the name every extractor takes (--weights), the former name, and the registry; checksums when asked
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    for kwargs in ({"weights": path}, {"path": path}, {"weights": path, "expected_sha256": sha},
+                   {"weights": path, "expected_sha256": "any"}):
+        assert load_edm_inception(**kwargs).weights_sha256 == sha
+    assert get_extractor("inception-v3-edm-pkl", weights=str(path)).weights_sha256 == sha
+    with pytest.raises(ChecksumMismatchError, match=f"has sha256 {sha}, expected {'0' * 64}"):
+        load_edm_inception(weights=path, expected_sha256="0" * 64)
+    with pytest.raises(ValueError, match="64 hexadecimal digits or 'any'"):
+        load_edm_inception(weights=path, expected_sha256="abc")
+    with pytest.raises(ValueError, match="give the pickle once"):
+        load_edm_inception(weights=path, path=tmp_path / "other.pkl")
 
 
 def test_trusted_detector_pickle_is_wrapped(tmp_path, monkeypatch) -> None:
@@ -188,8 +248,11 @@ def test_missing_edm_pickle(tmp_path, monkeypatch) -> None:
 
 def test_clip_without_open_clip_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "open_clip", None)
-    with pytest.raises(ImportError, match=r"pip install skiptune\[clip\]"):
+    from skiptune.core.errors import SkiptuneError
+
+    with pytest.raises(ImportError, match=r"pip install 'skiptune\[clip\]'") as info:
         clip_extractor()
+    assert isinstance(info.value, SkiptuneError)  # the command line prints it as one line
 
 
 def test_clip_extractor_with_a_stand_in_open_clip(tmp_path, monkeypatch) -> None:
@@ -217,6 +280,14 @@ def test_clip_extractor_with_a_stand_in_open_clip(tmp_path, monkeypatch) -> None
     emb = ext(torch.randint(0, 256, (3, 3, 12, 9), dtype=torch.uint8))["embedding"]
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
     assert ext.name == "clip-ViT-B-32" and len(ext.weights_sha256) == 64
+    # weights= (the name the command line passes) is the checkpoint too, through the registry as well
+    sha = hashlib.sha256(b"weights").hexdigest()
+    assert get_extractor("clip", weights=str(ckpt)).weights_sha256 == sha == ext.weights_sha256
+    assert clip_extractor(weights=ckpt, expected_sha256=sha.upper()).name == "clip-ViT-B-32"
+    with pytest.raises(ChecksumMismatchError, match=f"has sha256 {sha}"):
+        clip_extractor(weights=ckpt, expected_sha256="1" * 64)
+    with pytest.raises(ValueError, match="give the CLIP checkpoint once"):
+        clip_extractor("ViT-B-32", tmp_path / "a.bin", weights=ckpt)
 
 
 def test_edm_style_persistent_pickle_is_refused_without_running_its_source(tmp_path, monkeypatch) -> None:

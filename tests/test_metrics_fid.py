@@ -125,3 +125,60 @@ def test_fid_floor_matches_the_closed_form_for_gaussian_features():
     assert np.array_equal(values, fid_floor(pool, n, ref_n=m, draws=draws, seed=1))  # deterministic
     with pytest.raises(MetricsError, match="lower n or ref_n"):
         fid_floor(pool[:90], n, ref_n=m)
+
+
+# -- broken statistics and too few samples ------------------------------------------------------------------------
+
+def test_fid_on_no_more_samples_than_dimensions_warns_once_naming_both(recwarn) -> None:
+    import skiptune.metrics.fid as fid_module
+
+    fid_module._WARNED_FEW.clear()
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(size=(12, 16)), rng.normal(size=(200, 16))
+    fid_from_features(many, many[::-1])
+    assert not [w for w in recwarn if "feature dimensions" in str(w.message)]  # 200 samples in 16 dimensions
+    fid_from_features(few, many)
+    fid_from_features(few, many)
+    texts = [str(w.message) for w in recwarn if "feature dimensions" in str(w.message)]
+    assert len(texts) == 1 and "12 samples of the first set" in texts[0] and "16 feature dimensions" in texts[0], texts
+    from skiptune.metrics import fid_floor
+
+    fid_floor(many, 10, ref_n=10, draws=2)  # small n on purpose: the floor does not warn
+    assert len([w for w in recwarn if "feature dimensions" in str(w.message)]) == 1
+
+
+def test_nan_statistics_name_whose_mean_is_broken() -> None:
+    rng = np.random.default_rng(1)
+    good = FeatureStats.from_features(rng.normal(size=(50, 4)), meta={"source": "generated"})
+    bad = FeatureStats.from_moments(np.array([0.0, np.nan, 0.0, 0.0]), np.eye(4), 50, meta={"source": "ref.npz"})
+    with pytest.raises(MetricsError, match=r"the mean \(mu2\) of the second set \(ref\.npz\) has 1 NaN"):
+        fid_from_stats(good, bad)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda d: d["mu"].__setitem__(0, np.inf), "mu has 1 NaN/inf"),
+    (lambda d: d["sigma"].__setitem__((0, 0), np.nan), "sigma has 1 NaN/inf"),
+    (lambda d: d["sigma"].__setitem__((0, 1), 5.0), "not symmetric"),
+    (lambda d: np.fill_diagonal(d["sigma"], -1.0), "negative variance"),
+    (lambda d: d.__setitem__("n", np.asarray(1)), "n is 1"),
+    (lambda d: d.__setitem__("features", np.zeros((3, 4), np.float32)), "features have shape"),
+    (lambda d: d.__setitem__("meta", np.asarray("{broken")), "not a JSON object"),
+], ids=["inf-mean", "nan-covariance", "asymmetric", "negative-variance", "count-1", "features-shape", "meta"])
+def test_a_broken_statistics_file_is_refused_when_read(tmp_path, change, says) -> None:
+    from skiptune.metrics import FeatureSet
+
+    path = FeatureStats.from_features(np.random.default_rng(2).normal(size=(30, 4)), keep_features=True).save(
+        tmp_path / "ref.npz")
+    data = dict(np.load(path))
+    change(data)
+    np.savez(path, **data)
+    for load in (FeatureStats.load, FeatureSet.load):
+        with pytest.raises(MetricsError, match=says) as e:
+            load(path)
+        assert str(path) in str(e.value) and "recompute" in str(e.value)
+
+
+def test_a_text_file_is_no_statistics_file(tmp_path) -> None:
+    (tmp_path / "ref.npz").write_text("mu,sigma\n")
+    with pytest.raises(MetricsError, match=r"ref\.npz is not a statistics \.npz \(mu, sigma\): it is a text file"):
+        FeatureStats.load(tmp_path / "ref.npz")

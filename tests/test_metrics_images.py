@@ -111,3 +111,59 @@ def test_alpha_is_dropped_only_when_opaque(tmp_path) -> None:
     Image.fromarray(rgba).save(tmp_path / "see-through.png")
     with pytest.raises(ImageFormatError, match="transparent alpha"):
         list(open_images(tmp_path).batches(4))
+
+
+# -- files that are not what their name says: one decoder, one clear error -------------------------------------------
+
+def _bad_png_files(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)).save(good)
+    return {
+        "text": (b"just some text\n", "not an image file: it is a text file (it starts with 'just some text')"),
+        "empty": (b"", "an empty file (0 bytes)"),
+        "html": (b"<html><body>Forbidden</body></html>", "an HTML page"),
+        "truncated": (good.read_bytes()[:150], "truncated or corrupt image data"),
+        "zip": (b"PK\x03\x04" + bytes(40), "a ZIP archive"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "html", "truncated", "zip"])
+def test_a_file_named_png_that_is_no_image_is_named_with_what_it_is(tmp_path, kind) -> None:
+    from skiptune.metrics.images import decode_image
+    from skiptune.train.data import load_image_folder
+
+    content, says = _bad_png_files(tmp_path)[kind]
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(content)
+    with pytest.raises(ImageFormatError) as direct:
+        decode_image(folder / "b.png")
+    assert str(folder / "b.png") in str(direct.value) and says in str(direct.value)
+    with pytest.raises(ImageFormatError) as metrics:
+        list(open_images(folder).batches(8))
+    with pytest.raises(ImageFormatError) as training:  # the training loader decodes through the same function
+        load_image_folder(folder)
+    assert str(metrics.value) == str(training.value) == str(direct.value)
+
+
+def test_a_jpeg_named_png_is_still_an_image(tmp_path) -> None:
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(tmp_path / "x.png", format="JPEG")
+    assert next(open_images(tmp_path).batches(1)).shape == (1, 3, 4, 4)
+
+
+def test_array_files_that_are_not_arrays(tmp_path) -> None:
+    (tmp_path / "t.npz").write_text("hello\n")
+    with pytest.raises(ImageFormatError, match=r"t\.npz is not an \.npz of images: it is a text file") as e:
+        open_images(tmp_path / "t.npz")
+    assert "allow_pickle" not in str(e.value)
+    (tmp_path / "t.npy").write_text("hello\n")
+    with pytest.raises(ImageFormatError, match=r"t\.npy is not a NumPy \.npy array: it is a text file"):
+        open_images(tmp_path / "t.npy")
+    np.savez(tmp_path / "obj.npz", images=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ImageFormatError, match="Python objects"):
+        open_images(tmp_path / "obj.npz")
+    np.savez(tmp_path / "ok.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:100])
+    with pytest.raises(ImageFormatError, match="damaged .npz"):
+        open_images(tmp_path / "cut.npz")

@@ -105,8 +105,16 @@ def test_missing_weights_error_says_which_file_and_where(tmp_path, monkeypatch) 
 
 def test_checksum_is_checked(tiny_weights) -> None:
     path, sha = tiny_weights
-    with pytest.raises(ChecksumMismatchError, match=f"has sha256 {sha}.*expected_sha256=None"):
+    with pytest.raises(ChecksumMismatchError, match=f"has sha256 {sha}.*expected_sha256=None.*--weights-sha256 any"):
         inception_v3(path)
+    # 'any' (what --weights-sha256 any passes) or the file's own checksum accepts it, recording that checksum
+    for expected in ("any", "ANY", sha, sha.upper(), None):
+        ext = inception_v3(path, expected_sha256=expected)
+        assert ext.weights_sha256 == sha and ext.name == "inception-v3-custom"
+    with pytest.raises(ChecksumMismatchError, match=f"expected {'a' * 64}"):
+        inception_v3(path, expected_sha256="a" * 64)
+    with pytest.raises(ValueError, match="64 hexadecimal digits or 'any'"):
+        inception_v3("/no/such/file.pth", expected_sha256="abc")  # checked before the file is looked for
 
 
 def test_weights_found_through_env_dir(tiny_weights, monkeypatch) -> None:

@@ -152,3 +152,27 @@ def test_all_presets_listed():
     assert {"ddpmpp-cifar10", "adm-imagenet64", "ddpmpp-afhqv2-64"} <= set(PRESETS)
     with pytest.raises(ValueError, match="known presets"):
         build_preset("no-such-net")
+
+
+def test_presets_are_seeded_by_name_without_touching_the_global_rng():
+    from skiptune.nets.presets import ALIASES, preset_seed
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a, b = build_preset("ddpmpp-tiny"), build_preset("ddpmpp-cifar10-tiny")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    seeds = {name: preset_seed(name) for name in PRESETS}
+    assert len(set(seeds.values())) == len(seeds)  # every preset its own seed
+    assert all(preset_seed(alias) == seeds[full] for alias, full in ALIASES.items())
+    assert all(0 <= s < 2**32 for s in seeds.values())
+    assert preset_seed("ddpmpp-tiny") == int.from_bytes(
+        __import__("hashlib").sha256(b"skiptune-preset:ddpmpp-cifar10-tiny").digest()[:4], "big")
+    with pytest.raises(ValueError, match="known presets"):
+        preset_seed("no-such-net")
+    # an explicit seed draws the same weights as seeding the global generator by hand would
+    torch.manual_seed(5)
+    by_hand = build_network(*preset_config("ddpmpp-tiny"))
+    seeded = build_preset("ddpmpp-tiny", seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(by_hand.state_dict().values(), seeded.state_dict().values(),
+                                                 strict=True))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from skiptune.sampling import SAMPLERS, GaussianMixture, SeedNoise, edm_sigmas, parse_seeds, seed_batches
+from skiptune.sampling.noise import MAX_SEEDS
 
 # A mixture in 3 x 4 x 4 = 48 dimensions, so samples look like tiny images.
 _gen = torch.Generator().manual_seed(1234)
@@ -73,3 +74,43 @@ def test_parse_seeds():
     for bad in ("3-1", "1,,2", "-5"):
         with pytest.raises(ValueError):
             parse_seeds(bad)
+    assert parse_seeds("5, 0 - 2") == [5, 0, 1, 2]  # order kept, spaces ignored
+    assert len(parse_seeds(f"0-{MAX_SEEDS - 1}")) == MAX_SEEDS  # the limit itself is allowed
+
+
+@pytest.mark.parametrize("spec,message", [
+    # a seed given twice: the npz would hold its image twice while images/ holds one PNG
+    ("0-3,2-5", r"repeats 2 seeds \(2-3\)"),
+    ("7,0-9", r"repeats 1 seed \(7\)"),
+    ("0-9,5,3-4,20-30,25", r"repeats 4 seeds \(3-5,25\)"),
+    ("0-99999,0-99999", r"repeats 100000 seeds \(0-99999\)"),
+    ([1, 2, 2], r"repeats 1 seed \(2\)"),
+    # absurd lists: refused before any list is built (no hang, no MemoryError or OverflowError)
+    ("0-99999999999", r"holds 100000000000 seeds, more than the 10000000"),
+    ("0-5000000,6000000-11000000", "more than the 10000000"),
+    ("0-9223372036854775808", r"seed 9223372036854775808 outside \[0, 2\^63\)"),
+    ("99999999999999999999999", "outside"),
+    ("-5", "outside"),
+    # not seeds: an InputError naming the element, not int()'s ValueError
+    ("1-2-3", "element '1-2-3' is not a seed"),
+    ("0-x", "element '0-x' is not a seed"),
+    ("5-", "element '5-' is not a seed"),
+    ("", "empty element"),
+    (["x"], "'x' is not an integer"),
+])
+def test_parse_seeds_refuses_repeated_absurd_and_malformed_lists(spec, message):
+    from skiptune.core.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        parse_seeds(spec)
+
+
+def test_nothing_that_reads_seed_lists_accepts_a_repeated_seed():
+    from skiptune.runs.sweep import seed_sets
+
+    with pytest.raises(ValueError, match="repeats"):
+        seed_sets("0-3,3", 2)
+    with pytest.raises(ValueError, match="repeats"):
+        SeedNoise([4, 4])
+    with pytest.raises(ValueError, match="repeats"):
+        list(seed_batches("0-9,9", 4))

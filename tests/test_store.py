@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import signal
 import sqlite3
 import subprocess
@@ -345,3 +346,70 @@ def test_runs_cli_listing_status_sort_json_and_errors(sweep_db, capsys):
     (sweep_db.parent / "junk.sqlite").write_text("not a database")
     assert main(["runs", "--db", str(sweep_db.parent / "junk.sqlite")]) == 2
     assert "not a" in capsys.readouterr().err
+
+
+# -- stores that cannot be used: a StoreError that says why, never an sqlite3 traceback, and nothing left behind ----
+
+def _filled(path: Path, runs: int = 150) -> Path:
+    with Store(path) as s:
+        for i in range(runs):
+            s.complete_run({"i": i, "pad": "x" * 400}, {"fid": float(i)})
+    return path
+
+
+def test_a_store_damaged_after_it_was_opened_is_a_store_error(tmp_path):
+    db = _filled(tmp_path / "r.sqlite")
+    data = bytearray(db.read_bytes())
+    mid = (len(data) // 4096 // 2) * 4096
+    data[mid:mid + 3 * 4096] = bytes(range(256)) * 48  # three pages in the middle overwritten
+    db.write_bytes(bytes(data))
+    with Store(db, create=False) as s:  # the first pages are fine: it opens
+        with pytest.raises(StoreError, match="is corrupt"):
+            s.verify()  # a full read finds the damage before any work
+        with pytest.raises(StoreError, match="is corrupt"):
+            s.runs()  # and so does a read that reaches the damaged pages
+        assert not s._conn.in_transaction  # the error left no read transaction open
+    good = _filled(tmp_path / "good.sqlite", 3)
+    with Store(good) as s:
+        s.verify()
+
+
+def test_opening_a_store_changes_nothing_in_its_file(tmp_path):
+    db = _filled(tmp_path / "r.sqlite", 5)
+    before = db.read_bytes()
+    Store(db).close()
+    with Store(db, create=False) as s:
+        s.runs()
+        s.verify()
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.sqlite"]
+
+
+def test_a_store_that_cannot_be_created_names_the_reason_and_creates_nothing(tmp_path):
+    from skiptune.store.database import check_new_store
+
+    (tmp_path / "file").write_text("x")
+    for make in (check_new_store, Store):
+        with pytest.raises(StoreError, match="is a file, not a folder"):
+            make(tmp_path / "file" / "sub" / "r.sqlite")
+    check_new_store(tmp_path / "new" / "deeper" / "r.sqlite")  # a folder that can be made: fine, nothing made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_read_only_store_says_so_and_leaves_no_files(tmp_path, monkeypatch):
+    db = _filled(tmp_path / "r.sqlite", 3)
+    before = db.read_bytes()
+    real = sqlite3.connect
+    # SQLite opens a file it may not write read-only; as root (who may write any file) that is simulated with mode=ro
+    monkeypatch.setattr(sqlite3, "connect", lambda name, *a, **k: real(f"file:{name}?mode=ro", *a, uri=True, **k))
+    with pytest.raises(StoreError, match="read-only.*another results store"):
+        Store(db)
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.sqlite"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write read-only files")
+def test_a_chmod_read_only_store_says_so(tmp_path):
+    db = _filled(tmp_path / "r.sqlite", 3)
+    db.chmod(0o444)
+    with pytest.raises(StoreError, match=f"the file {db} is read-only"):
+        Store(db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.sqlite"]

@@ -168,3 +168,34 @@ def test_load_dataset_errors_are_clear(tmp_path):
         load_dataset(tmp_path / "x.txt")
     with pytest.raises(ValueError, match="labels must lie"):
         ImageDataset("bad", torch.zeros(2, 1, 4, 4), torch.tensor([0, 3]), 3)
+
+
+def test_options_that_would_be_ignored_are_refused():
+    """size/seed shape only the generated shapes; sizes below 1 used to fall back to the defaults silently."""
+    for spec, kwargs, match in (
+        ("digits", {"size": 100}, "data_size applies only to the generated 'shapes'"),
+        ("digits", {"seed": 3}, "data_seed applies only"),
+        ("digits", {"resolution": 0}, "resolution must be an integer >= 1"),
+        ("digits", {"resolution": -8}, "resolution must be"),
+        ("shapes", {"size": 0}, "data_size must be an integer >= 1"),
+        ("shapes", {"resolution": 0}, "resolution must be"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            load_dataset(spec, "train", **kwargs)
+    small = load_dataset("shapes", "test", size=7, seed=1, resolution=8)
+    assert len(small) == 7 and small.resolution == 8 and "seed=1" in small.source
+    assert load_dataset("digits", "test", resolution=4).resolution == 4
+
+
+def test_head_takes_the_first_images_or_refuses():
+    ds = make_shapes(9, resolution=8)
+    head = ds.head(4, what="--n")
+    assert len(head) == 4 and torch.equal(head.images, ds.images[:4]) and torch.equal(head.labels, ds.labels[:4])
+    assert all(torch.equal(head.attributes[k], v[:4]) for k, v in ds.attributes.items())
+    assert head.num_classes == ds.num_classes and "first 4" in head.source
+    assert ds.head(None) is ds and len(ds.head(9)) == 9
+    with pytest.raises(ValueError, match="--n 10: shapes has only 9 images .*use --n 9 or fewer"):
+        ds.head(10, what="--n")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            ds.head(bad)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from skiptune.core.denoiser import DenoiserInfo
+from skiptune.core.errors import InputError
 from skiptune.experiment import ModelRef, Scorer, load_reference, open_store
 from skiptune.io import LoadedModel
 from skiptune.store import Store
@@ -62,8 +63,17 @@ class AnalysisContext:
         return self.model_ref.sha256
 
     def dataset(self, split: str = "train"):
-        from skiptune.train.data import load_dataset
+        """The ``split`` of ``data`` at the model's resolution (a split the data does not have is an error
+        naming ``--split``/``--data``, before the model loads)."""
+        from skiptune.train.data import SPLITS, load_dataset
 
+        if split not in SPLITS:
+            raise InputError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
+        if self.data == "shapes" and split == "all":
+            raise InputError("--split all: the shapes data set has a train and a test split; pick one")
+        if split == "test" and self.data not in ("digits", "shapes") and Path(self.data).exists():
+            raise InputError(f"--data {self.data}: an image folder or .npz file has no held-out test split; use "
+                             "--split train for all its images, or give the held-out images as --data")
         res = DenoiserInfo.of(self.net).img_resolution
         return load_dataset(self.data, split=split, resolution=res)
 
@@ -95,6 +105,19 @@ class AnalysisContext:
         if self._store is None:
             self._store = open_store(self.db)
         return self._store
+
+    def check_store(self) -> None:
+        """Check the results store before the model, data and feature network load: an existing store is opened
+        now (a corrupt, read-only or newer one fails here); for a new one, its folder must be writable, and the
+        store is created when the first result is stored."""
+        from skiptune.store.database import check_new_store
+
+        if self.db is None:
+            return
+        if self.db.exists():
+            self.store.verify()
+        else:
+            check_new_store(self.db)
 
     def close(self) -> None:
         if self._store is not None:

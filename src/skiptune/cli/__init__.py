@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import traceback
+from collections.abc import Mapping
 
 from skiptune.core.errors import SkiptuneError, UsageError
 
@@ -48,6 +49,15 @@ def parse_list(text: str, convert=str, *, flag: str, what: str = "values", sep: 
     if not items:
         raise UsageError(f"{flag} must be {'comma' if sep == ',' else repr(sep)}-separated {what}, got {text!r}")
     return items
+
+
+def with_flags(exc: SkiptuneError, flags: Mapping[str, str]) -> SkiptuneError:
+    """``exc`` again (same class), its message naming the command's flags where the library names Python
+    parameters, e.g. ``pass weights='/path'`` -> ``pass --weights '/path'``."""
+    text = str(exc)
+    for param, flag in flags.items():
+        text = text.replace(param, flag)
+    return type(exc)(text)
 
 
 def check_device(name: str) -> str:
@@ -102,7 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "device", None) is not None:  # one device check for every command, before any work
             args.device = check_device(args.device)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # output still buffered fails here, inside the try, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader of our output went away (`skiptune runs --db X | head -1`): stop quietly. Exit status 141
+        # (128 + SIGPIPE), what the shell reports for `yes | head -1` and other Unix tools killed by SIGPIPE,
+        # so that `set -o pipefail` scripts see the truncation as they do for those tools. Point stdout at
+        # /dev/null so that flushing what is still buffered at exit does not raise again.
+        import os
+
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # stdout is not a file descriptor (captured, closed)
+            pass
+        return 141
     except SkiptuneError as exc:
         if args.debug:
             traceback.print_exc()

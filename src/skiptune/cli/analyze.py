@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from skiptune.cli import with_flags
+from skiptune.cli.sweep import WEIGHTS_FLAG, check_weights
 from skiptune.core.errors import MissingFileError
 
 
@@ -62,9 +64,14 @@ def run_analysis(args) -> int:
     from skiptune.report.analyses import plot_for
     from skiptune.report.tables import markdown, write_result
 
+    check_weights(args.weights)
     ctx = _context(args)
     try:
-        result = args.handler.run(args, ctx)
+        ctx.check_store()  # a store that cannot be used fails before the model and the data load
+        try:
+            result = args.handler.run(args, ctx)
+        except MissingFileError as exc:  # e.g. a feature network's weights: the message names the flag
+            raise with_flags(exc, WEIGHTS_FLAG) from None
         record_result(ctx.store, result)
         paths = write_result(result, ctx.out, plot_for(args.analysis))
     finally:
@@ -83,7 +90,7 @@ def run_report(args) -> int:
     from skiptune.report.tables import markdown, write_result
 
     db = Path(args.db)
-    if not db.is_file():
+    if not db.exists():
         raise MissingFileError(f"no results store at {db}: run `skiptune analyze ...` first or pass --db")
     out = Path(args.out)
     with open_store(db, create=False) as store:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skiptune.cli import UsageError, parse_list
+from skiptune.cli import UsageError, parse_list, with_flags
+from skiptune.cli.sweep import WEIGHTS_FLAG, check_db, check_weights, scoring_features
+from skiptune.core.errors import MissingFileError
 
 
 def register(sub) -> None:
@@ -29,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--seeds", default="0-999", help="first seed set; further sets are shifted copies (default 0-999)")
     p.add_argument("--seed-sets", type=int, default=3, help="number of seed sets (default 3)")
     p.add_argument("--features", default=None,
-                   help="feature network for FID (default: digits-classifier for digits models, else inception-v3)")
+                   help="feature network for FID (default: the one recorded in --ref statistics, else "
+                        "digits-classifier for digits models and inception-v3 for others)")
     p.add_argument("--weights", default=None, help="weights file of the feature network")
     p.add_argument("--ref", default=None, metavar="REF.npz|DATA",
                    help="reference statistics (.npz from `skiptune ref`) or a data set (its training split); "
@@ -72,17 +75,22 @@ def run(args) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    check_db(args.db)  # a store that cannot be used fails before models and references are loaded
+    check_weights(args.weights)
+    recorded = scoring_features(args.features, args.ref, default="")  # a --ref file that is unusable fails here
     models = open_model(args.base), open_model(args.s2dm)
     base, s2dm = (m.net for m in models)
     digits = all(m.extra.get("dataset") == "digits" for m in models)
     if args.ref is None and not digits:
         raise UsageError("--ref is required unless both models were trained on digits: give reference statistics "
                          "(an .npz from `skiptune ref`) or the training data set")
-    features = args.features or ("digits-classifier" if digits else "inception-v3")
+    features = recorded or ("digits-classifier" if digits else "inception-v3")
     spec.check(base, s2dm)  # before extracting any reference features
-    open_store(args.db).close()  # a store that cannot be used fails before any reference features are extracted
-    scorer = Scorer.load(features, args.ref or "digits", weights=args.weights, device=args.device,
-                         progress=not args.no_progress)
+    try:
+        scorer = Scorer.load(features, args.ref or "digits", weights=args.weights, device=args.device,
+                             progress=not args.no_progress)
+    except MissingFileError as exc:
+        raise with_flags(exc, WEIGHTS_FLAG) from None
     print(f"base  {args.base}: {_describe(models[0])}")
     print(f"s2dm  {args.s2dm}: {_describe(models[1])}")
     with open_store(args.db) as store:

@@ -5,21 +5,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skiptune.cli import UsageError
+from skiptune.cli import UsageError, with_flags
+from skiptune.core.errors import SkiptuneError
 
 
 def _add_extractor_options(p) -> None:
-    p.add_argument("--features", default="inception-v3", metavar="NAME",
-                   help="feature network (registered name): inception-v3 (default), inception-v3-edm-pkl, "
-                        "clip, or a registered domain network")
+    p.add_argument("--features", default=None, metavar="NAME",
+                   help="feature network (registered name): inception-v3, inception-v3-edm-pkl, clip, or a "
+                        "registered domain network (default: the one a --ref statistics file records, else "
+                        "inception-v3)")
     p.add_argument("--weights", metavar="PATH", default=None,
                    help="weights file of the feature network (default: looked up in $SKIPTUNE_WEIGHTS)")
+    p.add_argument("--weights-sha256", metavar="HEX|any", default=None,
+                   help="the sha256 the weights file must have, or 'any' to accept other weights (e.g. your own "
+                        "Inception-V3; the file's own sha256 is recorded with every number; default: the "
+                        "known checksum of the feature network, if it has one)")
     p.add_argument("--batch", type=int, default=64, help="images per feature-extraction batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: library parameter names -> the flags that set them, for messages that reach the user
+_FLAGS = {"weights='": "--weights '", "subset_size=": "--kid-subset-size ", "(ref=...)": "(--ref)",
+          "ref=...": "--ref"}
+
+
+def _features(args) -> str:
+    """``--features``, or the feature network a ``--ref`` statistics file records, or inception-v3."""
+    from skiptune.metrics.featureset import recorded_extractor
+
+    ref = getattr(args, "ref", None)
+    return args.features or (recorded_extractor(ref) if ref else None) or "inception-v3"
+
+
 def _extractor_kwargs(args) -> dict:
-    return {"weights": args.weights}
+    kwargs = {"weights": args.weights}
+    sha = getattr(args, "weights_sha256", None)
+    if sha is not None:
+        text = sha.strip().lower()
+        if text != "any" and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+            raise UsageError(f"--weights-sha256 must be 64 hexadecimal digits or 'any', got {sha!r}")
+        kwargs["expected_sha256"] = text
+    return kwargs
 
 
 def register(sub) -> None:
@@ -52,22 +78,26 @@ def _check_input(path: str, what: str) -> None:
 
 def run_ref(args) -> int:
     from skiptune.distributed import extract_features_distributed, init_distributed
+    from skiptune.io.outputs import atomic_file, check_output_file
     from skiptune.metrics import compute_reference, get_extractor
 
     _check_input(args.data, "--data")
+    inputs = {"--data": args.data}
+    check_output_file(args.out, "--out", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun
     if d.enabled:
-        ext = get_extractor(args.features, **_extractor_kwargs(args))
+        ext = get_extractor(_features(args), **_extractor_kwargs(args))
         fs = extract_features_distributed(args.data, ext, d, features=[ext.feature_for("fid")],
                                           keep=args.keep_features, batch_size=args.batch,
                                           progress=not args.no_progress)
         if not d.is_main:
             return 0
-        fs.save(args.out)
     else:
-        fs = compute_reference(args.data, args.out, extractor=args.features, keep_features=args.keep_features,
+        fs = compute_reference(args.data, None, extractor=_features(args), keep_features=args.keep_features,
                                batch_size=args.batch, progress=not args.no_progress,
                                extractor_kwargs=_extractor_kwargs(args))
+    with atomic_file(args.out, "--out", inputs=inputs) as tmp:  # a complete file or the one there before
+        fs.save(tmp)
     prov = fs.provenance()
     print(f"wrote {args.out}: n={fs.n}, extractor={prov.get('extractor')}, "
           f"weights_sha256={str(prov.get('weights_sha256'))[:16]}...")
@@ -90,6 +120,7 @@ def run_eval(args) -> int:
     from functools import partial
 
     from skiptune.distributed import extract_features_distributed, init_distributed
+    from skiptune.io.outputs import atomic_file, check_output_file
     from skiptune.metrics import evaluate
 
     _check_input(args.images, "--images")
@@ -98,17 +129,26 @@ def run_eval(args) -> int:
         raise UsageError("--metrics is empty")
     if args.ref is not None:
         _check_input(args.ref, "--ref")
+    inputs = {"--images": args.images, "--ref": args.ref}
+    if args.json:
+        check_output_file(args.json, "--json", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun: then the ranks share the images out
-    results = evaluate(args.images, args.ref, metrics, extractor=args.features,
-                       extractor_kwargs=_extractor_kwargs(args), batch_size=args.batch,
-                       progress=not args.no_progress and d.is_main, kid_subsets=args.kid_subsets,
-                       kid_subset_size=args.kid_subset_size,
-                       extract=partial(extract_features_distributed, d=d) if d.enabled else None)
+    try:
+        results = evaluate(args.images, args.ref, metrics, extractor=_features(args),
+                           extractor_kwargs=_extractor_kwargs(args), batch_size=args.batch,
+                           progress=not args.no_progress and d.is_main, kid_subsets=args.kid_subsets,
+                           kid_subset_size=args.kid_subset_size,
+                           extract=partial(extract_features_distributed, d=d) if d.enabled else None)
+    except SkiptuneError as exc:
+        raise with_flags(exc, _FLAGS) from None
     if not d.is_main:
         return 0
     print(f"{'metric':<8} {'value':<40} {'n':>7} {'n_ref':>7}  extractor")
     for name, rec in results.items():
         print(f"{name:<8} {_format(rec):<40} {rec.get('n', ''):>7} {rec.get('n_ref', ''):>7}  {rec.get('extractor')}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        with atomic_file(args.json, "--json", inputs=inputs) as tmp:  # a complete file or the one there before
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2, default=str)
+                f.write("\n")
     return 0

@@ -50,8 +50,48 @@ def _canonical_rule(text: Any) -> str | None:
         return None
 
 
+def _fields(records: list) -> set[str]:
+    """Every config field of ``records`` as ``--filter``/``--sort`` name it (dotted paths, and their prefixes)."""
+    from skiptune.store import flatten_config
+
+    out: set[str] = set()
+    for r in records:
+        for name in flatten_config(r.config):
+            parts = name.split(".")
+            out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return out
+
+
+def _listing(names: set[str], limit: int = 30) -> str:
+    shown = sorted(names)
+    return ", ".join(shown[:limit]) + (f", ... ({len(shown) - limit} more)" if len(shown) > limit else "") \
+        if shown else "none"
+
+
+def check_names(records: list, filters: dict[str, str], metrics: list[str] | None, sort: str | None,
+                db: str) -> None:
+    """A ``--filter`` field, ``--metric`` or ``--sort`` key that occurs in no run of the store is a typo, not an empty
+    result: refuse it, listing the fields and metrics that do occur."""
+    if not records:
+        return
+    fields = _fields(records)
+    metric_names = {m for r in records for m in r.metrics}
+    for key in filters:
+        if key not in fields:
+            raise UsageError(f"--filter {key}=...: no run in {db} has a config field {key!r}; "
+                             f"the fields are: {_listing(fields)}")
+    for name in metrics or ():
+        if name not in metric_names:
+            raise UsageError(f"--metric {name}: no run in {db} has a metric {name!r}; "
+                             f"the metrics are: {_listing(metric_names)}")
+    if sort is not None and sort not in metric_names and sort not in fields:
+        raise UsageError(f"--sort {sort}: no run in {db} has a metric or config field {sort!r}; "
+                         f"the metrics are: {_listing(metric_names)}; the fields are: {_listing(fields)}")
+
+
 def select(store, filters: dict[str, str], status: str | None) -> list:
     """Runs of ``store`` matching ``filters``; a ``rule`` filter compares parsed rules."""
+    filters = dict(filters)
     rule = filters.pop("rule", None)
     records = store.runs(filters, status=status)
     if rule is not None:
@@ -126,6 +166,8 @@ def run(args) -> int:
     filters = parse_filters(args.filter)
     status = None if args.status == "all" else args.status
     with open_store(args.db, create=False) as store:
+        if filters or args.metric or args.sort:
+            check_names(store.runs(), filters, args.metric, args.sort, args.db)
         records = select(store, filters, status)
     if args.sort:
         records.sort(key=lambda r: _sort_key(r, args.sort))

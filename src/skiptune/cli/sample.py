@@ -7,6 +7,9 @@ from pathlib import Path
 
 from skiptune.cli import UsageError, add_model_options, open_from_args
 
+#: what ``sample --out DIR`` writes, and all that ``--overwrite`` may replace
+OUTPUTS = ("images", "images.npz", "latents.npz", "grid.png", "config.json")
+
 
 def parse_options(text: str | None) -> dict:
     """``order=3,variant=bh2,S_churn=40`` -> dict with numbers converted."""
@@ -57,7 +60,9 @@ def spec_from_args(args):
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate images (PNG grid, PNGs, .npz, config JSON)",
                        description="Sample one image per seed and write OUT/grid.png, OUT/images/<seed>.png, "
-                                   "OUT/images.npz and OUT/config.json.")
+                                   "OUT/images.npz and OUT/config.json. The folder appears complete when "
+                                   "sampling ends, or not at all: everything is written to a temporary folder "
+                                   "beside it first.")
     add_model_options(p)
     add_sampling_options(p)
     p.add_argument("--seeds", default="0-63", help="seed list, e.g. 0-63 or 0-9,100 (one image per seed)")
@@ -68,17 +73,19 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="network precision (mixed precision via autocast; the sampler state stays float64)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: new or empty (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the output of an earlier run in --out ({', '.join(OUTPUTS)}); a folder holding "
+                        "anything else is refused")
     p.add_argument("--no-pngs", action="store_true", help="skip the per-image PNGs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from skiptune.core.provenance import write_run_json
     from skiptune.distributed import gather_generated, init_distributed, shard_batches
-    from skiptune.experiment.generate import generate, to_uint8
-    from skiptune.io.images import save_grid, save_npz, save_png
+    from skiptune.experiment.generate import generate
+    from skiptune.io.outputs import atomic_folder, check_output_folder
     from skiptune.sampling import parse_seeds
     from skiptune.skip import FreeUConfig, as_rule
 
@@ -87,14 +94,17 @@ def run(args) -> int:
     spec = spec_from_args(args)
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
-    seeds = parse_seeds(args.seeds)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise UsageError(f"--seeds {args.seeds}: {exc}") from None
     if not seeds:
         raise UsageError("--seeds is empty")
+    # every process checks the destination before any work (only rank 0 writes, at the end)
+    check_output_folder(args.out, "--out", owned=OUTPUTS, overwrite=args.overwrite)
     d = init_distributed(args.device)  # one process unless started by torchrun
     loaded = open_from_args(args)
     net = loaded.net
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     mine = shard_batches(seeds, args.batch, d.rank, d.world_size)
     res = generate(net, mine, spec, rule=rule, mode=args.mode, batch_size=args.batch, class_label=args.class_label,
                    device=d.device, progress=not args.no_progress and d.is_main, freeu=args.freeu,
@@ -106,23 +116,44 @@ def run(args) -> int:
     if res.labels is not None:
         extra["labels"] = res.labels.numpy()
     scale = getattr(net, "latent_scale_factor", None)
+    config = _run_config(args, loaded, spec, rule, res)
+    out = Path(args.out)
+    # all outputs go to a temporary folder beside --out that takes its place when complete (config.json last)
+    with atomic_folder(out, "--out", owned=OUTPUTS, overwrite=args.overwrite, last=["config.json"]) as tmp:
+        if scale is not None:
+            shape = _write_latents(tmp, res, extra, scale, config)
+        else:
+            _write_images(tmp, res, extra, config, pngs=not args.no_pngs)
     if scale is not None:
-        return _save_latents(args, loaded, spec, rule, res, extra, scale, out)
-    imgs = to_uint8(res.images)
-    save_npz(imgs, out / "images.npz", **extra)
-    save_grid(imgs[:256], out / "grid.png", scale=max(1, 128 // imgs.shape[-1]))
-    if not args.no_pngs:
-        (out / "images").mkdir(exist_ok=True)
-        for seed, img in zip(res.seeds, imgs, strict=True):
-            save_png(img, out / "images" / f"{seed:06d}.png")
-    write_run_json(out / "config.json", _run_config(args, loaded, spec, rule, res))
+        print(f"{len(res.seeds)} latents ({shape}), {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s "
+              f"-> {out}")
+        print(f"latent model: no images written; decode latents / {scale:g} with the autoencoder the model was "
+              "trained with (Stable Diffusion's KL-f8 VAE for the U-ViT ImageNet presets)")
+        print(json.dumps({"npz": str(out / "latents.npz")}))
+        return 0
     print(f"{len(res.seeds)} images, {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s -> {out}")
     print(json.dumps({"grid": str(out / "grid.png"), "npz": str(out / "images.npz")}))
     return 0
 
 
+def _write_images(folder: Path, res, extra: dict, config: dict, *, pngs: bool) -> None:
+    """images.npz, grid.png, images/<seed>.png and, last, config.json into ``folder``."""
+    from skiptune.core.provenance import write_run_json
+    from skiptune.experiment.generate import to_uint8
+    from skiptune.io.images import save_grid, save_npz, save_png
+
+    imgs = to_uint8(res.images)
+    save_npz(imgs, folder / "images.npz", **extra)
+    save_grid(imgs[:256], folder / "grid.png", scale=max(1, 128 // imgs.shape[-1]))
+    if pngs:
+        (folder / "images").mkdir()
+        for seed, img in zip(res.seeds, imgs, strict=True):
+            save_png(img, folder / "images" / f"{seed:06d}.png")
+    write_run_json(folder / "config.json", config)
+
+
 def _run_config(args, loaded, spec, rule, res) -> dict:
-    model = {"source": loaded.source, "loader": loaded.loader, "sha256": loaded.sha256}
+    model = {"source": loaded.source, "loader": loaded.loader, "sha256": loaded.sha256, "extra": loaded.extra}
     return {"command": "sample", "model": model, "network": loaded.network, "sampling": spec.config(loaded.net),
             "rule": str(rule), "mode": args.mode,
             "freeu": str(args.freeu) if args.freeu else None, "seeds": args.seeds,
@@ -130,19 +161,15 @@ def _run_config(args, loaded, spec, rule, res) -> dict:
             "processes": res.processes, "seconds": round(res.seconds, 3)}
 
 
-def _save_latents(args, loaded, spec, rule, res, extra: dict, scale: float, out: Path) -> int:
-    """A latent model's samples: float32 latents in OUT/latents.npz (no autoencoder ships with skiptune)."""
+def _write_latents(folder: Path, res, extra: dict, scale: float, config: dict) -> str:
+    """A latent model's samples: float32 latents in latents.npz (no autoencoder ships with skiptune), then
+    config.json, into ``folder``; returns the latent shape as text."""
     import numpy as np
 
     from skiptune.core.provenance import write_run_json
 
     latents = res.images.float().cpu().numpy()
-    np.savez(out / "latents.npz", latents=latents, latent_scale_factor=np.float64(scale), **extra)
-    write_run_json(out / "config.json", {**_run_config(args, loaded, spec, rule, res), "output": "latents"})
-    shape = "x".join(str(n) for n in latents.shape[1:])
-    print(f"{len(res.seeds)} latents ({shape}), {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s "
-          f"-> {out}")
-    print(f"latent model: no images written; decode latents / {scale:g} with the autoencoder the model was trained "
-          "with (Stable Diffusion's KL-f8 VAE for the U-ViT ImageNet presets)")
-    print(json.dumps({"npz": str(out / "latents.npz")}))
-    return 0
+    with open(folder / "latents.npz", "wb") as f:
+        np.savez(f, latents=latents, latent_scale_factor=np.float64(scale), **extra)
+    write_run_json(folder / "config.json", {**config, "output": "latents"})
+    return "x".join(str(n) for n in latents.shape[1:])

@@ -4,11 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skiptune.cli import UsageError, add_model_options, open_from_args, parse_list
+from skiptune.cli import UsageError, add_model_options, open_from_args, parse_list, with_flags
+from skiptune.core.errors import MissingFileError
+
+#: Python parameters that library messages name, and the flags a user of these commands types instead
+WEIGHTS_FLAG = {"weights='": "--weights '", "weights=": "--weights "}
+DEFAULT_FEATURES = "digits-classifier"
+
+
+def check_weights(weights: str | None) -> None:
+    """``--weights PATH`` must exist (a file, or a folder holding the file) before anything is loaded."""
+    if weights is not None and not Path(weights).exists():
+        raise UsageError(f"--weights {weights}: no such file or folder")
+
+
+def check_db(db: str | Path) -> None:
+    """``--db PATH`` checked before models and references load: an existing store is opened and read through
+    (corrupt, read-only, newer: an error now, its file unchanged); for a new one, its folder must be writable
+    (nothing is created until there are results)."""
+    from skiptune.experiment import open_store
+    from skiptune.store.database import check_new_store
+
+    if Path(db).exists():
+        with open_store(db, create=False) as store:
+            store.verify()
+    else:
+        check_new_store(db)
+
+
+def scoring_features(features: str | None, ref: str | None, default: str = DEFAULT_FEATURES) -> str:
+    """``--features``, else the feature network recorded in ``--ref`` statistics, else ``default``."""
+    from skiptune.metrics.featureset import recorded_extractor
+
+    return features or (recorded_extractor(ref) if ref else None) or default
 
 
 def add_scoring_options(p) -> None:
-    p.add_argument("--features", default="digits-classifier", help="feature network for FID (registered name)")
+    p.add_argument("--features", default=None,
+                   help="feature network for FID (registered name; default: the one recorded in --ref statistics, "
+                        f"else {DEFAULT_FEATURES})")
     p.add_argument("--weights", default=None, help="weights file of the feature network")
     p.add_argument("--ref", required=True, metavar="REF.npz|DATA",
                    help="reference statistics (.npz from `skiptune ref`) or a data set: digits, shapes, a folder "
@@ -20,10 +54,15 @@ def add_scoring_options(p) -> None:
 
 
 def load_scorer(args, *, progress: bool = False):
-    """The :class:`~skiptune.experiment.Scorer` of ``--features/--weights/--ref``."""
+    """The :class:`~skiptune.experiment.Scorer` of ``--features/--weights/--ref`` (``--features`` defaults to the
+    network recorded in ``--ref`` statistics)."""
     from skiptune.experiment import Scorer
 
-    return Scorer.load(args.features, args.ref, weights=args.weights, device=args.device, progress=progress)
+    try:
+        return Scorer.load(scoring_features(args.features, args.ref), args.ref, weights=args.weights,
+                           device=args.device, progress=progress)
+    except MissingFileError as exc:
+        raise with_flags(exc, WEIGHTS_FLAG) from None
 
 
 def register(sub) -> None:
@@ -84,7 +123,9 @@ def run_sweep_cmd(args) -> int:
             SamplingSpec(s, nfe=n).sigmas()
     d = init_distributed(args.device)  # one process unless started by torchrun
     if d.is_main:  # a store that cannot be used fails before models and references are loaded
-        open_store(args.db).close()
+        check_db(args.db)
+    check_weights(args.weights)
+    scoring_features(args.features, args.ref)  # a --ref file that is no statistics or images fails here too
     loaded = open_from_args(args)
     net = loaded.net
     scorer = load_scorer(args, progress=not args.no_progress and d.is_main)
@@ -122,7 +163,9 @@ def run_search_cmd(args) -> int:
 
     sampling = SamplingSpec(args.sampler, nfe=args.nfe)
     sampling.sigmas()  # a sampler/NFE pair that cannot work fails before any work
-    open_store(args.db).close()
+    check_db(args.db)  # a store that cannot be used fails before models and references are loaded
+    check_weights(args.weights)
+    scoring_features(args.features, args.ref)
     loaded = open_from_args(args)
     net = loaded.net
     scorer = load_scorer(args)

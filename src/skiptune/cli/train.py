@@ -24,8 +24,8 @@ def register(sub) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, metavar="digits|shapes|DIR|NPZ", help="training images")
     d.add_argument("--resolution", type=int, help="resize (files), upsample (digits) or draw (shapes) at this size")
-    d.add_argument("--data-size", type=int, help="number of shapes images (default 10000)")
-    d.add_argument("--data-seed", type=int, default=0, help="seed of the shapes images (default 0)")
+    d.add_argument("--data-size", type=int, help="shapes only: number of images (default 10000)")
+    d.add_argument("--data-seed", type=int, default=None, help="shapes only: seed of the images (default 0)")
     d.add_argument("--xflip", action="store_true", help="random horizontal flips (not for digits)")
     d.add_argument("--cond", action="store_true", help="class-conditional training on the data's labels")
     d.add_argument("--label-dropout", type=float, default=0.0, help="probability of dropping a label (with --cond)")
@@ -109,6 +109,21 @@ def _network(args) -> tuple[dict | None, dict]:
     return net, ddpmpp
 
 
+def _data_options(args) -> None:
+    """--resolution and --data-size are sizes (>= 1); --data-size and --data-seed only shape the generated
+    shapes set: given for other data they would be recorded in config.json without having been used."""
+    for flag, value in (("--resolution", args.resolution), ("--data-size", args.data_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.data != "shapes":
+        given = [flag for flag, value in (("--data-size", args.data_size), ("--data-seed", args.data_seed))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to --data "
+                             f"shapes (the generated set); --data {args.data} has a fixed set of images: drop "
+                             f"{' and '.join(given)}")
+
+
 def _number_or_none(text: str, flag: str) -> float | None:
     if text.strip().lower() == "none":
         return None
@@ -137,13 +152,15 @@ def config_from_args(args):
     from skiptune.train import TrainConfig
 
     net, ddpmpp = _network(args)
+    _data_options(args)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.save_every < 0:
         raise UsageError(f"--save-every must be >= 0, got {args.save_every}")
     config = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, net=net, resolution=args.resolution, data_size=args.data_size,
-        data_seed=args.data_seed, xflip=args.xflip, cond=args.cond, label_dropout=args.label_dropout,
+        data_seed=0 if args.data_seed is None else args.data_seed, xflip=args.xflip, cond=args.cond,
+        label_dropout=args.label_dropout,
         batch=args.batch, steps=args.steps, images=args.images, lr=args.lr, lr_warmup_images=args.lr_warmup,
         lr_cooldown_start=args.lr_cooldown, ema_halflife_images=args.ema_halflife,
         ema_rampup_ratio=_number_or_none(args.ema_rampup, "--ema-rampup"), P_mean=args.p_mean, P_std=args.p_std,

@@ -59,14 +59,14 @@ def load_classifier(path: str | os.PathLike | None = None):
     return model.eval()
 
 
-def digits_classifier_extractor(**kwargs):
+def digits_classifier_extractor(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """``digits-classifier``: the shipped digits classifier as feature network (entry point of skiptune.extractors)."""
-    return classifier_extractor(**kwargs)
+    return classifier_extractor(weights, device)
 
 
-def shapes_classifier_extractor(weights=None, **kwargs):
+def shapes_classifier_extractor(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """``shapes-classifier``: the shipped shapes classifier as feature network (entry point of skiptune.extractors)."""
-    return classifier_extractor(weights if weights is not None else asset_path(SHAPES_CLASSIFIER), **kwargs)
+    return classifier_extractor(weights if weights is not None else asset_path(SHAPES_CLASSIFIER), device)
 
 
 def classifier_extractor(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from skiptune.sampling import (
     sample,
 )
 from skiptune.sampling import steps_for_nfe as _steps_for_nfe
+from skiptune.sampling.samplers import check_sampler_options
 from skiptune.skip import FreeU, FreeUConfig, as_rule, skip_tuning
 
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
@@ -40,6 +42,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 #: ``DDPMPrecond``): name -> :func:`~skiptune.sampling.discrete_timesteps` spacing. ``discrete`` is
 #: DDIM's uniform skip ``t = 0, T/n, 2T/n, ...`` (diffusers "leading"), then a last step to sigma = 0.
 DISCRETE_GRIDS = {"discrete": "leading", "discrete-trailing": "trailing"}
+_warned_cpu_autocast = False  # the bf16/fp16-on-CPU warning is given once per process
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class SamplingSpec:
 
     Give ``nfe`` (converted to steps exactly, or a ValueError saying which NFEs the sampler can hit)
     or ``steps``. ``sigma_min``/``sigma_max`` default to the network's trained range where it has a
-    finite one, else EDM's 0.002..80. ``options`` go to the sampler (e.g. ``order``, ``variant``).
+    finite one, else EDM's 0.002..80. ``options`` go to the sampler (e.g. ``order``, ``variant``); names
+    the sampler does not take, or values of the wrong type, are refused on construction.
     """
 
     sampler: str = "heun"
@@ -68,6 +72,7 @@ class SamplingSpec:
             v = getattr(self, name)
             if v is not None and (int(v) != v or v < 1):
                 raise InputError(f"{name} must be an integer >= 1, got {v}")
+        check_sampler_options(self.sampler, self.options)  # unknown options fail here, before any work
 
     def sigma_range(self, net: nn.Module | None = None) -> tuple[float, float]:
         lo = self.sigma_min
@@ -108,12 +113,23 @@ class Generated:
     processes: int = 1  # ranks that produced these images (torchrun)
 
 
+def check_class_label(class_label: int | None, label_dim: int) -> None:
+    """A fixed class label must be one of the network's classes; an unconditional network takes none."""
+    if class_label is None:
+        return
+    if not label_dim:
+        raise InputError(f"class label {class_label} given, but the network is unconditional (label_dim 0): it "
+                         "takes no class label; drop the class label")
+    if isinstance(class_label, bool) or int(class_label) != class_label or not 0 <= class_label < label_dim:
+        raise InputError(f"class label {class_label} outside 0..{label_dim - 1} (the network has {label_dim} "
+                         "classes)")
+
+
 def _labels_for(noise: SeedNoise, label_dim: int, class_label: int | None) -> torch.Tensor | None:
+    check_class_label(class_label, label_dim)
     if not label_dim:
         return None
     if class_label is not None:
-        if not 0 <= class_label < label_dim:
-            raise InputError(f"class label {class_label} outside 0..{label_dim - 1}")
         return torch.full((len(noise),), class_label, dtype=torch.long)
     u = noise.rand([1]).reshape(-1).to(torch.float64)
     return (u * label_dim).floor().long().clamp_max(label_dim - 1)
@@ -128,9 +144,10 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
     """Sample one image per seed; latents ``sigma_max * z`` with z ~ N(0, I) from the seed's generator.
 
     Class-conditional nets get a label per seed, uniform from the seed's generator (or
-    ``class_label`` for all). The rule is attached for the whole run and detached afterwards, and so
-    is FreeU (:mod:`skiptune.skip.freeu`) when ``freeu`` gives its factors. ``precision`` ``bf16`` or
-    ``fp16`` runs the network under autocast (the sampler state stays float64).
+    ``class_label`` for all; an unconditional net refuses a ``class_label``). The rule is attached for the
+    whole run and detached afterwards, and so is FreeU (:mod:`skiptune.skip.freeu`) when ``freeu`` gives its
+    factors. ``precision`` ``bf16`` or ``fp16`` runs the network under autocast (the sampler state stays
+    float64).
     """
     seeds = parse_seeds(seeds)
     if not seeds:
@@ -141,11 +158,13 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
     net = net.to(device).eval()
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _warn_cpu_autocast(precision, device)
     denoiser = EDMDenoiser(net, autocast=PRECISIONS[precision])
     sigmas = spec.sigmas(net)
     nfe = nfe_for_sigmas(spec.sampler, sigmas)
     info = DenoiserInfo.of(net)
     label_dim, shape = info.label_dim, info.shape
+    check_class_label(class_label, label_dim)  # before any sampling
     rule = as_rule(rule)
     out, labels = [], []
     t0 = time.perf_counter()
@@ -171,6 +190,17 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
             bar.update(len(batch))
     bar.close()
     return Generated(torch.cat(out), torch.cat(labels) if labels else None, seeds, nfe, time.perf_counter() - t0)
+
+
+def _warn_cpu_autocast(precision: str, device: torch.device) -> None:
+    """bf16/fp16 autocast on a CPU gives no speed-up and can be far slower than fp32: say so, once per process."""
+    global _warned_cpu_autocast
+    if PRECISIONS.get(precision) is None or device.type != "cpu" or _warned_cpu_autocast:
+        return
+    _warned_cpu_autocast = True
+    warnings.warn(f"precision {precision} on the CPU: autocast there brings no speed-up and, on CPUs without native "
+                  f"{precision} support, can be up to ~80x slower than fp32, and it is less precise; use fp32 on a "
+                  "CPU (--precision fp32), or a CUDA device for mixed precision", UserWarning, stacklevel=3)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skiptune.core.errors import InputError
 from skiptune.experiment.generate import to_uint8
 from skiptune.experiment.specs import ScoringSpec
 from skiptune.metrics import FeatureExtractor, FeatureSet, extract_features, fid_from_stats, get_extractor
+from skiptune.metrics.featureset import registered_name
+from skiptune.metrics.stats import read_npz
 
 
 def reference_id(ref: FeatureSet, feature: str) -> str:
@@ -41,15 +44,34 @@ def load_reference(spec: str, extractor: FeatureExtractor, *, resolution: int | 
     """A FeatureSet: a statistics .npz as it is, or the features of a data set's training split (resized to
     ``resolution`` if given, as the model being scored generates)."""
     path = Path(spec)
-    if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if "mu" in data.files:
-                return FeatureSet.load(path)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        names = read_npz(path, what="reference statistics or images (.npz)", keys=()).files  # errors name the file
+        if "mu" in names:
+            ref = FeatureSet.load(path)
+            check_reference(ref, extractor, spec)
+            return ref
     from skiptune.train.data import load_dataset
 
     data = load_dataset(spec, split="train", resolution=resolution)
     return extract_features(to_uint8(data.images), extractor, features=[extractor.feature_for("fid")], keep=False,
                             progress=progress)
+
+
+def check_reference(ref: FeatureSet, extractor: FeatureExtractor, spec: str = "the reference") -> None:
+    """Refuse, before any sampling, reference statistics that the feature network cannot be compared with: made
+    by another network (as recorded in the file), or of another dimension than the network's FID feature."""
+    recorded = ref.meta.get("extractor")
+    if recorded and recorded != extractor.name:
+        registered = registered_name(recorded)
+        use = f"score with {registered!r} (--features {registered})" if registered else "score with that network"
+        raise InputError(f"{spec} holds {recorded!r} features but the feature network is {extractor.name!r}; "
+                         f"{use}, or compute the reference with {extractor.name!r}")
+    feature = extractor.feature_for("fid")
+    st = ref.stats.get(feature) or (next(iter(ref.stats.values())) if len(ref.stats) == 1 else None)
+    dim = (extractor.dims or {}).get(feature)
+    if st is not None and dim and st.dim != dim:
+        raise InputError(f"{spec} holds {st.dim}-d statistics but {extractor.name!r} gives {dim}-d {feature!r} "
+                         "features; compute the reference with the same feature network")
 
 
 @dataclass(eq=False)

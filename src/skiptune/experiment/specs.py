@@ -120,12 +120,8 @@ class Point:
             object.__setattr__(self, "mode", "concat")  # no rho acts anywhere: every mode is the same point
         if not isinstance(self.seeds, str):
             raise InputError(f"seeds must be given as text such as '0-99', got {self.seeds!r}")
-        seeds = parse_seeds(self.seeds)
-        if not seeds:
+        if not parse_seeds(self.seeds):  # refuses repeated seeds and absurd ranges, naming them
             raise InputError("a point needs at least one seed")
-        if len(set(seeds)) != len(seeds):
-            dup = sorted({s for s in seeds if seeds.count(s) > 1})[:5]
-            raise InputError(f"seeds {self.seeds!r} repeat {dup}: every seed may appear once")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise InputError(f"batch must be a positive integer, got {self.batch!r}")
         if self.precision not in PRECISIONS:

@@ -20,8 +20,8 @@ from skiptune.core.assets import SHIPPED_MODELS, asset_path
 from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import CheckpointError, InputError, MissingFileError
 from skiptune.io.edm_pickle import load_edm_pickle
-from skiptune.io.uvit import is_uvit_state, load_uvit, read_state_dict
-from skiptune.nets.presets import build_network, build_preset, preset_config, preset_names
+from skiptune.io.uvit import file_contents, is_uvit_state, load_strict, load_uvit, read_state_dict
+from skiptune.nets.presets import build_network, build_preset, preset_config, preset_names, preset_seed
 
 FORMAT = "skiptune-net"
 FORMAT_VERSION = 1
@@ -57,6 +57,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The JSON config stored in a skiptune safetensors checkpoint."""
     from safetensors import safe_open
 
+    _check_safetensors(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -71,9 +72,26 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
+def _check_safetensors(path: str | os.PathLike) -> None:
+    """A file that does not even start like a safetensors file (an 8-byte header length, then a JSON header) is
+    an error saying what it is instead (a text file, a torch archive, ...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read this file ({exc.strerror or exc})") from None
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") > size - 8:
+        if len(head) == 9 and head[8:9] == b"{":
+            raise CheckpointError(f"{path}: a truncated safetensors file ({size} bytes, shorter than its header "
+                                  "says); copy or download it again")
+        raise CheckpointError(f"{path}: not a safetensors file: it is {file_contents(path)}")
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    _check_safetensors(path)
     try:
         return load_file(str(path))
     except Exception as exc:
@@ -81,11 +99,9 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(net: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: tensors do not match {what}: {exc}") from None
-    return net.eval()
+    """``state`` into ``net`` (strict); a mismatch is summarised (counts, the first keys of each kind, and what the
+    file's keys look like), see :func:`skiptune.io.uvit.load_strict`."""
+    return load_strict(net, state, path, what).eval()
 
 
 def _described(net: nn.Module, spec: str | os.PathLike, loader: str, extra: dict | None = None) -> LoadedModel:
@@ -111,7 +127,8 @@ class LoadedModel:
     ``loader``: how it was read (``preset``, ``skiptune``, ``state-dict``, ``uvit``, ``edm-pickle``,
     ``diffusers``); ``network``: ``{'class_name', 'kwargs'}`` to rebuild it (empty for a diffusers
     folder); ``extra``: the checkpoint's metadata (e.g. the training step and data set of a skiptune
-    checkpoint; empty for other formats); ``sha256``: of the state dict, computed on first use.
+    checkpoint; for a preset ``{'init_seed': N}``, the seed of its random weights; empty for other
+    formats); ``sha256``: of the state dict, computed on first use.
     """
 
     net: nn.Module
@@ -136,7 +153,7 @@ def open_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
     """Load any supported model, with its description (:class:`LoadedModel`).
 
     ``spec`` is a shipped model's name (``demo-digits``), a preset name (a randomly initialised network,
-    e.g. ``adm-tiny``), a skiptune
+    e.g. ``adm-tiny``, seeded by :func:`~skiptune.nets.presets.preset_seed` so that loads agree), a skiptune
     ``.safetensors`` checkpoint, an EDM network pickle (``.pkl``, loaded safely unless
     ``trust_code``; ``key`` picks the entry, default ``ema``), or a raw state dict
     (``.safetensors``/``.pt``/``.pth``) when ``arch`` names the preset it belongs to. A public
@@ -158,7 +175,8 @@ def open_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
                                    f"{', '.join(SHIPPED_MODELS)}); presets: {', '.join(preset_names())}") from None
         if arch is not None:
             raise InputError("give either a preset name or a file with arch=PRESET, not both")
-        return _described(build_preset(text), spec, "preset")
+        seed = preset_seed(text)  # random weights, but the same ones on every load
+        return _described(build_preset(text, seed=seed), spec, "preset", {"init_seed": seed})
     if path.is_dir():
         from skiptune.io.diffusers import diffusers_layout, load_diffusers
 

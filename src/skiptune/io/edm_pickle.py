@@ -22,6 +22,7 @@ from torch import nn
 
 from skiptune.core.errors import CheckpointError, UnsafePickleError
 from skiptune.core.safe_pickle import ModuleRecord, PersistentRecord, SafeUnpickler
+from skiptune.io.uvit import file_contents, load_strict
 from skiptune.nets.precond import PRECOND_CLASSES
 from skiptune.nets.presets import build_network
 
@@ -60,12 +61,7 @@ def rebuild_network(record: PersistentRecord) -> nn.Module:
     except TypeError as exc:
         raise CheckpointError(
             f"cannot build {record.class_name} from the checkpoint's arguments {kwargs}: {exc}") from None
-    state = collect_tensors(record)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint tensors do not match {record.class_name}({kwargs}): {exc}") from None
-    return net
+    return load_strict(net, collect_tensors(record), "checkpoint", f"{record.class_name}({kwargs})")
 
 
 def read_edm_pickle(path, trust_code: bool = False) -> Any:
@@ -82,7 +78,11 @@ def read_edm_pickle(path, trust_code: bool = False) -> Any:
             return SafeUnpickler(f).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                KeyError) as exc:
+            what = file_contents(path)
+            if what != "a Python pickle":
+                raise CheckpointError(f"{path}: not an EDM network pickle: it is {what}") from None
             raise CheckpointError(f"{path}: not a readable EDM network pickle (corrupt or truncated?): "
                                   f"{type(exc).__name__}: {exc}") from None
 

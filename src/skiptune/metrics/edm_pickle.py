@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from skiptune.core.errors import UnsafePickleError
+from skiptune.core.errors import InputError, UnsafePickleError
 from skiptune.core.safe_pickle import SafeUnpickler
 
 from .errors import MetricsError, MissingWeightsError
-from .extractor import FeatureExtractor, file_sha256
+from .extractor import FeatureExtractor, check_weights_sha256, file_sha256, normalize_sha256
 from .inception import INCEPTION_METRIC_FEATURES, WEIGHTS_ENV, InceptionV3, inception_extractor
 
 EDM_INCEPTION_FILENAME = "inception-2015-12-05.pkl"
@@ -109,21 +109,36 @@ def find_edm_inception(path: str | os.PathLike | None = None) -> Path:
 
 
 def load_edm_inception(
-    path: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
     *,
+    expected_sha256: str | None = None,
     trust_code: bool = False,
     device: torch.device | str = "cpu",
+    path: str | os.PathLike | None = None,
 ) -> FeatureExtractor:
     """An extractor from EDM's Inception pickle (features ``pool`` and ``probs``), per the module policy.
 
+    Args:
+        weights: the pickle, or a directory holding it (default: ``$SKIPTUNE_WEIGHTS``); ``path`` is
+            the former name of this argument.
+        expected_sha256: checksum the file must have (64 hex digits); ``None`` or ``'any'`` (the default,
+            since no checksum is published) accepts it. The file's own sha256 is always recorded.
+
     Raises:
         MissingWeightsError: the file is not found.
+        ChecksumMismatchError: the file's sha256 differs from ``expected_sha256``.
         UnsafePickleError: the pickle would import/run code and ``trust_code`` is False.
         MetricsError: the trusted load failed (e.g. EDM's ``torch_utils`` is not importable).
     """
-    file = find_edm_inception(path)
+    if path is not None:
+        if weights is not None and Path(weights) != Path(path):
+            raise InputError(f"give the pickle once: weights={weights!r} and path={path!r} differ")
+        weights = path
+    want = normalize_sha256(expected_sha256)
+    file = find_edm_inception(weights)
     data = file.read_bytes()
     sha = file_sha256(file)
+    check_weights_sha256(file, sha, want)
     if zipfile.is_zipfile(io.BytesIO(data)):
         return _from_zip(file, data, sha, trust_code, device)
     if not trust_code:

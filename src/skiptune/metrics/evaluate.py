@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from skiptune.core.errors import InputError
@@ -24,9 +23,12 @@ from .images import QUANTIZATION, ImageArray, ImageSource, open_images
 from .inception_score import inception_score
 from .mmd import DEFAULT_MMD_KERNELS, Kernel, cmmd, kid, mmd_suite
 from .precision_recall import precision_recall
-from .stats import FeatureStats
+from .stats import FeatureStats, read_npz
 
 METRICS = ("fid", "is", "pr", "kid", "mmd", "cmmd", "immd")
+#: CMMD is defined on CLIP image embeddings: an extractor whose name starts with this (the registered ``clip``
+#: builds ``clip-<model>``)
+CLIP_PREFIX = "clip"
 NEEDS_RAW_REF = {"pr", "kid", "mmd", "cmmd", "immd"}
 DEFAULT_EXTRACTOR = "inception-v3"
 
@@ -146,8 +148,7 @@ def compute_reference(
 def _is_feature_file(x: object) -> bool:
     if not isinstance(x, (str, os.PathLike)) or Path(x).suffix.lower() != ".npz" or not Path(x).is_file():
         return False
-    with np.load(x, allow_pickle=False) as data:
-        return "mu" in data.keys()
+    return "mu" in read_npz(x, what="an .npz of statistics or images", keys=()).files
 
 
 def _as_feature_set(x: object) -> FeatureSet | None:
@@ -193,6 +194,8 @@ def evaluate(
     Returns ``{metric: {values..., 'extractor', 'weights_sha256', 'resize', 'feature', 'n', 'n_ref'}}``:
     ``fid -> value``; ``is -> mean, std``; ``pr -> precision, recall``; ``kid -> mean, std``;
     ``mmd -> values {kernel: MMD^2}``; ``cmmd``/``immd -> value`` (1000 x biased RBF MMD^2, sigma 10).
+    ``cmmd`` needs CLIP features (the ``clip`` extractor, or features it made); with any other feature
+    network it is refused (it would be that network's ``immd`` under CLIP's name).
     ``extract(images, extractor, features=..., keep=True, batch_size=..., progress=...)`` replaces
     :func:`extract_features` for images (e.g. the torchrun version that shares the images out).
     """
@@ -203,6 +206,12 @@ def evaluate(
     needs_ref = [m for m in metrics if m != "is"]
     if needs_ref and ref is None:
         raise InputError(f"metrics {needs_ref} need a reference (ref=...)")
+    precomputed = _as_feature_set(images)
+    if "cmmd" in metrics:  # before any features are extracted
+        if precomputed is not None:
+            _check_cmmd_features(precomputed.meta.get("extractor"))
+        else:
+            _check_cmmd_features(extractor.name if isinstance(extractor, FeatureExtractor) else extractor)
 
     ext_cache: list[FeatureExtractor] = []
 
@@ -232,7 +241,9 @@ def evaluate(
             cache=cache_path,
         )
 
-    gen = features_of(images, metrics, cache)
+    gen = precomputed if precomputed is not None else features_of(images, metrics, cache)
+    if "cmmd" in metrics:
+        _check_cmmd_features(gen.meta.get("extractor"))
     reference = None
     if needs_ref:
         reference = features_of(ref, needs_ref, ref_cache)
@@ -284,6 +295,18 @@ def evaluate(
             rec.update(sigma=cmmd_sigma, scale=1000.0, estimator="biased")
         results[metric] = rec
     return results
+
+
+def _check_cmmd_features(extractor: str | None) -> None:
+    """CMMD is the MMD of CLIP image embeddings; features of another network (when it is known) are refused."""
+    if extractor is None or str(extractor).lower().startswith(CLIP_PREFIX):
+        return
+    raise InputError(
+        f"metric cmmd needs CLIP image embeddings, but the features come from {extractor!r} (on them it would be "
+        "immd under CLIP's name): install CLIP with pip install 'skiptune[clip]' and use the clip feature network "
+        "with a local checkpoint (command line: --features clip --weights CHECKPOINT; library: extractor='clip', "
+        "extractor_kwargs={'weights': CHECKPOINT}), or ask for immd, the same MMD on these features"
+    )
 
 
 def _ref_feature(reference: FeatureSet, feature: str) -> FeatureStats:

@@ -11,6 +11,7 @@ Extractors consume the canonical image form of :mod:`skiptune.metrics.images` (u
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -21,10 +22,36 @@ from torch import nn
 from skiptune.core.checksums import file_sha256, state_dict_sha256  # noqa: F401 - part of this module's interface
 from skiptune.core.errors import InputError, UnknownNameError
 
-from .errors import FeatureDimMismatchError, MetricsError
+from .errors import ChecksumMismatchError, FeatureDimMismatchError, MetricsError
 from .images import ImageArray, to_uint8_nchw
 
 FeatureFn = Callable[[torch.Tensor, Sequence[str]], Mapping[str, torch.Tensor]]
+#: the value of ``expected_sha256`` that accepts a weights file whatever its checksum (None does too)
+ANY_SHA256 = "any"
+
+
+def normalize_sha256(expected: str | None) -> str | None:
+    """``expected_sha256`` of an extractor factory: 64 hex digits (lower-cased), or None for ``None``/``'any'``."""
+    if expected is None:
+        return None
+    text = str(expected).strip().lower()
+    if text == ANY_SHA256:
+        return None
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise InputError(f"expected_sha256 must be 64 hexadecimal digits or 'any', got {expected!r}")
+    return text
+
+
+def check_weights_sha256(path: object, sha256: str, expected: str | None, hint: str = "") -> None:
+    """Raise :class:`ChecksumMismatchError` if ``expected`` (see :func:`normalize_sha256`) is a checksum
+    that ``sha256``, the weights file's own, is not."""
+    want = normalize_sha256(expected)
+    if want is not None and sha256 != want:
+        raise ChecksumMismatchError(
+            f"{path} has sha256 {sha256}, expected {want}{hint}. The file is damaged or different weights; "
+            "fetch it again, or accept it as it is with expected_sha256=None or 'any' (command line: "
+            "--weights-sha256 any, or --weights-sha256 with its own sha256); its own sha256 is then recorded"
+        )
 
 
 @dataclass(eq=False)
@@ -295,18 +322,45 @@ def available_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def factory_options(factory: ExtractorFactory) -> list[str] | None:
+    """The keyword options a factory takes, or None when it takes any (``**kwargs``) or cannot be inspected."""
+    if isinstance(factory, _LazyFactory):
+        factory = factory.ep.load()
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def get_extractor(extractor: str | FeatureExtractor, **kwargs: object) -> FeatureExtractor:
     """Resolve an extractor: an instance is returned as is, a name is built by its factory.
 
     Options left at ``None`` (e.g. an unset ``--weights``) are not passed: the factory's default applies.
+    Every built-in factory takes ``weights`` (the file of the network's weights) and ``device``; an option
+    the factory does not take is an :class:`~skiptune.core.errors.InputError` naming the options it takes.
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if isinstance(extractor, FeatureExtractor):
         if kwargs:
-            raise TypeError("options can only be given with an extractor name, not an instance")
+            raise InputError(f"options {sorted(kwargs)} can only be given with an extractor name, not an instance")
         return extractor
     if extractor not in _REGISTRY:
         _load_entry_points()
     if extractor not in _REGISTRY:
         raise UnknownNameError(f"unknown feature extractor {extractor!r}; registered: {available_extractors()}")
-    return _REGISTRY[extractor](**kwargs)
+    factory = _REGISTRY[extractor]
+    takes = factory_options(factory)
+    unknown = sorted(set(kwargs) - set(takes)) if takes is not None else []
+    if unknown:
+        raise InputError(f"feature network {extractor!r} takes no option {', '.join(unknown)}; "
+                         f"the options it takes: {', '.join(takes) or 'none'}")
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:  # a factory with **kwargs that passes them on to a function without that option
+        refused = [k for k in kwargs if f"unexpected keyword argument '{k}'" in str(exc)]
+        if not refused:
+            raise
+        raise InputError(f"feature network {extractor!r} takes no option {refused[0]} ({exc})") from None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MetricsError
-from .stats import FeatureStats, read_moments, write_npz
+from .stats import FeatureStats, read_meta, read_moments, read_npz, read_statistics_npz, write_npz
 
 _EXTRA = "extra/"
 
@@ -73,20 +73,57 @@ class FeatureSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSet:
-        """Read a file written by :meth:`save`, by :meth:`FeatureStats.save`, or an EDM reference."""
-        primary_stats = FeatureStats.load(path)
-        meta = dict(primary_stats.meta)
+        """Read a file written by :meth:`save`, by :meth:`FeatureStats.save`, or an EDM reference.
+
+        A file that is not a statistics ``.npz`` or holds broken statistics is a
+        :class:`~skiptune.metrics.errors.MetricsError` naming it and the problem (see
+        :func:`~skiptune.metrics.stats.read_npz` and :func:`~skiptune.metrics.stats.read_moments`).
+        """
+        data = read_statistics_npz(path)
+        meta = read_meta(data, path)
+        primary_stats = read_moments(data, meta=meta, source=path)
+        meta = dict(meta)
         primary = str(meta.get("feature") or "features")
         stats = {primary: primary_stats}
-        with np.load(path, allow_pickle=False) as data:
-            extra_names = sorted(
-                {k[len(_EXTRA) :].split("/")[0] for k in data.keys() if k.startswith(_EXTRA)}
-            )
-            for name in extra_names:
-                stats[name] = read_moments(data, f"{_EXTRA}{name}/", meta={**meta, "feature": name})
+        extra_names = sorted({k[len(_EXTRA) :].split("/")[0] for k in data if k.startswith(_EXTRA)})
+        for name in extra_names:
+            if f"{_EXTRA}{name}/mu" not in data or f"{_EXTRA}{name}/sigma" not in data:
+                raise MetricsError(f"{path}: feature {name!r} lacks its mu/sigma entries; the file is damaged")
+            stats[name] = read_moments(data, f"{_EXTRA}{name}/", meta={**meta, "feature": name}, source=path)
         if primary_stats.has_counts:
             meta.setdefault("n", primary_stats.n)
         meta.setdefault("source", str(path))
         for name, st in stats.items():
             st.meta = {**meta, "feature": name}
         return cls(stats=stats, meta=meta, primary=primary)
+
+
+def registered_name(recorded: object) -> str | None:
+    """The registry name (``--features``) of an extractor name recorded with features: extractors record a
+    more precise name than they are registered under (``inception-v3`` records ``inception-v3-tf2015``, or
+    ``inception-v3-custom`` for other weights; ``inception-v3-edm-pkl`` records ``inception-v3-tf2015-edm-pkl``;
+    ``clip`` records ``clip-<model>``). None if not recorded or not known."""
+    if not recorded:
+        return None
+    from .extractor import available_extractors
+
+    name, known = str(recorded), available_extractors()
+    if name in known:
+        return name
+    if name.startswith("inception-v3") and name.endswith("-edm-pkl") and "inception-v3-edm-pkl" in known:
+        return "inception-v3-edm-pkl"
+    return next((r for r in sorted(known, key=len, reverse=True) if name.startswith(f"{r}-")), None)
+
+
+def recorded_extractor(path: str | os.PathLike) -> str | None:
+    """The registered feature network (:func:`registered_name`) a statistics ``.npz`` records it was computed
+    with; None for files that do not record it (e.g. EDM's references), for ``.npz`` files of images and for
+    paths that are no ``.npz`` file (a data set name, a folder). A file named ``.npz`` that is none is an error
+    naming it (:func:`~skiptune.metrics.stats.read_npz`)."""
+    p = Path(path)
+    if p.suffix.lower() != ".npz" or not p.is_file():
+        return None
+    data = read_npz(p, what="an .npz of statistics or images", keys=("meta",))
+    if "mu" not in data.files or "sigma" not in data.files or "meta" not in data:
+        return None
+    return registered_name(read_meta(data, p).get("extractor"))

@@ -26,8 +26,28 @@ from skiptune.core.errors import InputError
 from .errors import FeatureDimMismatchError, MetricsError
 from .stats import FeatureStats
 
+#: (sample counts, dimensions) already warned about in this process
+_WARNED_FEW: set[tuple[tuple[int, ...], int]] = set()
 
-def _check(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> None:
+
+def warn_few_samples(counts: dict[str, int], dim: int) -> None:
+    """Warn (once per sample counts and ``dim`` in a process) that an FID whose sets (``{what: n}``) have no more
+    samples than ``dim`` feature dimensions uses a singular covariance: it is biased upwards and comparable only
+    with FIDs at the same counts."""
+    few = {what: n for what, n in counts.items() if 2 <= n <= dim}
+    key = (tuple(sorted(few.values())), dim)
+    if not few or key in _WARNED_FEW:
+        return
+    _WARNED_FEW.add(key)
+    sets = " and ".join(f"{n} samples of {what}" for what, n in few.items())
+    warnings.warn(f"FID from {sets} in {dim} feature dimensions: with no more samples than dimensions the "
+                  f"covariance is singular (rank < {dim}), so the FID is strongly biased upwards and comparable only "
+                  f"with FIDs of as many samples; use more than {dim} samples per set (papers use 50,000)",
+                  UserWarning, stacklevel=3)
+
+
+def _check(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+           names: tuple[str, str] = ("the first set", "the second set")) -> None:
     if mu1.ndim != 1 or mu2.ndim != 1:
         raise MetricsError(f"means must be 1-D, got shapes {mu1.shape} and {mu2.shape}")
     if mu1.shape != mu2.shape:
@@ -41,9 +61,13 @@ def _check(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndar
             raise FeatureDimMismatchError(
                 f"{name} has shape {s.shape}, expected ({d}, {d}) to match the means"
             )
-    for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
-        if not np.isfinite(a).all():
-            raise MetricsError(f"{name} contains NaN or inf")
+    for name, a, owner in (("mu1", mu1, names[0]), ("sigma1", sigma1, names[0]), ("mu2", mu2, names[1]),
+                           ("sigma2", sigma2, names[1])):
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            part = "mean" if name.startswith("mu") else "covariance"
+            raise MetricsError(f"the {part} ({name}) of {owner} has {bad} NaN/inf value(s) of {a.size}: those "
+                               "statistics are broken; recompute them from finite features")
 
 
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
@@ -83,8 +107,10 @@ def frechet_distance(
     *,
     method: str = "sqrtm",
     eps: float = 1e-6,
+    names: tuple[str, str] = ("the first set", "the second set"),
 ) -> float:
-    """FID between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (see the module docstring).
+    """FID between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (see the module docstring); ``names`` say what the
+    two are in error messages.
 
     Raises:
         FeatureDimMismatchError: the two sets have different dimensions.
@@ -96,7 +122,7 @@ def frechet_distance(
         np.atleast_2d(np.asarray(sigma2, np.float64)),
     )
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    _check(mu1, sigma1, mu2, sigma2)
+    _check(mu1, sigma1, mu2, sigma2, names)
     diff = mu1 - mu2
     tr = trace_sqrt_product(sigma1, sigma2, method=method, eps=eps)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr)
@@ -115,10 +141,21 @@ def check_compatible(a: FeatureStats, b: FeatureStats) -> None:
             raise FeatureDimMismatchError(f"{key} differs: {x!r} vs {y!r}; compute both with the same one")
 
 
+def _describe(st: FeatureStats, default: str) -> str:
+    source = st.meta.get("source")
+    return f"{default} ({source})" if source else default
+
+
 def fid_from_stats(a: FeatureStats, b: FeatureStats, *, method: str = "sqrtm", eps: float = 1e-6) -> float:
-    """FID between two :class:`FeatureStats` (checks that their dimensions and extractors agree)."""
+    """FID between two :class:`FeatureStats` (checks that their dimensions and extractors agree).
+
+    Warns (once per sample count and dimension) when either side has no more samples than feature
+    dimensions: its covariance is then singular and the FID biased (see :func:`warn_few_samples`).
+    """
     check_compatible(a, b)
-    return frechet_distance(a.mean, a.cov, b.mean, b.cov, method=method, eps=eps)
+    names = (_describe(a, "the first set"), _describe(b, "the second set"))
+    warn_few_samples({name: st.n for st, name in ((a, names[0]), (b, names[1])) if st.has_counts}, a.dim)
+    return frechet_distance(a.mean, a.cov, b.mean, b.cov, method=method, eps=eps, names=names)
 
 
 def fid_from_features(x: np.ndarray, y: np.ndarray, *, method: str = "sqrtm", eps: float = 1e-6) -> float:
@@ -153,5 +190,6 @@ def fid_floor(pool: np.ndarray, n: int, *, ref_n: int | None = None, draws: int 
     out = np.empty(draws)
     for i in range(draws):
         p = rng.permutation(len(a))
-        out[i] = fid_from_features(a[p[:n]], a[p[n:n + ref_n]], method=method)
+        x, y = FeatureStats.from_features(a[p[:n]]), FeatureStats.from_features(a[p[n:n + ref_n]])
+        out[i] = frechet_distance(x.mean, x.cov, y.mean, y.cov, method=method)  # small n on purpose: no warning
     return out

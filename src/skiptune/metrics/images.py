@@ -31,6 +31,7 @@ import torch
 from skiptune.core.errors import InputError, MissingFileError
 
 from .errors import ImageFormatError
+from .stats import describe_contents, read_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 QUANTIZATION = "uint8: floor(clip((x-lo)/(hi-lo)*255+0.5, 0, 255)); gray repeated to RGB; no resize"
@@ -175,24 +176,58 @@ class ImageSource:
             yield to_uint8_nchw(np.stack(arrays), layout="NHWC")
 
 
-def _read_image(path: Path, expected: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
+def decode_image(path: str | os.PathLike):
+    """Decode one image file into a loaded ``PIL.Image`` (file closed), or raise :class:`ImageFormatError`
+    naming the file and what is wrong with it: empty, not an image (said what it is instead: a text
+    file, an HTML page, ...), truncated or corrupt image data, too large to decode, or unreadable.
 
-    with Image.open(path) as im:
-        if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    The one place where skiptune decodes image files: the metrics' image folders and the training data's
+    folders both read through it.
+    """
+    import struct
+    import zlib
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageFormatError(f"{path}: cannot read this image file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageFormatError(f"{path}: an empty file (0 bytes), not an image; delete it or replace it")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except UnidentifiedImageError:
+        raise ImageFormatError(f"{path}: not an image file: it is {describe_contents(path)}, not PNG or JPEG data; "
+                               "delete it or move it out of the image folder") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageFormatError(f"{path}: too large to decode safely ({exc})") from None
+    except PermissionError as exc:
+        raise ImageFormatError(f"{path}: cannot read this image file ({exc.strerror or exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error) as exc:
+        raise ImageFormatError(f"{path}: truncated or corrupt image data ({size} bytes; the decoder says: "
+                               f"{exc}); re-export or delete the file") from None
+
+
+def _read_image(path: Path, expected: tuple[int, int] | None) -> np.ndarray:
+    im = decode_image(path)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        raise ImageFormatError(
+            f"{path}: {im.mode} (16-bit or float) images are not supported; save 8-bit"
+        )
+    if im.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(im.getchannel("A"))
+        if (alpha != 255).any():
             raise ImageFormatError(
-                f"{path}: {im.mode} (16-bit or float) images are not supported; save 8-bit"
+                f"{path} has a transparent alpha channel (mode {im.mode}); "
+                "flatten it onto a background first"
             )
-        if im.mode in ("RGBA", "LA", "PA"):
-            alpha = np.asarray(im.getchannel("A"))
-            if (alpha != 255).any():
-                raise ImageFormatError(
-                    f"{path} has a transparent alpha channel (mode {im.mode}); "
-                    "flatten it onto a background first"
-                )
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")  # palette, CMYK, bilevel, opaque alpha
-        arr = np.asarray(im, dtype=np.uint8)
+    if im.mode not in ("RGB", "L"):
+        im = im.convert("RGB")  # palette, CMYK, bilevel, opaque alpha
+    arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if expected is not None and tuple(arr.shape[:2]) != tuple(expected):
@@ -212,15 +247,26 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def load_npz_images(path: str | os.PathLike) -> np.ndarray:
-    """Read the image array of an ``.npz`` (key ``images`` or ``arr_0``) or ``.npy`` file."""
+    """Read the image array of an ``.npz`` (key ``images`` or ``arr_0``) or ``.npy`` file.
+
+    A file that is not one (a text file named ``.npz``, a damaged archive, pickled objects, ...) is an
+    :class:`ImageFormatError` naming the file and what it holds instead.
+    """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    with np.load(path, allow_pickle=False) as data:
-        keys = list(data.keys())
-        for key in ("images", "arr_0"):
-            if key in keys:
-                return data[key]
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head != b"\x93NUMPY":
+            raise ImageFormatError(f"{path} is not a NumPy .npy array: it is {describe_contents(path)}")
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ImageFormatError(f"{path}: a damaged or object (pickled) .npy array: {exc}") from None
+    data = read_npz(path, what="an .npz of images", keys=("images", "arr_0"), error=ImageFormatError)
+    for key in ("images", "arr_0"):
+        if key in data:
+            return data[key]
+    keys = data.files
     if "mu" in keys and "sigma" in keys:
         raise ImageFormatError(
             f"{path} holds feature statistics (mu, sigma), not images; pass it as the reference"

@@ -33,8 +33,8 @@ from torch import nn
 
 from skiptune.core.errors import InputError
 
-from .errors import ChecksumMismatchError, MetricsError, MissingWeightsError
-from .extractor import FeatureExtractor, file_sha256
+from .errors import MetricsError, MissingWeightsError
+from .extractor import FeatureExtractor, check_weights_sha256, file_sha256, normalize_sha256
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ALT_FILENAMES = ("pt_inception-2015-12-05-6726825d.pth",)
@@ -378,23 +378,20 @@ def inception_v3(
     Args:
         weights: the ``.pth`` file or a directory holding it; default: search ``$SKIPTUNE_WEIGHTS``
             and torch's hub cache (see :func:`find_inception_weights`).
-        expected_sha256: checksum the file must have; ``None`` accepts any Inception-shaped state
-            dict (the extractor is then named ``'inception-v3-custom'``). The actual file sha256 is
-            always recorded.
+        expected_sha256: checksum the file must have; ``None`` or ``'any'`` accepts any Inception-shaped
+            state dict (the extractor is then named ``'inception-v3-custom'`` unless the file is the
+            official one). The actual file sha256 is always recorded.
         dtype: internal dtype (``torch.float64`` for extra precision).
 
     Raises:
         MissingWeightsError: the file is not found (the message says which file and where to put it).
         ChecksumMismatchError: the file's sha256 differs from ``expected_sha256``.
     """
+    want = normalize_sha256(expected_sha256)  # a malformed checksum fails before the file is looked for
     path = find_inception_weights(weights)
     sha = file_sha256(path)
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise ChecksumMismatchError(
-            f"{path} has sha256 {sha}, expected {expected_sha256} ({INCEPTION_FILENAME}). The file is "
-            "damaged or different weights; fetch it again, or pass expected_sha256=None to use it anyway "
-            "(results are then labelled 'inception-v3-custom')"
-        )
+    official = f" ({INCEPTION_FILENAME})" if want == INCEPTION_SHA256 else ""
+    check_weights_sha256(path, sha, want, f"{official}; results from other weights are labelled 'inception-v3-custom'")
     net = InceptionV3.from_state_dict(load_inception_state_dict(path)).to(device=device, dtype=dtype)
     return inception_extractor(
         net, INCEPTION_NAME if sha == INCEPTION_SHA256 else "inception-v3-custom", sha, device

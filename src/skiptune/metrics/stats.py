@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import zipfile
+import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from skiptune.core.errors import InputError
+from skiptune.core.errors import InputError, MissingFileError
 
 from .errors import FeatureDimMismatchError, MetricsError, TooFewSamplesError
 
@@ -165,8 +167,9 @@ class FeatureStats:
         if feats is None:
             raise MetricsError(
                 f"{metric} needs raw features, but {self.meta.get('source', 'these statistics')} "
-                f"({self.meta.get('feature', 'features')}) hold only mu/sigma; recompute keeping features "
-                "(compute_reference(..., keep_features=True) or FeatureStats(keep_features=True))"
+                f"({self.meta.get('feature', 'features')}) hold only mu/sigma; recompute them keeping the raw "
+                "features (`skiptune ref --keep-features`; in Python compute_reference(..., keep_features=True) "
+                "or FeatureStats(keep_features=True))"
             )
         return feats
 
@@ -198,15 +201,12 @@ class FeatureStats:
         """Read statistics saved by :meth:`save` or an EDM reference ``.npz`` (``mu``/``sigma`` only).
 
         With ``n`` present the sums are rebuilt, ``s = n mu`` and ``S = (n-1) Sigma + n mu mu^T``, so
-        loaded statistics merge like fresh ones; without it (EDM files) they are read-only.
+        loaded statistics merge like fresh ones; without it (EDM files) they are read-only. A file that
+        is not an ``.npz``, lacks ``mu``/``sigma`` or holds broken statistics (NaN/inf, a non-symmetric
+        covariance, ...) is a :class:`MetricsError` naming the file and the problem.
         """
-        with np.load(path, allow_pickle=False) as data:
-            if not {"mu", "sigma"} <= set(data.keys()):
-                raise MetricsError(
-                    f"{path} is not a statistics file: it lacks 'mu'/'sigma' (keys: {sorted(data.keys())})"
-                )
-            meta = json.loads(str(data["meta"])) if "meta" in data else {}
-            return read_moments(data, meta=meta)
+        data = read_statistics_npz(path)
+        return read_moments(data, meta=read_meta(data, path), source=path)
 
     @classmethod
     def from_moments(
@@ -237,19 +237,164 @@ class FeatureStats:
         return f"FeatureStats(dim={self.dim}, n={self.n}, kept={self.keep_features}, meta={self.meta})"
 
 
+def read_statistics_npz(path: str | os.PathLike) -> NpzContents:
+    """All arrays of a statistics ``.npz``; a :class:`MetricsError` if it is none or lacks ``mu``/``sigma``."""
+    data = read_npz(path, what="a statistics .npz (mu, sigma)")
+    if "mu" not in data or "sigma" not in data:
+        hint = "; it holds images: pass it as images, not as statistics" if {"images", "arr_0"} & set(data) else ""
+        raise MetricsError(f"{path} is not a statistics file: it lacks 'mu'/'sigma' (keys: {sorted(data)}){hint}")
+    return data
+
+
+def read_meta(data: Mapping[str, np.ndarray], path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON ``meta`` entry of a statistics file (``{}`` when absent), checked to be a JSON object."""
+    if "meta" not in data:
+        return {}
+    try:
+        meta = json.loads(str(data["meta"]))
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise MetricsError(f"{path}: its 'meta' entry is not a JSON object; the file is damaged (recompute it)")
+    return meta
+
+
 def read_moments(
-    data: Mapping[str, np.ndarray], prefix: str = "", meta: Mapping[str, Any] | None = None
+    data: Mapping[str, np.ndarray],
+    prefix: str = "",
+    meta: Mapping[str, Any] | None = None,
+    *,
+    source: str | os.PathLike = "statistics",
 ) -> FeatureStats:
-    """:class:`FeatureStats` from the ``{prefix}mu/sigma/n/features`` entries of an open ``.npz``."""
-    mu = np.asarray(data[prefix + "mu"], np.float64)
-    sigma = np.asarray(data[prefix + "sigma"], np.float64)
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise MetricsError(
-            f"{prefix}mu has shape {mu.shape} and sigma {sigma.shape}; expected [d] and [d, d]"
-        )
-    n = int(data[prefix + "n"]) if prefix + "n" in data else -1
-    feats = np.asarray(data[prefix + "features"], np.float32) if prefix + "features" in data else None
+    """:class:`FeatureStats` from the ``{prefix}mu/sigma/n/features`` entries of an open ``.npz``.
+
+    The statistics are checked before use (``source`` names them in errors): ``mu`` [d] and ``sigma``
+    [d, d] finite, ``sigma`` symmetric with a non-negative diagonal, ``n`` at least 2 (or absent), raw
+    ``features`` [n, d] finite. Broken statistics raise :class:`MetricsError` here, when the file is read,
+    instead of a NaN FID later.
+    """
+    where = f"{source}: {prefix}" if prefix else f"{source}: "
+    broken = ": these statistics are broken; recompute them (e.g. `skiptune ref`)"
+    mu = np.asarray(data[prefix + "mu"])
+    sigma = np.asarray(data[prefix + "sigma"])
+    for name, a in (("mu", mu), ("sigma", sigma)):
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise MetricsError(f"{where}{name} has dtype {a.dtype}, not numbers{broken}")
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
+    if mu.ndim != 1 or mu.shape[0] < 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise MetricsError(f"{where}mu has shape {mu.shape} and sigma {sigma.shape}; expected [d] and [d, d]{broken}")
+    for name, a in (("mu", mu), ("sigma", sigma)):
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            raise MetricsError(f"{where}{name} has {bad} NaN/inf value(s) of {a.size}{broken}")
+    scale = float(np.abs(sigma).max(initial=0.0))
+    asym = float(np.abs(sigma - sigma.T).max(initial=0.0))
+    if asym > 1e-6 * scale + 1e-12:
+        raise MetricsError(f"{where}sigma is not symmetric (max |sigma - sigma^T| = {asym:.3g}), so it is not a "
+                           f"covariance{broken}")
+    low = float(np.diag(sigma).min())
+    if low < -1e-9 * scale - 1e-12:
+        raise MetricsError(f"{where}sigma has a negative variance on its diagonal ({low:.3g}), so it is not a "
+                           f"covariance{broken}")
+    n = -1
+    if prefix + "n" in data:
+        raw_n = np.asarray(data[prefix + "n"])
+        if raw_n.shape != () or not np.issubdtype(raw_n.dtype, np.integer) or not (int(raw_n) == -1 or raw_n >= 2):
+            raise MetricsError(f"{where}n is {raw_n.tolist()!r}; expected a sample count >= 2 (or -1 for "
+                               f"unknown){broken}")
+        n = int(raw_n)
+    feats = None
+    if prefix + "features" in data:
+        feats = np.asarray(data[prefix + "features"])
+        want = (n if n >= 2 else feats.shape[0], mu.shape[0])
+        if feats.ndim != 2 or feats.shape != want:
+            raise MetricsError(f"{where}features have shape {feats.shape}, expected {list(want)} (n x d){broken}")
+        if not np.isfinite(feats).all():
+            raise MetricsError(f"{where}features hold {int((~np.isfinite(feats)).sum())} NaN/inf value(s){broken}")
+        feats = feats.astype(np.float32)
     return FeatureStats.from_moments(mu, sigma, n, features=feats, meta=meta)
+
+
+# -- reading files ------------------------------------------------------------------------------------
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"PK\x05\x06", "an empty ZIP archive"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the file itself (fetch it with `git lfs pull`)"),
+)
+
+
+def describe_contents(path: str | os.PathLike) -> str:
+    """What a file holds, judged from its first bytes, for error messages (``'an empty file (0 bytes)'``,
+    ``"a text file (it starts with 'hello')"``, ``'a ZIP archive'``, ...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        return f"a file that cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "an empty file (0 bytes)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if len(head) > 9 and head[8:10] == b'{"':
+        return "a safetensors file"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a download that saved an error or login page?)"
+    text = head.decode("utf-8", errors="ignore")
+    if text and sum(c.isprintable() or c in "\t\r\n" for c in text) >= 0.95 * len(text):
+        first = text.splitlines()[0][:40] if text.strip() else text[:40]
+        return f"a text file (it starts with {first!r})"
+    return f"binary data of an unknown format (first bytes {head[:8].hex(' ')})"
+
+
+class NpzContents(dict):
+    """The arrays read from an ``.npz`` (name -> array); ``files`` lists every array the archive holds."""
+
+    files: list[str]
+
+
+def read_npz(path: str | os.PathLike, *, what: str = "an .npz file", keys: Iterable[str] | None = None,
+             error: type[MetricsError] = MetricsError) -> NpzContents:
+    """The arrays of an ``.npz`` archive (all, or those of ``keys`` it has), read at once.
+
+    Every way a file can fail to be one is a :class:`MetricsError` naming the file and the problem:
+    missing, a directory, not a ZIP archive at all (a text file, an HTML page, ...: said what it is),
+    a damaged archive, arrays of Python objects (never unpickled), or a damaged array; ``error`` is the
+    class raised (a :class:`MetricsError`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path} is a directory, not {what}")
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist (expected {what})")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise error(f"{path} is not {what}: it is {describe_contents(path)}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = data.files if keys is None else [k for k in keys if k in data.files]
+            out = NpzContents((k, data[k]) for k in names)
+            out.files = list(data.files)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "allow_pickle" in str(exc):
+            raise error(f"{path}: holds arrays of Python objects (pickled data), which skiptune never loads; "
+                        "save plain numeric arrays (np.savez(path, name=array))") from None
+        raise error(f"{path}: a damaged .npz archive (truncated or corrupt?): {exc}") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
+        raise error(f"{path}: a damaged .npz archive (truncated or corrupt?): {type(exc).__name__}: {exc}") \
+            from None
+    return out
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:

@@ -5,12 +5,18 @@ configurations of the public EDM checkpoints (README of NVlabs/edm) and of the p
 ImageNet-256 models (configs/imagenet256_uvit_{large,huge}.py of baofff/U-ViT); each ``-tiny``
 variant keeps the topology (levels, blocks per level, attention placement, skip count) with few
 channels and a small resolution, so that tests exercise exactly the same site structure.
+
+A preset built without weights is initialised from a fixed seed derived from its name
+(:func:`preset_seed`), so every load of ``adm-tiny`` gives the same network, without touching the
+global torch random state.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 
+import torch
 from torch import nn
 
 from skiptune.core.errors import InputError
@@ -87,10 +93,25 @@ def preset_config(name: str) -> tuple[str, dict]:
     return cls, copy.deepcopy(kwargs)
 
 
-def build_preset(name: str) -> nn.Module:
-    """A randomly initialised network of the named preset (in training mode off)."""
+def preset_seed(name: str) -> int:
+    """The seed that initialises a preset's random weights: the first 4 bytes of
+    ``sha256("skiptune-preset:" + canonical name)`` as an integer (an alias and its full name share it)."""
+    preset_config(name)  # unknown names fail here
+    key = ALIASES.get(name, name)
+    return int.from_bytes(hashlib.sha256(f"skiptune-preset:{key}".encode()).digest()[:4], "big")
+
+
+def build_preset(name: str, *, seed: int | None = None) -> nn.Module:
+    """A randomly initialised network of the named preset (in eval mode).
+
+    The weights are drawn from a CPU generator seeded with ``seed`` (default :func:`preset_seed`, fixed
+    per preset), so two builds are equal; the global torch random state is left as it was.
+    """
     cls, kwargs = preset_config(name)
-    return build_network(cls, kwargs)
+    seed = preset_seed(name) if seed is None else int(seed)
+    with torch.random.fork_rng(devices=[]):  # restores the CPU generator; CUDA generators are never touched
+        torch.default_generator.manual_seed(seed)
+        return build_network(cls, kwargs)
 
 
 def build_network(class_name: str, kwargs: dict) -> nn.Module:

@@ -16,34 +16,88 @@ import torch
 from skiptune.core.errors import InputError
 
 _SEED_LIMIT = 1 << 63
+#: the most seeds one list may hold: far above any FID run (EDM uses 50,000), far below what would exhaust memory
+MAX_SEEDS = 10**7
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     """``"0-3,10,12-13"`` -> ``[0, 1, 2, 3, 10, 12, 13]`` (inclusive ranges, EDM style).
 
-    Integers and sequences of integers pass through (checked). Seeds must be in [0, 2^63).
+    Integers and sequences of integers pass through (checked). Every seed must be in [0, 2^63), appear once
+    (one image per seed: a repeated seed would count its image twice), and a list holds at most
+    :data:`MAX_SEEDS` seeds; anything else raises :class:`InputError` naming the offending part, before any
+    list is built.
     """
-    if isinstance(spec, int):
-        seeds = [spec]
-    elif isinstance(spec, str):
-        seeds = []
-        for part in spec.replace(" ", "").split(","):
-            if not part:
-                raise InputError(f"empty element in seed list {spec!r}")
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                a, b = int(lo), int(hi)
-                if b < a:
-                    raise InputError(f"seed range {part!r} is empty (end < start)")
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
+    if isinstance(spec, str):
+        spans = [_parse_part(part, spec) for part in spec.replace(" ", "").split(",")]
     else:
-        seeds = [int(s) for s in spec]
-    for s in seeds:
-        if not 0 <= s < _SEED_LIMIT:
-            raise InputError(f"seed {s} outside [0, 2^63)")
+        items = [spec] if isinstance(spec, int) else list(spec)
+        spans = []
+        for s in items:
+            try:
+                s = int(s)
+            except (TypeError, ValueError):
+                raise InputError(f"seed {s!r} is not an integer") from None
+            _check_seed(s)
+            spans.append((s, s))
+    total = sum(b - a + 1 for a, b in spans)
+    if total > MAX_SEEDS:
+        raise InputError(f"seed list {_show(spec)} holds {total} seeds, more than the {MAX_SEEDS} one list may hold; "
+                         "split the work into several runs")
+    repeated = _overlaps(spans)
+    if repeated:
+        count = sum(b - a + 1 for a, b in repeated)
+        shown = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in repeated[:5]) + (",..." if len(repeated) > 5
+                                                                                           else "")
+        raise InputError(f"seed list {_show(spec)} repeats {count} seed{'s' if count > 1 else ''} ({shown}): "
+                         "give every seed once")
+    seeds: list[int] = []
+    for a, b in spans:
+        seeds.extend(range(a, b + 1))
     return seeds
+
+
+def _show(spec) -> str:
+    text = repr(spec) if isinstance(spec, str | int) else repr(list(spec))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_seed(s: int) -> None:
+    if not 0 <= s < _SEED_LIMIT:
+        raise InputError(f"seed {s} outside [0, 2^63)")
+
+
+def _parse_part(part: str, spec: str) -> tuple[int, int]:
+    """One element of a seed list, ``"7"`` or ``"3-9"``, as an inclusive ``(start, end)``."""
+    if not part:
+        raise InputError(f"empty element in seed list {spec!r}")
+    lo, sep, hi = part[1:].partition("-")
+    lo = part[0] + lo
+    try:
+        a, b = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        raise InputError(f"seed list element {part!r} is not a seed (N) or a range (A-B) of non-negative integers"
+                         ) from None
+    _check_seed(a)
+    _check_seed(b)
+    if b < a:
+        raise InputError(f"seed range {part!r} is empty (end < start)")
+    return a, b
+
+
+def _overlaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The seeds that more than one span covers, as sorted, merged inclusive ranges (no list of seeds is built)."""
+    out: list[tuple[int, int]] = []
+    reach = -1  # the largest seed covered so far
+    for a, b in sorted(spans):
+        if a <= reach:
+            lo, hi = a, min(b, reach)
+            if out and lo <= out[-1][1] + 1:
+                out[-1] = (out[-1][0], max(out[-1][1], hi))
+            else:
+                out.append((lo, hi))
+        reach = max(reach, b)
+    return out
 
 
 class SeedNoise:

@@ -7,12 +7,20 @@ noise=None, denoise_to_zero=False, **options) -> Tensor`` and returns the float6
 NFE (number of denoiser evaluations) for a grid of ``steps`` intervals: one per step for all
 samplers except Heun and EDM-SDE, which take two per step except for a final step to sigma = 0
 (EDM Alg. 1: NFE = 2N - 1). ``denoise_to_zero`` on a grid ending above 0 adds one.
+
+The ``**options`` a sampler takes are its keyword parameters other than ``extra_args``, ``callback`` and
+``noise`` (which the caller supplies); :func:`sampler_options` lists them and :func:`check_sampler_options`
+refuses unknown names and values of the wrong type with an :class:`~skiptune.core.errors.InputError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import inspect
+import math
+import typing
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any, Literal
 
 import torch
 
@@ -20,7 +28,7 @@ from skiptune.core.errors import InputError
 from skiptune.sampling._core import Denoiser, check_sigmas
 from skiptune.sampling.adams import sample_deis, sample_ipndm
 from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
-from skiptune.sampling.exponential import sample_ddim, sample_dpmpp_2m, sample_dpmpp_3m
+from skiptune.sampling.exponential import sample_ddim, sample_dpmpp, sample_dpmpp_2m, sample_dpmpp_3m
 from skiptune.sampling.unipc import sample_unipc
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -64,8 +72,63 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     return SAMPLERS[name]
 
 
+#: Keyword arguments every sampler takes that the caller (not the user) supplies.
+CALLER_ARGUMENTS = ("extra_args", "callback", "noise")
+#: Samplers that forward ``**opts`` to another function, with the arguments they fix themselves.
+_FORWARDS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
+    "dpmpp_2m": (sample_dpmpp, ("order",)),
+    "dpmpp_3m": (sample_dpmpp, ("order",)),
+}
+
+
+@cache
+def sampler_options(name: str) -> dict[str, tuple[Any, Any]]:
+    """``{option: (type annotation, default)}`` of the options sampler ``name`` takes (see the module docstring)."""
+    fn, fixed = _FORWARDS.get(name, (get_sampler(name), ()))
+    hints = typing.get_type_hints(fn)
+    return {p.name: (hints.get(p.name, Any), p.default) for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in CALLER_ARGUMENTS and p.name not in fixed}
+
+
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """None if ``value`` fits ``annotation`` (bool, int, float, str or a Literal), else what was expected."""
+    if typing.get_origin(annotation) is Literal:
+        allowed = typing.get_args(annotation)
+        return None if value in allowed and type(value) in {type(a) for a in allowed} else \
+            f"one of {', '.join(map(str, allowed))}"
+    if annotation is bool:
+        return None if isinstance(value, bool) else "true or false (bool)"
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer (int)"
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        return None if ok else "a number (float)"
+    if annotation is str:
+        return None if isinstance(value, str) else "a string (str)"
+    return None  # other annotations are the sampler's own business
+
+
+def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options sampler ``name`` does not take, or values of the wrong type, naming the option, what
+    the sampler takes and the type it expects (:class:`~skiptune.core.errors.InputError`)."""
+    known = sampler_options(name)
+    takes = ", ".join(f"{k} (default {_show(d)})" for k, (_, d) in known.items()) or "none"
+    for key, value in options.items():
+        if key not in known:
+            raise InputError(f"sampler {name!r} has no option {key!r}; the options it takes: {takes}")
+        problem = _type_problem(value, known[key][0])
+        if problem is not None:
+            raise InputError(f"sampler option {key}={value!r} of {name!r}: expected {problem}")
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def sample(name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **opts: Any) -> torch.Tensor:
-    """Run the sampler called ``name`` (see :data:`SAMPLERS`)."""
+    """Run the sampler called ``name`` (see :data:`SAMPLERS`); options are checked first
+    (:func:`check_sampler_options`), the caller's arguments (``extra_args``, ``callback``, ``noise``) passed on."""
+    check_sampler_options(name, {k: v for k, v in opts.items() if k not in CALLER_ARGUMENTS})
     return get_sampler(name)(denoiser, x, sigmas, **opts)
 
 

@@ -108,6 +108,32 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
 
+def _access_problem(path: Path) -> str | None:
+    """Why this process may not write the store at ``path`` (the file, or the folder where SQLite keeps its
+    ``-wal`` and ``-shm`` files next to it), as far as permissions tell; None if they allow it (or for root)."""
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"the file {path} is read-only"
+    folder = path.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        return (f"the folder {folder} is read-only (SQLite writes {path.name}-wal and {path.name}-shm next to "
+                "the store)")
+    return None
+
+
+def check_new_store(path: str | os.PathLike) -> None:
+    """Fail now, with a :class:`StoreError`, if no results store can be created at ``path``, which does not exist
+    yet; nothing is created. (An existing store is checked by opening it.)"""
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StoreError(f"cannot create the results store {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create the results store {path}: the folder {ancestor} is read-only; pass "
+                         "another results store (--db)")
+
+
 class Store:
     """A results database at ``path`` (created if missing unless ``create=False``).
 
@@ -120,30 +146,71 @@ class Store:
     def __init__(self, path: str | os.PathLike, *, create: bool = True, timeout: float = 60.0,
                  migrate: Migrate | None = None):
         self.path = Path(path)
+        self.timeout = timeout
         if not create and not self.path.exists():
             raise MissingFileError(f"no results store at {self.path}")
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory: give the path of a results store file (.sqlite)")
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if create and not self.path.exists():
+            check_new_store(self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the results store {self.path}: cannot create its folder "
+                                 f"{self.path.parent} ({exc.strerror or exc})") from None
+        if self.path.exists() and not os.access(self.path, os.W_OK):  # before SQLite leaves -wal/-shm files
+            raise StoreError(f"the file {self.path} is read-only: make it writable, or pass another results store "
+                             "(--db)")
         self._lock = threading.RLock()
+        sidecars = [self.path.with_name(self.path.name + s) for s in ("-wal", "-shm")]
+        new_sidecars = [f for f in sidecars if not f.exists()]
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                          check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the results store {self.path}: {exc}") from None
+            raise self._failure(exc) from None
         try:
             self._setup(timeout, create, migrate)
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
             self._conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise StoreError(f"{self.path} stayed locked by another process for {timeout:g} s") from None
-            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-                raise StoreError(f"{self.path} is read-only: make it writable or pass another --db") from None
-            raise StoreError(f"{self.path} is not a usable skiptune results store: {exc}") from None
-        except BaseException:
-            self._conn.close()
+            for f in new_sidecars:  # what this failed open created (a read-only connection leaves them behind)
+                if f.exists():
+                    try:
+                        f.unlink()
+                    except OSError:
+                        pass
+            if isinstance(exc, sqlite3.Error):
+                raise self._failure(exc) from None
             raise
+
+    def _failure(self, exc: sqlite3.Error) -> StoreError:
+        """A :class:`StoreError` that says what an SQLite error means for this store and what to do."""
+        text = str(exc)
+        lowered = text.lower()
+        if "locked" in lowered or "busy" in lowered:
+            return StoreError(f"{self.path} stayed locked by another process for {self.timeout:g} s")
+        if "readonly" in lowered or "read-only" in lowered:
+            where = _access_problem(self.path) or f"{self.path} is read-only"
+            return StoreError(f"{where}: make it writable, or pass another results store (--db)")
+        if "malformed" in lowered or "not a database" in lowered or "encrypted" in lowered:
+            return StoreError(f"{self.path} is corrupt or not a results store (SQLite: {text}); restore it from a "
+                              "backup or pass another results store (--db)")
+        if "unable to open" in lowered or "i/o error" in lowered or "disk is full" in lowered:
+            where = _access_problem(self.path)
+            return StoreError(f"cannot use the results store {self.path}: " + (where or f"SQLite: {text}") +
+                              ("" if where else " (is the disk full, or the folder read-only?)"))
+        return StoreError(f"{self.path} is not a usable skiptune results store: {text}")
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """SQLite failures while reading or writing (a store corrupted after it was opened, a full disk, a lock
+        held too long, ...) as :class:`StoreError`; constraint and programming errors stay bugs."""
+        try:
+            yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from None
 
     def _setup(self, timeout: float, create: bool, migrate: Migrate | None) -> None:
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -173,8 +240,9 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            # a no-op on a store of this version: opening a store does not change its file
             db.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?) ON CONFLICT (name) DO UPDATE"
-                       " SET value = excluded.value", (str(SCHEMA_VERSION),))
+                       " SET value = excluded.value WHERE value != excluded.value", (str(SCHEMA_VERSION),))
 
     def _set_wal(self) -> None:
         # Switching to WAL needs a moment without other writers; retry while another process holds the lock.
@@ -188,6 +256,15 @@ class Store:
                 if "locked" not in str(exc) or attempt == 199:
                     raise
                 time.sleep(0.05)
+
+    def verify(self) -> None:
+        """Read the whole store (SQLite's ``quick_check``): a damaged store is a :class:`StoreError` now, before any
+        work, rather than in the middle of a sweep when a damaged page is first read."""
+        lines = [line.strip() for r in self._read("PRAGMA quick_check(3)") for line in str(r[0]).splitlines()]
+        problems = [line for line in lines if line and line.lower() != "ok" and not line.startswith("***")]
+        if problems:
+            raise StoreError(f"{self.path} is corrupt (SQLite quick_check: {'; '.join(problems)}); restore it from a "
+                             "backup or pass another results store (--db)")
 
     # -- plumbing -----------------------------------------------------------------------------------------------------
 
@@ -208,18 +285,21 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: ``BEGIN IMMEDIATE`` takes the write lock up front (waiting up to the
         busy timeout), so the transaction never fails half-way on a lock upgrade."""
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error says more; SQLite rolls back on close anyway
                 raise
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return self._conn.execute(sql, params).fetchall()
 
     # -- writing runs: one path per state -----------------------------------------------------------------------------
@@ -340,12 +420,13 @@ class Store:
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: all SELECTs inside see one consistent state of the database."""
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
             finally:
-                self._conn.execute("COMMIT")
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
 
     def _select_runs(self, where: str = "", params: Sequence[Any] = (),
                      filters: Mapping[str, Any] | None = None) -> list[RunRecord]:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 from skiptune.core.errors import InputError
 from skiptune.nets.presets import preset_config
-from skiptune.train.data import ImageDataset
+from skiptune.train.data import ImageDataset, data_option_checks
 from skiptune.train.s2dm import DISCRETE_OBJECTIVES
 
 OBJECTIVES = ("edm", *DISCRETE_OBJECTIVES)
@@ -33,9 +33,12 @@ class TrainConfig:
     """Everything that defines a training run (all sizes in images or optimizer steps).
 
     Data: ``data`` is a :func:`~skiptune.train.data.load_dataset` spec; ``resolution``, ``data_size``
-    and ``data_seed`` are passed on to it. ``xflip`` mirrors each image with probability 1/2 (off by
-    default; never use it on digits). ``cond`` trains class-conditionally on one-hot labels, each
-    replaced by the zero vector with probability ``label_dropout``.
+    and ``data_seed`` are passed on to it (``resolution`` and ``data_size`` must be >= 1 when given;
+    ``data_size`` and a ``data_seed`` other than 0 only apply to the generated ``shapes`` set and are
+    refused for any other data, so that the config never records a setting that was not used).
+    ``xflip`` mirrors each image with probability 1/2 (off by default; never use it on digits). ``cond``
+    trains class-conditionally on one-hot labels, each replaced by the zero vector with probability
+    ``label_dropout``.
     Optimisation: Adam(``lr``, ``betas``, ``adam_eps``) on the mean over the batch of the per-image
     EDM loss (:mod:`skiptune.train.loss`); learning rate ``lr * min(images_seen / lr_warmup_images, 1)``
     with images_seen counted after the step, and with ``lr_cooldown_start`` = c also multiplied by
@@ -140,6 +143,7 @@ class TrainConfig:
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (not (self.arch and self.net), "give at most one of arch and net"),
             (not (self.xflip and self.data == "digits"), "digits are not mirror-symmetric: do not use xflip on them"),
+            *data_option_checks(self.data, self.resolution, self.data_size, self.data_seed),
             (self.model_channels >= 1 and self.num_blocks >= 1 and len(self.channel_mult) >= 1
              and all(m >= 1 for m in self.channel_mult), "model_channels, num_blocks and channel_mult must be >= 1"),
         ]

@@ -74,6 +74,23 @@ class ImageDataset:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def head(self, n: int | None, *, what: str = "n") -> ImageDataset:
+        """The first ``n`` images (with their labels and attributes); ``None``: all of them.
+
+        ``n`` must lie in 1..len(self): asking for more images than there are is an
+        :class:`~skiptune.core.errors.InputError` (``what`` names the option in the message), never a
+        silently smaller set.
+        """
+        if n is None:
+            return self
+        check_count(n, what)
+        if n > len(self):
+            raise InputError(f"{what} {n}: {self.name} has only {len(self)} images ({self.source}); "
+                             f"use {what} {len(self)} or fewer")
+        return ImageDataset(self.name, self.images[:n], None if self.labels is None else self.labels[:n],
+                            self.num_classes, list(self.class_names), f"{self.source}, first {n}",
+                            {k: v[:n] for k, v in self.attributes.items()})
+
     @property
     def resolution(self) -> int:
         return self.images.shape[-1]
@@ -94,6 +111,12 @@ class ImageDataset:
         return {"name": self.name, "source": self.source, "size": len(self), "resolution": self.resolution,
                 "channels": self.channels, "num_classes": self.num_classes, "class_names": self.class_names,
                 "value_range": [-1.0, 1.0], "fingerprint": self.fingerprint()}
+
+
+def check_count(n: int, what: str = "n") -> None:
+    """A number of images must be an integer >= 1 (``what`` names the option in the message)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"{what} must be an integer >= 1 (a number of images), got {n!r}")
 
 
 def uint8_to_unit(u: torch.Tensor) -> torch.Tensor:
@@ -273,7 +296,7 @@ def load_image_folder(path: str | os.PathLike, resolution: int | None = None,
     it, each image is centre-cropped to a square and resized (:func:`square_resize`). When every
     image lies in a first-level sub-folder, the sorted sub-folder names are the classes.
     """
-    from PIL import Image
+    from skiptune.metrics.images import decode_image
 
     root = Path(path)
     files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
@@ -282,11 +305,7 @@ def load_image_folder(path: str | os.PathLike, resolution: int | None = None,
         raise InputError(f"no PNG/JPEG images found under {root}")
     if channels not in (None, 1, 3):
         raise InputError(f"channels must be 1 or 3, got {channels}")
-    pics = []
-    for f in files:
-        with Image.open(f) as im:
-            im.load()
-            pics.append(im.copy())
+    pics = [decode_image(f) for f in files]  # an undecodable file is an error naming it and what is wrong
     if channels is None:
         channels = 1 if all(im.mode in ("L", "1") for im in pics) else 3
     tensors = []
@@ -316,13 +335,15 @@ def load_npz(path: str | os.PathLike, resolution: int | None = None) -> ImageDat
     The layout is found from where the axis of size 1 or 3 is; when both fit, uint8 arrays are taken as
     NHWC and float arrays as NCHW. uint8 maps by ``u / 127.5 - 1``; floats must already be in [-1, 1].
     """
+    from skiptune.metrics.stats import read_npz
+
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        key = next((k for k in ("images", "arr_0") if k in data), None)
-        if key is None:
-            raise InputError(f"{path}: no 'images' or 'arr_0' array (keys: {sorted(data.keys())})")
-        arr = data[key]
-        labels = data["labels"] if "labels" in data else None
+    data = read_npz(path, what="an .npz of images", keys=("images", "arr_0", "labels"))  # errors name the file
+    key = next((k for k in ("images", "arr_0") if k in data), None)
+    if key is None:
+        raise InputError(f"{path}: no 'images' or 'arr_0' array (keys: {sorted(data.files)})")
+    arr = data[key]
+    labels = data.get("labels")
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[0] == 0:
@@ -363,22 +384,49 @@ def _check_split(split: str) -> None:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def data_option_checks(spec: str | os.PathLike, resolution: int | None, size: int | None,
+                       seed: int = 0) -> list[tuple[bool, str]]:
+    """``(ok, message)`` for the options of :func:`load_dataset` that must not be silently ignored: a
+    ``resolution`` or ``size`` below 1, and a ``size`` or non-zero ``seed`` for data other than ``shapes``
+    (only the generated set has a size and a seed)."""
+    shapes = str(spec) == "shapes"
+    return [
+        (resolution is None or (_is_int(resolution) and resolution >= 1),
+         f"resolution must be an integer >= 1 (pixels), got {resolution!r}"),
+        (size is None or (_is_int(size) and size >= 1), f"data_size must be an integer >= 1 (images), got {size!r}"),
+        (size is None or shapes, f"data_size applies only to the generated 'shapes' data, not to {str(spec)!r} "
+                                 f"(which has a fixed number of images); drop it (got {size})"),
+        (seed == 0 or shapes, f"data_seed applies only to the generated 'shapes' data, not to {str(spec)!r}; "
+                              f"drop it (got {seed})"),
+    ]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def load_dataset(spec: str | os.PathLike, split: str = "train", *, resolution: int | None = None,
                  size: int | None = None, seed: int = 0, channels: int | None = None) -> ImageDataset:
     """Load ``'digits'``, ``'shapes'``, an image folder or an ``.npz`` file as an :class:`ImageDataset`.
 
     ``resolution`` resizes (digits: the upsampling target, default 16; shapes: the canvas, default 32;
     files: centre-crop and resize). ``size`` and ``seed`` apply to ``shapes`` (default sizes
-    10000 train / 2000 test). ``channels`` forces 1 or 3 for folders. Files have no held-out split.
+    10000 train / 2000 test) and are refused for other data, as are a ``resolution`` or ``size``
+    below 1 (:func:`data_option_checks`). ``channels`` forces 1 or 3 for folders. Files have no
+    held-out split.
     """
     _check_split(split)
+    for ok, message in data_option_checks(spec, resolution, size, seed):
+        if not ok:
+            raise InputError(message)
     text = str(spec)
     if text == "digits":
-        return load_digits_dataset(split, resolution or 16)
+        return load_digits_dataset(split, 16 if resolution is None else resolution)
     if text == "shapes":
         if split == "all":
             raise InputError("shapes: split must be 'train' or 'test'")
-        return make_shapes(size or SHAPES_SIZES[split], seed, resolution or 32, split)
+        return make_shapes(SHAPES_SIZES[split] if size is None else size, seed,
+                           32 if resolution is None else resolution, split)
     path = Path(text)
     if not path.exists():
         raise MissingFileError(f"data set {text!r}: not 'digits' or 'shapes', and no such folder or .npz file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.complexity import ESTIMATORS, EXACT_MAX_DIM, ComplexityConfig, run_complexity
 from skiptune.analysis.context import AnalysisContext
+from skiptune.train.data import check_count
 
 
 def add_arguments(p) -> None:
@@ -25,7 +26,7 @@ def run(args, ctx: AnalysisContext) -> AnalysisResult:
     # the settings are checked here, before the model and the data load
     config = ComplexityConfig(rules=args.rules, sigmas=args.sigmas, estimator=args.estimator, probes=args.probes,
                               seed=args.seed, chunk=args.chunk)
-    ds = ctx.dataset(args.split)
-    labels = getattr(ds, "labels", None)
-    return run_complexity(ctx.net, ds.images[:args.n], config, labels=None if labels is None else labels[:args.n],
-                          store=ctx.store, progress=ctx.progress, model_id=ctx.fingerprint)
+    check_count(args.n, "--n")
+    ds = ctx.dataset(args.split).head(args.n, what="--n")  # more than the split holds: refused, not cut short
+    return run_complexity(ctx.net, ds.images, config, labels=ds.labels, store=ctx.store, progress=ctx.progress,
+                          model_id=ctx.fingerprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
 from skiptune.analysis.dsm import DsmConfig, run_dsm
+from skiptune.train.data import check_count
 
 
 def add_arguments(p) -> None:
@@ -27,10 +28,9 @@ def run(args, ctx: AnalysisContext) -> AnalysisResult:
     # the settings are checked here, before the model and the data load
     config = DsmConfig(rules=args.rules, sigmas=args.sigmas, lognormal=not args.no_lognormal, seed=args.seed,
                        batch=args.batch)
+    check_count(args.n, "--n")
     names = [s.strip() for s in (args.feature_nets or ctx.features).split(",") if s.strip()]
     exts = [ctx.extractor if name == ctx.features else get_extractor(name) for name in names]
-    ds = ctx.dataset(args.split)
-    labels = getattr(ds, "labels", None)
-    return run_dsm(ctx.net, ds.images[:args.n], config, extractors=exts,
-                   labels=None if labels is None else labels[:args.n], store=ctx.store, progress=ctx.progress,
-                   model_id=ctx.fingerprint)
+    ds = ctx.dataset(args.split).head(args.n, what="--n")  # more than the split holds: refused, not cut short
+    return run_dsm(ctx.net, ds.images, config, extractors=exts, labels=ds.labels, store=ctx.store,
+                   progress=ctx.progress, model_id=ctx.fingerprint)

@@ -13,6 +13,7 @@ from skiptune.analysis.finetune import (
     run_finetune,
 )
 from skiptune.core.errors import InputError
+from skiptune.train.data import check_count
 
 
 def _ints(text: str) -> list[int]:
@@ -65,9 +66,8 @@ def config_from_args(args) -> FinetuneConfig:
 
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
     config = config_from_args(args)  # checked before the model and data are loaded
-    ds = ctx.dataset("train")
-    n = args.n if args.n is not None else len(ds.images)
-    labels = getattr(ds, "labels", None)
-    return run_finetune(ctx.net, ds.images[:n], config, scorer=ctx.scorer,
-                        labels=None if labels is None else labels[:n], store=ctx.store, progress=ctx.progress,
-                        model_id=ctx.fingerprint)
+    if args.n is not None:
+        check_count(args.n, "--n")
+    ds = ctx.dataset("train").head(args.n, what="--n")  # more than the split holds: refused, not cut short
+    return run_finetune(ctx.net, ds.images, config, scorer=ctx.scorer, labels=ds.labels, store=ctx.store,
+                        progress=ctx.progress, model_id=ctx.fingerprint)

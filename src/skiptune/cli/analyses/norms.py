@@ -5,6 +5,7 @@ from __future__ import annotations
 from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
 from skiptune.analysis.norms import NormsConfig, run_norms
+from skiptune.train.data import check_count
 
 
 def add_arguments(p) -> None:
@@ -21,7 +22,7 @@ def add_arguments(p) -> None:
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
     # the settings are checked here, before the model and the data load
     config = NormsConfig(sigmas=args.sigmas, seed=args.seed, rule=args.rule, batch=args.batch)
-    ds = ctx.dataset(args.split)
-    labels = getattr(ds, "labels", None)
-    return run_norms(ctx.net, ds.images[:args.n], config, labels=None if labels is None else labels[:args.n],
-                     store=ctx.store, progress=ctx.progress, model_id=ctx.fingerprint)
+    check_count(args.n, "--n")
+    ds = ctx.dataset(args.split).head(args.n, what="--n")  # more than the split holds: refused, not cut short
+    return run_norms(ctx.net, ds.images, config, labels=ds.labels, store=ctx.store, progress=ctx.progress,
+                     model_id=ctx.fingerprint)
