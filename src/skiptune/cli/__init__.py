@@ -27,6 +27,56 @@ COMMAND_MODULES = [
 ]
 
 
+#: help of options that mean the same in every command that has them (used where a command gives none)
+STANDARD_HELP = {
+    "--device": "torch device: cpu, cuda or cuda:N",
+    "--no-progress": "no progress bars",
+    "--batch": "samples per network batch (part of a stored run's identity: round-off may depend on it)",
+    "--mode": "where rho acts: concat (seed 003 Def. 3.1), residual or norm (App. C)",
+    "--grid": "sigma grid: edm (rho = 7), logsnr, vp_time_uniform, vp_time_quadratic; discrete, discrete-trailing "
+              "(the trained timesteps of DDPM models)",
+    "--sampler": "sampler: euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, unipc, deis, ipndm",
+    "--samplers": "comma-separated samplers (euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, unipc, deis, ipndm)",
+    "--nfe": "denoiser evaluations per sample (comma-separated where several are allowed)",
+    "--seed-sets": "number of disjoint seed sets: the first is --seeds, the others shifted copies",
+    "--sigma-min": "lowest noise level of the grid (default: the network's trained range, else 0.002)",
+    "--sigma-max": "highest noise level of the grid (default: the network's trained range, else 80)",
+    "--rules": "';'-separated rules; LO:HI:STEP ranges (layer:0.5:1.5:0.1 = rho_bottom 0.5..1.5) and one "
+               "{LO..HI:STEP} template (ramp:down:{0.6..1:0.1}) expand to several",
+    "--lo": "lowest rho searched", "--hi": "highest rho searched", "--step": "finest spacing of the rho lattice",
+    "--coarse-step": "spacing of the first, coarse rung (a whole number of --step)",
+    "--out": "output file", "--images": "generated images: a folder, an .npz of images, or a built-in data set",
+    "--kid-subset-size": "samples per KID subset", "--kid-subsets": "number of KID subsets",
+    "--seed": "seed of the noise draws", "--ncols": "images per row of a grid",
+    "--rho-steps": "optimizer steps of each rho fit", "--rho-batch": "images per step of the rho fits",
+    "--rho-lr": "learning rate of the rho fits", "--full-batch": "images per step of the full fine-tuning",
+    "--full-lr": "learning rate of the full fine-tuning", "--fid-batch": "samples per batch of the FID points",
+    "--db": "results store (SQLite file)",
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+        if shown and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Give every command the formatter and every option without help the standard one, recursively."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _finish(sub)
+        elif action.option_strings and not action.help:
+            action.help = STANDARD_HELP.get(action.option_strings[-1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from skiptune import __version__
 
@@ -36,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _finish(parser)
     return parser
 
 

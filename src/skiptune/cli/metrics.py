@@ -52,7 +52,9 @@ def register(sub) -> None:
     p = sub.add_parser("ref", help="compute reference feature statistics of a data set",
                        description="Extract features of real images once and save mu/sigma (EDM-compatible "
                                    ".npz), optionally with the raw features that KID, P/R and MMD need.")
-    p.add_argument("--data", required=True, metavar="DIR|NPZ", help="image folder (PNG/JPEG) or .npz of images")
+    p.add_argument("--data", required=True, metavar="DIR|NPZ|DATA",
+                   help="image folder (PNG/JPEG), .npz of images, or a built-in data set (digits, shapes: its "
+                        "training split)")
     p.add_argument("--out", required=True, metavar="REF.npz")
     p.add_argument("--keep-features", action="store_true", help="also store raw features (for pr, kid, mmd)")
     _add_extractor_options(p)
@@ -62,7 +64,8 @@ def register(sub) -> None:
                        description="Evaluate images against a reference (images or statistics .npz); prints a "
                                    "table and writes JSON with how every number was made.")
     p.add_argument("--images", required=True, metavar="DIR|NPZ")
-    p.add_argument("--ref", metavar="REF.npz|DIR", default=None, help="reference statistics or images")
+    p.add_argument("--ref", metavar="REF.npz|DIR|DATA", default=None,
+                   help="reference statistics, images, or a built-in data set (digits, shapes: its training split)")
     p.add_argument("--metrics", default="fid", help="comma list of fid,is,pr,kid,mmd,cmmd,immd (default fid)")
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--kid-subsets", type=int, default=100)
@@ -71,9 +74,22 @@ def register(sub) -> None:
     p.set_defaults(func=run_eval)
 
 
+BUILTIN_DATA = ("digits", "shapes")
+
+
 def _check_input(path: str, what: str) -> None:
-    if not Path(path).exists():
-        raise UsageError(f"{what} {path!r} does not exist")
+    if not Path(path).exists() and path not in BUILTIN_DATA:
+        raise UsageError(f"{what} {path!r} does not exist (nor is it a built-in data set: {', '.join(BUILTIN_DATA)})")
+
+
+def _images(spec: str):
+    """An image folder or file as it is; a built-in data set name as the uint8 images of its training split."""
+    if Path(spec).exists() or spec not in BUILTIN_DATA:
+        return spec
+    from skiptune.experiment import to_uint8
+    from skiptune.train.data import load_dataset
+
+    return to_uint8(load_dataset(spec, split="train").images)
 
 
 def run_ref(args) -> int:
@@ -87,13 +103,13 @@ def run_ref(args) -> int:
     d = init_distributed("cpu")  # one process unless started by torchrun
     if d.enabled:
         ext = get_extractor(_features(args), **_extractor_kwargs(args))
-        fs = extract_features_distributed(args.data, ext, d, features=[ext.feature_for("fid")],
+        fs = extract_features_distributed(_images(args.data), ext, d, features=[ext.feature_for("fid")],
                                           keep=args.keep_features, batch_size=args.batch,
                                           progress=not args.no_progress)
         if not d.is_main:
             return 0
     else:
-        fs = compute_reference(args.data, None, extractor=_features(args), keep_features=args.keep_features,
+        fs = compute_reference(_images(args.data), None, extractor=_features(args), keep_features=args.keep_features,
                                batch_size=args.batch, progress=not args.no_progress,
                                extractor_kwargs=_extractor_kwargs(args))
     with atomic_file(args.out, "--out", inputs=inputs) as tmp:  # a complete file or the one there before
@@ -134,7 +150,8 @@ def run_eval(args) -> int:
         check_output_file(args.json, "--json", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun: then the ranks share the images out
     try:
-        results = evaluate(args.images, args.ref, metrics, extractor=_features(args),
+        results = evaluate(_images(args.images), None if args.ref is None else _images(args.ref), metrics,
+                           extractor=_features(args),
                            extractor_kwargs=_extractor_kwargs(args), batch_size=args.batch,
                            progress=not args.no_progress and d.is_main, kid_subsets=args.kid_subsets,
                            kid_subset_size=args.kid_subset_size,

@@ -15,7 +15,8 @@ def register(sub) -> None:
                        description="List the runs recorded in a results store (SQLite) with their metrics. "
                                    "Config fields shared by all listed runs are printed once above the table; "
                                    "fields that differ get a column.")
-    p.add_argument("--db", required=True, metavar="PATH", help="results store (SQLite file)")
+    p.add_argument("--db", default="runs/results.sqlite", metavar="PATH",
+                   help="results store (SQLite file; default runs/results.sqlite, as for sweep, search and analyze)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs whose config field KEY (dotted for nested fields, e.g. sampler_options.order) "
                         "equals VALUE; numbers compare by value, rules by meaning (layer:0.7 = layer:0.7:1); "
