@@ -20,7 +20,16 @@ from skiptune.demo.assets import DEMO_MODEL, classifier_extractor
 from skiptune.experiment import Scorer, load_reference, open_store, to_uint8
 from skiptune.metrics import extract_features, fid_floor
 from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
-from skiptune.runs.sweep import SweepRow, SweepSpec, best_rows, expand_rules, model_ref, run_sweep, seed_sets
+from skiptune.runs.sweep import (
+    SweepRow,
+    SweepSpec,
+    best_rows,
+    expand_rules,
+    model_ref,
+    paired_to_baseline,
+    run_sweep,
+    seed_sets,
+)
 from skiptune.sampling import parse_seeds
 from skiptune.train.data import load_dataset
 
@@ -86,7 +95,8 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
         rows = run_sweep(net, spec, store=store, scorer=Scorer(ext, ref),
                          model=model_ref(net, str(model or "demo-digits")), progress=progress, device=device)
     table = format_table(rows)
-    plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho")
+    plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho",
+                    diffs=paired_to_baseline(rows))
     grids = [p.name for p in write_best_grids(net, rows, out, seeds=cfg["grid_seeds"], device=device)]
     report = [
         "# Skip-Tuning demo: digits 16x16", "",

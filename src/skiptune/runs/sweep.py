@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import InputError
-from skiptune.core.stats import Estimate, t_interval
+from skiptune.core.stats import Estimate, paired_difference, t_interval
 from skiptune.experiment import ModelRef, Point, SamplingSpec, Scored, Scorer, ScoringSpec, outcome, score
 from skiptune.sampling import parse_seeds
 from skiptune.skip import as_rule, canonical_rule
@@ -191,6 +191,20 @@ def _run_rounds(points: list[Point], compute, store: Store | None, d: Dist, prog
             bar.update(sum(item is not None for item in done))
     bar.close()
     d.barrier()
+
+
+def paired_to_baseline(rows: Sequence[SweepRow]) -> dict[tuple[str, int, str], Estimate]:
+    """Per (sampler, NFE, rule): FID minus the untouched network's FID, paired over the same seed sets (the
+    interval that carries a comparison: the seed-set noise both share cancels). Empty where there is no
+    untouched row to compare with."""
+    out = {}
+    for (s, n), (_, base) in best_rows(rows).items():
+        if base is None:
+            continue
+        for r in rows:
+            if (r.sampler, r.nfe) == (s, n) and len(r.estimate.values) == len(base.estimate.values):
+                out[(s, n, r.rule)] = paired_difference(r.estimate, base.estimate)
+    return out
 
 
 def best_rows(rows: Sequence[SweepRow]) -> dict[tuple[str, int], tuple[SweepRow, SweepRow | None]]:

@@ -25,4 +25,7 @@ def plot(result: AnalysisResult, path) -> None:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return
-    plot_fid_vs_rho(rows, path, title=f"FID vs rho (model {result.config.get('model')})")
+    diffs = {(r["sampler"], int(r["nfe"]), r["rule"]): Estimate(r["diff"], r["diff_ci_low"], r["diff_ci_high"],
+                                                                float("nan"), (), 0.95)
+             for r in result.rows if r.get("rho") is not None and r.get("diff") == r.get("diff")}
+    plot_fid_vs_rho(rows, path, title=f"FID vs rho (model {result.config.get('model')})", diffs=diffs or None)
