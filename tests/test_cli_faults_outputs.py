@@ -294,7 +294,8 @@ def test_an_interrupted_ref_keeps_the_earlier_reference(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(skiptune.metrics, "compute_reference", compute_reference)
     capsys.readouterr()
-    assert main(["ref", "--data", images_npz(tmp_path / "a.npz"), "--out", str(ref), "--no-progress"]) == 130
+    assert main(["ref", "--data", images_npz(tmp_path / "a.npz"), "--out", str(ref), "--features",
+                 "digits-classifier", "--no-progress"]) == 130
     assert ref.read_text() == "the earlier reference"
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "ref.npz"]
 

@@ -74,3 +74,21 @@ def test_every_option_has_help_and_its_default_is_shown():
 
     assert all(name in STANDARD_HELP["--sampler"] for name in SAMPLERS)
     assert all(name in STANDARD_HELP["--grid"] for name in [*GRIDS, *DISCRETE_GRIDS])
+
+
+def test_an_edm_inception_pickle_that_would_run_code_is_refused_naming_the_flag(tmp_path, capsys):
+    import os
+    import pickle
+
+    from cli_faults import assert_fails_cleanly
+
+    evil = tmp_path / "inception.pkl"
+    evil.write_bytes(pickle.dumps(os.system))  # a global outside the allow-list: nothing from it may run
+    line = assert_fails_cleanly(["ref", "--data", "digits", "--features", "inception-v3-edm-pkl", "--weights",
+                                 str(evil), "--out", str(tmp_path / "r.npz")], capsys, names=["--trust-code"],
+                                untouched=[tmp_path])
+    assert "trust_code" not in line
+    # the flag reaches the feature network's loader, and one that has no such option says so
+    assert_fails_cleanly(["ref", "--data", "digits", "--features", "digits-classifier", "--trust-code",
+                          "--out", str(tmp_path / "r.npz")], capsys, names=["digits-classifier", "--trust-code"],
+                         untouched=[tmp_path])

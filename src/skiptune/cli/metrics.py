@@ -20,13 +20,16 @@ def _add_extractor_options(p) -> None:
                    help="the sha256 the weights file must have, or 'any' to accept other weights (e.g. your own "
                         "Inception-V3; the file's own sha256 is recorded with every number; default: the "
                         "known checksum of the feature network, if it has one)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="UNSAFE: let --features inception-v3-edm-pkl unpickle a file that would run code (only for "
+                        "files you trust)")
     p.add_argument("--batch", type=int, default=64, help="images per feature-extraction batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 #: library parameter names -> the flags that set them, for messages that reach the user
 _FLAGS = {"weights='": "--weights '", "subset_size=": "--kid-subset-size ", "(ref=...)": "(--ref)",
-          "ref=...": "--ref"}
+          "ref=...": "--ref", "trust_code=True": "--trust-code", "no option trust_code": "no option --trust-code"}
 
 
 def _features(args) -> str:
@@ -39,6 +42,8 @@ def _features(args) -> str:
 
 def _extractor_kwargs(args) -> dict:
     kwargs = {"weights": args.weights}
+    if getattr(args, "trust_code", False):
+        kwargs["trust_code"] = True
     sha = getattr(args, "weights_sha256", None)
     if sha is not None:
         text = sha.strip().lower()
@@ -101,17 +106,19 @@ def run_ref(args) -> int:
     inputs = {"--data": args.data}
     check_output_file(args.out, "--out", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun
-    if d.enabled:
+    try:
         ext = get_extractor(_features(args), **_extractor_kwargs(args))
-        fs = extract_features_distributed(_images(args.data), ext, d, features=[ext.feature_for("fid")],
-                                          keep=args.keep_features, batch_size=args.batch,
-                                          progress=not args.no_progress)
-        if not d.is_main:
-            return 0
-    else:
-        fs = compute_reference(_images(args.data), None, extractor=_features(args), keep_features=args.keep_features,
-                               batch_size=args.batch, progress=not args.no_progress,
-                               extractor_kwargs=_extractor_kwargs(args))
+        if d.enabled:
+            fs = extract_features_distributed(_images(args.data), ext, d, features=[ext.feature_for("fid")],
+                                              keep=args.keep_features, batch_size=args.batch,
+                                              progress=not args.no_progress)
+        else:
+            fs = compute_reference(_images(args.data), None, extractor=ext, keep_features=args.keep_features,
+                                   batch_size=args.batch, progress=not args.no_progress)
+    except SkiptuneError as exc:
+        raise with_flags(exc, _FLAGS) from None
+    if not d.is_main:
+        return 0
     with atomic_file(args.out, "--out", inputs=inputs) as tmp:  # a complete file or the one there before
         fs.save(tmp)
     prov = fs.provenance()
