@@ -92,3 +92,20 @@ def test_an_edm_inception_pickle_that_would_run_code_is_refused_naming_the_flag(
     assert_fails_cleanly(["ref", "--data", "digits", "--features", "digits-classifier", "--trust-code",
                           "--out", str(tmp_path / "r.npz")], capsys, names=["digits-classifier", "--trust-code"],
                          untouched=[tmp_path])
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--model", "demo-digits", "--ref", "digits", "--out", "{file}/sub"],
+    ["analyze", "norms", "--out", "{file}", "--no-db"],
+    ["report", "--out", "{file}", "--db", "{tmp}/r.sqlite"],
+    ["demo", "--out", "{file}"],
+    ["runs", "--db", "{tmp}/r.sqlite", "--csv", "{file}/x.csv"],
+])
+def test_an_output_folder_that_cannot_be_written_fails_before_any_work(argv, tmp_path, capsys):
+    from cli_faults import assert_fails_cleanly
+    from skiptune.experiment import open_store
+
+    open_store(tmp_path / "r.sqlite").close()
+    (tmp_path / "plain-file").write_text("not a folder")
+    argv = [a.format(file=tmp_path / "plain-file", tmp=tmp_path) for a in argv]
+    assert_fails_cleanly(argv, capsys, names=["--out" if "--out" in argv else "--csv"], untouched=[tmp_path])

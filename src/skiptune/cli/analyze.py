@@ -61,10 +61,12 @@ def register(sub) -> None:
 
 def run_analysis(args) -> int:
     from skiptune.analysis import record_result
+    from skiptune.io.outputs import check_writable_folder
     from skiptune.report.analyses import plot_for
     from skiptune.report.tables import markdown, write_result
 
     check_weights(args.weights)
+    check_writable_folder(args.out, "--out")
     ctx = _context(args)
     try:
         ctx.check_store()  # a store that cannot be used fails before the model and the data load
@@ -86,9 +88,11 @@ def run_analysis(args) -> int:
 def run_report(args) -> int:
     from skiptune.analysis import stored_results
     from skiptune.experiment import open_store
+    from skiptune.io.outputs import check_writable_folder
     from skiptune.report.analyses import plot_for
     from skiptune.report.tables import markdown, write_result
 
+    check_writable_folder(args.out, "--out")
     db = Path(args.db)
     if not db.exists():
         raise MissingFileError(f"no results store at {db}: run `skiptune analyze ...` first or pass --db")

@@ -18,6 +18,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from skiptune.demo.run import run_demo
+    from skiptune.io.outputs import check_writable_folder
+
+    check_writable_folder(args.out, "--out")
 
     res = run_demo(args.out, quick=args.quick, progress=not args.no_progress, model=args.model, device=args.device)
     print(f"real-vs-real floor (random real digits vs 1497 others, same sample count): FID {res.floor:.2f}")

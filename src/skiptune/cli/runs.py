@@ -162,10 +162,13 @@ def table(records: list, metrics: list[str] | None) -> str:
 
 def run(args) -> int:
     from skiptune.experiment import open_store
+    from skiptune.io.outputs import atomic_file, check_output_file
     from skiptune.store import write_csv
 
     filters = parse_filters(args.filter)
     status = None if args.status == "all" else args.status
+    if args.csv:
+        check_output_file(args.csv, "--csv", inputs={"--db": args.db})
     with open_store(args.db, create=False) as store:
         if filters or args.metric or args.sort:
             check_names(store.runs(), filters, args.metric, args.sort, args.db)
@@ -184,6 +187,7 @@ def run(args) -> int:
     else:
         print("no runs match")
     if args.csv:
-        n = write_csv(args.csv, records, args.metric)
+        with atomic_file(args.csv, "--csv") as tmp:  # a complete file or the one there before
+            n = write_csv(tmp, records, args.metric)
         print(f"wrote {n} runs to {args.csv}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -110,6 +110,7 @@ def run_sweep_cmd(args) -> int:
 
     from skiptune.distributed import init_distributed
     from skiptune.experiment import ModelRef, SamplingSpec, open_store
+    from skiptune.io.outputs import check_writable_folder
     from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
     from skiptune.runs.sweep import (
         SweepSpec,
@@ -120,6 +121,8 @@ def run_sweep_cmd(args) -> int:
         seed_sets,
     )
 
+    if args.out:  # a folder the results cannot go to fails before the sweep, not after it
+        check_writable_folder(args.out, "--out")
     spec = SweepSpec(rules=expand_rules(args.rules),
                      samplers=list(parse_list(args.samplers, flag="--samplers", what="sampler names")),
                      nfes=list(parse_list(args.nfe, int, flag="--nfe", what="integers")),

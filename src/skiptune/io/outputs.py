@@ -88,6 +88,21 @@ def check_output_file(path: str | os.PathLike, flag: str, *,
     return target
 
 
+def check_writable_folder(path: str | os.PathLike, flag: str) -> Path:
+    """Check, before any work, that results can be added to the folder ``path`` (which may hold earlier
+    results: sweeps, analyses and the demo add to theirs): an existing folder we may write in, or one that
+    can be created. Returns the folder."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder")
+    if target.is_dir():
+        if not _writable(target):
+            raise UsageError(f"{flag} {path}: cannot write in this folder (permission denied or read-only)")
+    else:
+        _check_can_create(target, str(path), flag)
+    return target
+
+
 def check_output_folder(path: str | os.PathLike, flag: str, *, owned: Iterable[str], overwrite: bool = False,
                         overwrite_flag: str = "--overwrite", ignore: Iterable[str] = ()) -> Path:
     """Check, before any work, that an output folder can be written to ``path``; returns the resolved folder.
