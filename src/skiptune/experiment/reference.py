@@ -9,7 +9,7 @@ feature network with its reference and is what :func:`skiptune.experiment.scorin
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,7 @@ class Scorer:
 
     extractor: FeatureExtractor
     ref: FeatureSet
+    _spec: ScoringSpec | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def load(cls, features: str, ref: str, *, weights: str | None = None, device: str = "cpu",
@@ -93,9 +94,12 @@ class Scorer:
         return self.extractor.feature_for("fid")
 
     def spec(self) -> ScoringSpec:
-        st = self.ref.get(self.feature)
-        return ScoringSpec(self.extractor.name, self.extractor.weights_sha256, reference_id(self.ref, self.feature),
-                           int(st.n))
+        """The scoring spec (computed once: naming a reference may hash its covariance)."""
+        if self._spec is None:
+            st = self.ref.get(self.feature)
+            self._spec = ScoringSpec(self.extractor.name, self.extractor.weights_sha256,
+                                     reference_id(self.ref, self.feature), int(st.n))
+        return self._spec
 
     def fid(self, images_uint8: torch.Tensor, *, batch_size: int = 250) -> float:
         fs = extract_features(images_uint8, self.extractor, features=[self.feature], keep=False, batch_size=batch_size)
