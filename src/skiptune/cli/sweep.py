@@ -112,14 +112,8 @@ def run_sweep_cmd(args) -> int:
     from skiptune.experiment import ModelRef, SamplingSpec, open_store
     from skiptune.io.outputs import check_writable_folder
     from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
-    from skiptune.runs.sweep import (
-        SweepSpec,
-        best_rows,
-        expand_rules,
-        paired_to_baseline,
-        run_sweep,
-        seed_sets,
-    )
+    from skiptune.report.tables import sweep_summary, write_sweep_csv
+    from skiptune.runs.sweep import SweepSpec, expand_rules, paired_to_baseline, run_sweep, seed_sets
 
     if args.out:  # a folder the results cannot go to fails before the sweep, not after it
         check_writable_folder(args.out, "--out")
@@ -146,25 +140,12 @@ def run_sweep_cmd(args) -> int:
     if not d.is_main:
         return 0
     diffs = paired_to_baseline(rows)
-    print(f"{'sampler':<8} {'NFE':>4} {'rule':<22} FID (mean, 95% CI over {args.seed_sets} seed sets); "
-          "rule - none, paired over the same seed sets")
-    for r in rows:
-        diff = diffs.get((r.sampler, r.nfe, r.rule))
-        print(f"{r.sampler:<8} {r.nfe:>4} {r.rule:<22} {r.estimate}" + (f";  {diff}" if diff is not None else ""))
-    print()
-    for (s, n), (best, base) in best_rows(rows).items():
-        print(f"{s} NFE {n}: best {best.rule} {best.estimate}" + (f"; baseline {base.estimate}" if base else ""))
+    print(sweep_summary(rows, diffs, args.seed_sets))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         plot_fid_vs_rho(rows, out / "fid_vs_rho.png", diffs=diffs)
-        with open(out / "sweep.csv", "w") as f:
-            f.write("sampler,nfe,rule,fid_mean,ci_low,ci_high,diff_mean,diff_ci_low,diff_ci_high,values\n")
-            for r in rows:
-                e, diff = r.estimate, diffs.get((r.sampler, r.nfe, r.rule))
-                paired = "," * 2 if diff is None else f"{diff.mean},{diff.ci_low},{diff.ci_high}"
-                f.write(f"{r.sampler},{r.nfe},{r.rule},{e.mean},{e.ci_low},{e.ci_high},{paired},"
-                        f"{' '.join(map(str, e.values))}\n")
+        write_sweep_csv(rows, diffs, out / "sweep.csv")
         grids = write_best_grids(net, rows, out, seeds=args.grid_seeds, grid=args.grid, mode=args.mode,
                                  device=str(d.device))
         print(f"plot, CSV and {len(grids)} baseline-vs-best image grids (seeds {args.grid_seeds}) in {out}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +52,34 @@ def write_result(result: AnalysisResult, out: str | Path, plot: Callable[[Analys
         md += ["", f"![{result.name}]({paths['png'].name})"]
     paths["md"].write_text("\n".join(md) + "\n")
     return paths
+
+
+def sweep_summary(rows: Sequence, diffs: Mapping, seed_sets: int) -> str:
+    """A sweep as text: each rule's FID and its paired difference to the untouched network, then the best
+    rule per (sampler, NFE)."""
+    from skiptune.runs.sweep import best_rows
+
+    lines = [f"{'sampler':<8} {'NFE':>4} {'rule':<22} FID (mean, 95% CI over {seed_sets} seed sets); "
+             "rule - none, paired over the same seed sets"]
+    for r in rows:
+        diff = diffs.get((r.sampler, r.nfe, r.rule))
+        lines.append(f"{r.sampler:<8} {r.nfe:>4} {r.rule:<22} {r.estimate}" + (f";  {diff}" if diff else ""))
+    lines.append("")
+    for (s, n), (best, base) in best_rows(rows).items():
+        lines.append(f"{s} NFE {n}: best {best.rule} {best.estimate}" + (f"; baseline {base.estimate}" if base else ""))
+    return "\n".join(lines)
+
+
+def write_sweep_csv(rows: Sequence, diffs: Mapping, path: str | Path) -> Path:
+    """One line per (sampler, NFE, rule): FID mean and interval, the paired difference to the untouched
+    network and its interval (empty without one), and the per-seed-set values."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sampler", "nfe", "rule", "fid_mean", "ci_low", "ci_high", "diff_mean", "diff_ci_low",
+                    "diff_ci_high", "values"])
+        for r in rows:
+            e, diff = r.estimate, diffs.get((r.sampler, r.nfe, r.rule))
+            paired = ["", "", ""] if diff is None else [diff.mean, diff.ci_low, diff.ci_high]
+            w.writerow([r.sampler, r.nfe, r.rule, e.mean, e.ci_low, e.ci_high, *paired, " ".join(map(str, e.values))])
+    return path
