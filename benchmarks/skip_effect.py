@@ -20,8 +20,8 @@ import time
 
 from skiptune import load_model
 from skiptune.core.stats import t_interval
-from skiptune.experiment import Scorer, open_store
-from skiptune.runs.sweep import SweepSpec, expand_rules, model_ref, run_sweep, seed_sets
+from skiptune.experiment import ModelRef, Scorer, open_store
+from skiptune.runs.sweep import SweepSpec, expand_rules, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
 
 
@@ -52,7 +52,7 @@ def main() -> None:
             if not path:
                 raise SystemExit(f"--model must be LABEL=PATH, got {item!r}")
             net = load_model(path)
-            model = model_ref(net, path)
+            model = ModelRef.of_network(net, path)
             quality = "-"
             if args.quality_nfe:
                 q = run_sweep(net, SweepSpec(rules=["none"], samplers=["heun"], nfes=[args.quality_nfe],

@@ -26,7 +26,7 @@ from torch import nn
 from skiptune.core.errors import InputError
 from skiptune.core.stats import Estimate
 from skiptune.experiment import ModelRef, SamplingSpec, Scorer
-from skiptune.runs.sweep import SweepSpec, model_ref, run_sweep, seed_sets
+from skiptune.runs.sweep import SweepSpec, run_sweep, seed_sets
 from skiptune.sampling import parse_seeds
 from skiptune.skip import canonical_rule
 from skiptune.store import Store
@@ -73,7 +73,7 @@ class FidSetup:
     @classmethod
     def for_net(cls, net: nn.Module, scorer: Scorer, **kwargs: Any) -> FidSetup:
         """A setup for a loaded network (its :class:`ModelRef` is computed from the weights)."""
-        return cls(scorer, model_ref(net), **kwargs)
+        return cls(scorer, ModelRef.of_network(net), **kwargs)
 
     @property
     def sets(self) -> list[str]:

@@ -11,6 +11,7 @@ import importlib
 import sys
 import traceback
 from collections.abc import Mapping
+from pathlib import Path
 
 from skiptune.core.errors import SkiptuneError, UsageError
 
@@ -109,6 +110,40 @@ def with_flags(exc: SkiptuneError, flags: Mapping[str, str]) -> SkiptuneError:
     for param, flag in flags.items():
         text = text.replace(param, flag)
     return type(exc)(text)
+
+
+# -- options shared by the commands that score samples (sweep, search, compare-training, analyze, ref, eval) --
+
+#: Python parameters that library messages name, and the flags a user of these commands types instead
+WEIGHTS_FLAG = {"weights='": "--weights '", "weights=": "--weights "}
+DEFAULT_FEATURES = "digits-classifier"
+
+
+def check_weights(weights: str | None) -> None:
+    """``--weights PATH`` must exist (a file, or a folder holding the file) before anything is loaded."""
+    if weights is not None and not Path(weights).exists():
+        raise UsageError(f"--weights {weights}: no such file or folder")
+
+
+def check_db(db: str | Path) -> None:
+    """``--db PATH`` checked before models and references load: an existing store is opened and read through
+    (corrupt, read-only, newer: an error now, its file unchanged); for a new one, its folder must be writable
+    (nothing is created until there are results)."""
+    from skiptune.experiment import open_store
+    from skiptune.store.database import check_new_store
+
+    if Path(db).exists():
+        with open_store(db, create=False) as store:
+            store.verify()
+    else:
+        check_new_store(db)
+
+
+def scoring_features(features: str | None, ref: str | None, default: str = DEFAULT_FEATURES) -> str:
+    """``--features``, else the feature network recorded in ``--ref`` statistics, else ``default``."""
+    from skiptune.metrics.featureset import recorded_extractor
+
+    return features or (recorded_extractor(ref) if ref else None) or default
 
 
 def check_device(name: str) -> str:

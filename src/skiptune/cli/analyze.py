@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skiptune.cli import with_flags
-from skiptune.cli.sweep import WEIGHTS_FLAG, check_weights
+from skiptune.cli import WEIGHTS_FLAG, check_weights, with_flags
 from skiptune.core.errors import MissingFileError
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skiptune.cli import UsageError, parse_list, with_flags
-from skiptune.cli.sweep import WEIGHTS_FLAG, check_db, check_weights, scoring_features
+from skiptune.cli import WEIGHTS_FLAG, UsageError, check_db, check_weights, parse_list, scoring_features, with_flags
 from skiptune.core.errors import MissingFileError
 
 

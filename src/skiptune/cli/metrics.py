@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from skiptune.cli import UsageError, with_flags
+from skiptune.cli import WEIGHTS_FLAG, UsageError, scoring_features, with_flags
 from skiptune.core.errors import SkiptuneError
 
 
@@ -28,16 +28,13 @@ def _add_extractor_options(p) -> None:
 
 
 #: library parameter names -> the flags that set them, for messages that reach the user
-_FLAGS = {"weights='": "--weights '", "subset_size=": "--kid-subset-size ", "(ref=...)": "(--ref)",
+_FLAGS = {**WEIGHTS_FLAG, "subset_size=": "--kid-subset-size ", "(ref=...)": "(--ref)",
           "ref=...": "--ref", "trust_code=True": "--trust-code", "no option trust_code": "no option --trust-code"}
 
 
 def _features(args) -> str:
     """``--features``, or the feature network a ``--ref`` statistics file records, or inception-v3."""
-    from skiptune.metrics.featureset import recorded_extractor
-
-    ref = getattr(args, "ref", None)
-    return args.features or (recorded_extractor(ref) if ref else None) or "inception-v3"
+    return scoring_features(args.features, getattr(args, "ref", None), default="inception-v3")
 
 
 def _extractor_kwargs(args) -> dict:

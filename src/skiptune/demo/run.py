@@ -17,7 +17,7 @@ import numpy as np
 
 from skiptune.core.stats import paired_difference, significant
 from skiptune.demo.assets import DEMO_MODEL, classifier_extractor
-from skiptune.experiment import Scorer, load_reference, open_store, to_uint8
+from skiptune.experiment import ModelRef, Scorer, load_reference, open_store, to_uint8
 from skiptune.metrics import extract_features, fid_floor
 from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
 from skiptune.runs.sweep import (
@@ -25,7 +25,6 @@ from skiptune.runs.sweep import (
     SweepSpec,
     best_rows,
     expand_rules,
-    model_ref,
     paired_to_baseline,
     run_sweep,
     seed_sets,
@@ -93,7 +92,7 @@ def run_demo(out: str | Path = "demo-out", *, quick: bool = False, progress: boo
                      batch=300)
     with open_store(out / "results.sqlite") as store:
         rows = run_sweep(net, spec, store=store, scorer=Scorer(ext, ref),
-                         model=model_ref(net, str(model or "demo-digits")), progress=progress, device=device)
+                         model=ModelRef.of_network(net, str(model or "demo-digits")), progress=progress, device=device)
     table = format_table(rows)
     plot_fid_vs_rho(rows, out / "fid_vs_rho.png", title="digits demo: FID (classifier features) vs rho",
                     diffs=paired_to_baseline(rows))

@@ -18,7 +18,10 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from torch import nn
+
 from skiptune.adapters import MODES
+from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import InputError
 from skiptune.experiment.generate import PRECISIONS, SamplingSpec
 from skiptune.io import LoadedModel
@@ -53,6 +56,11 @@ class ModelRef:
 
     def __post_init__(self):
         _check_sha(self.sha256, "a model's sha256")
+
+    @classmethod
+    def of_network(cls, net: nn.Module, source: str | None = None) -> ModelRef:
+        """The reference of a network in memory (sha256 of its state dict; ``source`` as context)."""
+        return cls(state_dict_sha256(net), source=source, network=type(net).__name__)
 
     @classmethod
     def of(cls, loaded: LoadedModel) -> ModelRef:

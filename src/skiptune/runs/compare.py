@@ -25,9 +25,9 @@ from skiptune.core.checks import integer
 from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.core.stats import Estimate, significant, t_interval
-from skiptune.experiment import Point, SamplingSpec, Scorer, score_stored
+from skiptune.experiment import ModelRef, Point, SamplingSpec, Scorer, score_stored
 from skiptune.experiment.results import record_result
-from skiptune.runs.sweep import model_ref, seed_sets
+from skiptune.runs.sweep import seed_sets
 from skiptune.sampling import SAMPLERS
 from skiptune.skip import canonical_rule
 from skiptune.store import Store
@@ -136,7 +136,8 @@ def compare_training(base: nn.Module, s2dm: nn.Module, spec: CompareSpec, scorer
     """
     spec.check(base, s2dm)
     scoring = scorer.spec()
-    models = {role: (net, model_ref(net, src)) for role, net, src in zip(ROLES, (base, s2dm), sources, strict=True)}
+    models = {role: (net, ModelRef.of_network(net, src))
+              for role, net, src in zip(ROLES, (base, s2dm), sources, strict=True)}
     sets = spec.seed_sets
     cells = [(rule, sampler, n, role, k) for rule in spec.rules for sampler in spec.samplers for n in spec.steps
              for role in ROLES for k in range(len(sets))]

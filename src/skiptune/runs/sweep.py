@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import InputError
 from skiptune.core.stats import Estimate, paired_difference, t_interval
 from skiptune.experiment import ModelRef, Point, SamplingSpec, Scored, Scorer, ScoringSpec, outcome, score
@@ -79,11 +78,6 @@ def _is_range(seeds: list[int]) -> bool:
     return seeds == list(range(seeds[0], seeds[0] + len(seeds)))
 
 
-def model_ref(net: nn.Module, source: str | None = None) -> ModelRef:
-    """The :class:`ModelRef` of a loaded network (sha256 of its state dict; ``source`` as context)."""
-    return ModelRef(state_dict_sha256(net), source=source, network=type(net).__name__)
-
-
 @dataclass
 class SweepSpec:
     """A grid of rules x samplers x NFEs x seed sets, with the settings every point shares."""
@@ -137,7 +131,7 @@ def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, scorer: S
     opens (other ranks pass ``store=None`` and get ``[]`` back). A job killed midway keeps every
     finished round; a restart computes each missing point exactly once.
     """
-    model = model or model_ref(net)
+    model = model or ModelRef.of_network(net)
     labelled = spec.points(model, scorer.spec())
 
     def compute(i: int) -> Scored:
