@@ -11,10 +11,10 @@
 
 from skiptune.experiment.generate import Generated, SamplingSpec, generate, to_uint8
 from skiptune.experiment.reference import Scorer, load_reference, reference_id
-from skiptune.experiment.scoring import Scored, check_point, outcome, score, score_stored
+from skiptune.experiment.scoring import Scored, outcome, score, score_stored
 from skiptune.experiment.specs import POINT_KIND, ModelRef, Point, ScoringSpec
 from skiptune.experiment.stores import migrate_config, open_store
 
 __all__ = ["POINT_KIND", "Generated", "ModelRef", "Point", "SamplingSpec", "Scored", "Scorer", "ScoringSpec",
-           "check_point", "generate", "load_reference", "migrate_config", "open_store", "outcome", "reference_id",
+           "generate", "load_reference", "migrate_config", "open_store", "outcome", "reference_id",
            "score", "score_stored", "to_uint8"]

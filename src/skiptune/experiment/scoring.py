@@ -34,11 +34,6 @@ class Scored:
         return self.metrics["fid"].value
 
 
-def check_point(net: nn.Module, point: Point) -> None:
-    """Fail before any work if the point cannot be generated with ``net`` (sampler/NFE/grid, rule vs sites)."""
-    point.sampling.sigmas(net)
-
-
 def score(net: nn.Module, point: Point, scorer: Scorer, *, device: str | torch.device = "cpu",
           progress: bool = False) -> Scored:
     """Generate ``point``'s set with ``net`` and measure its FID with ``scorer`` (nothing is stored)."""
