@@ -225,3 +225,41 @@ def test_zero_factors_and_unet2d(cond_unet):
             assert (run(plain_net, x, t, c) - base).abs().max() > 1e-3
         assert [st for _, st in handle.sites] == [0, 0, 1, 1]
         assert torch.equal(run(plain_net, x, t, c), base)
+
+
+def test_differs_from_diffusers_without_a_mid_block_by_its_in_place_scaling():
+    """Without a mid block, the tensor entering up block 0 is the last skip itself (the same object), and diffusers'
+    apply_freeu scales its first half by b1 in place before filtering that skip: its skip is filtered after the
+    backbone factor. With that aliasing broken (the block's input cloned) diffusers equals FreeU here."""
+    pytest.importorskip("diffusers")
+    from diffusers_models import run, tiny_unet2d_cond, unet_inputs
+
+    unet = tiny_unet2d_cond(levels=3, mid=False)
+    x, t, c = unet_inputs(unet)
+    aliased = []
+
+    def note_alias(module, args, kwargs):
+        aliased.append(kwargs["hidden_states"] is kwargs["res_hidden_states_tuple"][-1])
+
+    def clone_input(module, args, kwargs):
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].clone()}
+
+    with torch.no_grad():
+        base = run(unet, x, t, c)
+        unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+        try:
+            hook = unet.up_blocks[0].register_forward_pre_hook(note_alias, with_kwargs=True)
+            theirs = run(unet, x, t, c)
+            hook.remove()
+            hook = unet.up_blocks[0].register_forward_pre_hook(clone_input, with_kwargs=True)
+            theirs_unaliased = run(unet, x, t, c)
+            hook.remove()
+        finally:
+            unet.disable_freeu()
+        with freeu(unet, "b1=1.2,b2=1.4,s1=0.9,s2=0.2"):
+            ours = run(unet, x, t, c)
+        assert torch.equal(run(unet, x, t, c), base) and no_hooks(unet)
+    assert aliased == [True]
+    scale = float(theirs.abs().max())
+    assert (ours - theirs).abs().max() > 1e-3 * scale  # far beyond the FFT round-off bound of 1e-5 * scale
+    torch.testing.assert_close(ours, theirs_unaliased, rtol=0, atol=1e-5 * scale)

@@ -15,7 +15,7 @@ from conftest import randomize
 from skiptune.cli.info import describe
 from skiptune.io import CheckpointError, load_checkpoint, load_model, open_model, save_checkpoint
 from skiptune.nets import build_preset
-from skiptune.nets.uvit import UViT
+from skiptune.nets.uvit import TimestepEmbedding, UViT
 from skiptune.skip import Sites, skip_sites, skip_tuning
 
 # The nnet sections of the public configs (baofff/U-ViT configs/imagenet256_uvit_{large,huge}.py),
@@ -168,6 +168,38 @@ def test_loading_errors_name_the_problem(tmp_path):
     (tmp_path / "code.pth").write_bytes(b"cbuiltins\nprint\n(S'unsafe'\ntR.")  # a pickle that would run code
     with pytest.raises(CheckpointError, match="weights-only"):
         load_model(tmp_path / "code.pth")
+
+
+def public_timestep_embedding(timesteps, dim, max_period=10000):
+    """The time features of the public U-ViT (baofff/U-ViT, libs/uvit.py, ``timestep_embedding``), transcribed:
+    float32 frequencies exp(-ln(max_period) * arange(half) / half), built on the CPU and then moved, times the
+    float32 timesteps; cos half first; a zero column when dim is odd."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half)
+    args = timesteps[:, None].float() * freqs.to(device=timesteps.device)[None]
+    out = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        out = torch.cat([out, torch.zeros_like(out[:, :1])], dim=-1)
+    return out
+
+
+@pytest.mark.parametrize("dim", [32, 1024, 1152, 33])
+def test_time_embedding_is_bit_identical_to_the_public_one(dim):
+    t = torch.tensor([0.0, 1.0, 500.0, 998.0, 999.0, 0.5, 1e-3, 123.456, 998.999, 999 * 0.731])
+    ours = TimestepEmbedding(dim)(t)
+    assert ours.dtype == torch.float32 and ours.shape == (len(t), dim)
+    assert torch.equal(ours, public_timestep_embedding(t, dim))
+    assert torch.equal(TimestepEmbedding(dim)(t.double()), ours)  # the time is taken in float32, as in U-ViT
+    if dim % 2 == 0:
+        # what the test guards against: the power form of the same frequencies is a few ulp off
+        power = t[:, None] * (1 / 10000) ** (torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))[None]
+        assert (torch.cat([power.cos(), power.sin()], 1) - ours).abs().max() > 1e-6
+
+
+def test_the_models_use_the_public_time_embedding(net):
+    t = torch.tensor([0.0, 999.0, 421.75])
+    assert isinstance(net.model.map_time, TimestepEmbedding)
+    assert torch.equal(net.model.map_time(t), public_timestep_embedding(t, net.model.embed_dim))
 
 
 # --- the denoiser wrappers ----------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ EDM convention, for the two training schedules of the public models (see its doc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,7 @@ from torch import nn
 from skiptune.core.errors import InputError
 from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod, vp_sigma, vp_sigma_inv
 from skiptune.core.sigma import publish_sigma
-from skiptune.nets.layers import PositionalEmbedding, SkipJoin
+from skiptune.nets.layers import SkipJoin
 
 
 class TokenSkipJoin(SkipJoin):
@@ -34,6 +36,36 @@ class TokenSkipJoin(SkipJoin):
 
     def forward(self, u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return torch.cat([u, d], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    """The sinusoidal time features of U-ViT: ``[cos(t w_j), sin(t w_j)]``, ``w_j = exp(-ln(max_period) j / half)``.
+
+    The operations, their order and their dtypes are those of the public ``timestep_embedding``
+    (baofff/U-ViT, ``libs/uvit.py``), so the features are bit-identical to the public ones: the
+    frequencies are ``exp`` of a float32 ``arange`` times the float ``-ln(max_period)``, divided by
+    ``half``, computed on the CPU and then moved to the input's device; the argument is the float32
+    time times them. (``max_period ** (-j / half)`` is the same number mathematically but differs by
+    a few ulp, which moves the features by up to 6.1e-5 for t in [0, 999] at embed_dim 1024 or 1152.)
+    An odd ``dim`` gets a zero last feature.
+    """
+
+    def __init__(self, dim: int, max_period: int = 10000):
+        super().__init__()
+        self.dim = dim
+        self.max_period = max_period
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(start=0, end=half, dtype=torch.float32) / half)
+        args = timesteps[:, None].float() * freqs.to(device=timesteps.device)[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.dim % 2:
+            embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+        return embedding
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, max_period={self.max_period}"
 
 
 class Attention(nn.Module):
@@ -140,7 +172,7 @@ class UViT(nn.Module):
         num_patches = self.tokens_per_side**2
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.map_time = PositionalEmbedding(embed_dim, max_positions=10000)
+        self.map_time = TimestepEmbedding(embed_dim, max_period=10000)
         self.time_embed = nn.Sequential(nn.Linear(embed_dim, 4 * embed_dim), nn.SiLU(),
                                         nn.Linear(4 * embed_dim, embed_dim)) if mlp_time_embed else nn.Identity()
         if num_classes > 0:
@@ -313,4 +345,5 @@ class UViTPrecond(nn.Module):
                 f"label_dim={self.label_dim}, null_label={self.null_label}")
 
 
-__all__ = ["SCHEDULES", "Attention", "Block", "PatchEmbed", "TokenSkipJoin", "UViT", "UViTPrecond"]
+__all__ = ["SCHEDULES", "Attention", "Block", "PatchEmbed", "TimestepEmbedding", "TokenSkipJoin", "UViT",
+           "UViTPrecond"]

@@ -8,9 +8,12 @@ FreeU rescales the two inputs of the concatenation ``cat(u, d)``:
   by s (s1, s2): ``d <- IFFT(FFT(d) * M)`` with M = s on the frequencies ``-t <= k < t`` of both
   axes (t = threshold = 1, a 2x2 box at DC, as in FreeU's code) and 1 elsewhere.
 
-This is exactly what diffusers' ``enable_freeu(s1, s2, b1, b2)`` computes in its ``UpBlock2D`` and
+This is what diffusers' ``enable_freeu(s1, s2, b1, b2)`` computes in its ``UpBlock2D`` and
 ``CrossAttnUpBlock2D`` (its "version 1": a constant backbone factor, not the structure-dependent
-one of the paper's later version). Differences, deliberate:
+one of the paper's later version), with one exception: on a UNet without a mid block the tensor
+entering the first up block is also the last skip, and diffusers scales its first half in place
+before filtering that skip, so its skip is scaled too (``tests/test_freeu.py`` measures the
+difference). Differences, deliberate:
 
 - stages are the adapter's decoder stages (diffusers' up-block index; for our EDM UNets, the rank
   of the join resolution), never detected from channel counts, so any supported UNet works,
