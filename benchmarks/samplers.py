@@ -4,8 +4,9 @@
 
 Table 1: RMS error against the exact probability-flow ODE solution (Gaussian-mixture oracle, 2-D,
 256 samples from sigma_max = 80) for each sampler at NFE 5, 9, 19, 39 on EDM grids (rho = 7),
-(a) ending at sigma = 0 (the library default) and (b) ending at sigma_min = 0.002 with no final step
-(the zju-pi/diff-sampler convention, NFE = number of steps).
+(a) ending at sigma = 0 (``end="zero"``, EDM's convention and Heun's default) and (b) ending at
+sigma_min = 0.002 with no final step (``end="sigma_min"``, the official UniPC / DPM-Solver and
+zju-pi/diff-sampler convention, NFE = number of steps: the default of the multistep samplers).
 Table 2: wall time / (NFE x single denoiser time) on a real conv network (``skiptune.nets`` preset
 ``ddpmpp-tiny`` when available, else a small conv net defined here), under ``torch.no_grad``. The
 goal is <= 1.03 at NFE 9.
@@ -45,6 +46,7 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("ddim", "ddim", {}),
     ("dpmpp_2m", "dpmpp_2m", {}),
     ("dpmpp_3m", "dpmpp_3m", {}),
+    ("dpmpp_3m_order3", "dpmpp_3m_order3", {}),
     ("unipc3-bh1", "unipc", {"order": 3, "variant": "bh1"}),
     ("unipc3-bh2", "unipc", {"order": 3, "variant": "bh2"}),
     ("unipc2-bh2", "unipc", {"order": 2, "variant": "bh2"}),
@@ -92,11 +94,12 @@ def accuracy_tables(n_samples: int) -> None:
         rows_b.append(row_b)
     header = ["sampler", *[f"NFE {n}" for n in NFES]]
     print_table(
-        f"(a) RMS error vs exact ODE solution at sigma=0, EDM grid ending at 0 ({n_samples} samples)", header, rows_a
+        f"(a) RMS error vs exact ODE solution at sigma=0, EDM grid ending at 0, end=zero ({n_samples} samples)",
+        header, rows_a
     )
     print_table(
-        "(b) same, grid ending at sigma_min=0.002 without a final step (diff-sampler convention; "
-        "Heun needs an even NFE)",
+        "(b) vs the solution at sigma_min, grid ending at sigma_min=0.002 without a final step, end=sigma_min "
+        "(official UniPC/DPM-Solver and diff-sampler; Heun needs an even NFE)",
         header,
         rows_b,
     )

@@ -69,11 +69,11 @@ def test_every_option_has_help_and_its_default_is_shown():
         if a.default not in (None, False, argparse.SUPPRESS) and not a.required and a.help is not None:
             assert "default" in fmt._get_help_string(a), (cmd, a.option_strings)
     # the standard texts name only samplers and grids that exist
-    from skiptune.experiment.generate import DISCRETE_GRIDS
+    from skiptune.experiment.generate import DISCRETE_GRIDS, SCHEDULE_GRIDS
     from skiptune.sampling import GRIDS, SAMPLERS
 
     assert all(name in STANDARD_HELP["--sampler"] for name in SAMPLERS)
-    assert all(name in STANDARD_HELP["--grid"] for name in [*GRIDS, *DISCRETE_GRIDS])
+    assert all(name in STANDARD_HELP["--grid"] for name in [*GRIDS, *DISCRETE_GRIDS, *SCHEDULE_GRIDS])
 
 
 def test_an_edm_inception_pickle_that_would_run_code_is_refused_naming_the_flag(tmp_path, capsys):

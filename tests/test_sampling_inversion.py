@@ -25,7 +25,8 @@ SOLVERS = [
     ("heun", {}, 2),
     ("ddim", {}, 1),
     ("dpmpp_2m", {}, 2),
-    ("dpmpp_3m", {}, 3),
+    ("dpmpp_3m", {}, 2),  # the published weights: second order
+    ("dpmpp_3m_order3", {}, 3),
     ("unipc", {"lower_order_final": False}, 4),
     ("deis", {"order": 3, "time": "sigma"}, 3),
     ("ipndm", {}, 2),

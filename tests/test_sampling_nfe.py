@@ -32,6 +32,7 @@ VARIANTS = {
     "ddim": [{}, {"eta": 1.0}],
     "dpmpp_2m": [{}, {"lower_order_final": False}],
     "dpmpp_3m": [{}, {"lower_order_final": False}],
+    "dpmpp_3m_order3": [{}, {"lower_order_final": False}],
     "unipc": [{}, {"order": 2, "variant": "bh2"}, {"use_corrector": False}, {"order": 1}],
     "deis": [{}, {"order": 4, "time": "sigma"}],
     "ipndm": [{}, {"order": 2}],

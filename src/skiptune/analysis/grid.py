@@ -28,7 +28,7 @@ from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import InputError
 from skiptune.experiment.generate import DISCRETE_GRIDS, SamplingSpec, generate, to_uint8
 from skiptune.io.images import save_grid
-from skiptune.sampling import GRIDS, SAMPLERS, parse_seeds, sampler_fields, steps_for_nfe
+from skiptune.sampling import GRIDS, SAMPLERS, parse_seeds, sampler_fields
 from skiptune.store import Store
 
 NAME = "grid"
@@ -99,7 +99,7 @@ class GridConfig:
                 raise InputError(f"GridConfig.samplers: unknown sampler {s!r}; use one of {', '.join(SAMPLERS)}")
             for n in self.nfes:
                 try:
-                    steps_for_nfe(s, n)
+                    SamplingSpec(s, nfe=n)
                 except ValueError as exc:
                     raise InputError(f"GridConfig.nfes: {exc}") from None
 

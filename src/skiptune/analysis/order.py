@@ -38,7 +38,7 @@ from skiptune.analysis.scoring import (
 from skiptune.core.errors import InputError
 from skiptune.core.stats import Estimate, paired_difference, significant
 from skiptune.experiment.generate import SamplingSpec
-from skiptune.sampling import sampler_fields, steps_for_nfe
+from skiptune.sampling import sampler_fields
 from skiptune.skip import as_rule
 from skiptune.store import Store
 
@@ -64,8 +64,7 @@ class OrderConfig:
     space: str = "sigma"
 
     def __post_init__(self):
-        SamplingSpec(self.sampler, nfe=self.nfe)  # a known sampler; nfe a whole number >= 1
-        steps_for_nfe(self.sampler, self.nfe)  # reachable (every grid of SamplingSpec ends at sigma = 0)
+        SamplingSpec(self.sampler, nfe=self.nfe)  # a known sampler and an NFE it can hit on its grid
         object.__setattr__(self, "nfe", int(self.nfe))
         try:
             if isinstance(self.rho0, str):

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "skiptune.cli.train",
     "skiptune.cli.runs",
     "skiptune.cli.sweep",
+    "skiptune.cli.reproduce",
     "skiptune.cli.compare",
     "skiptune.cli.analyze",
 ]
@@ -34,10 +35,12 @@ STANDARD_HELP = {
     "--no-progress": "no progress bars",
     "--batch": "samples per network batch (part of a stored run's identity: round-off may depend on it)",
     "--mode": "where rho acts: concat (seed 003 Def. 3.1), residual or norm (App. C)",
-    "--grid": "sigma grid: edm (rho = 7), logsnr, vp_time_uniform, vp_time_quadratic; discrete, discrete-trailing "
+    "--grid": "sigma grid: edm (rho = 7), logsnr, vp_time_uniform, vp_time_quadratic; discrete-time-uniform "
+              "(DPM-Solver's time-uniform steps of a discrete-time model); discrete, discrete-trailing "
               "(the trained timesteps of DDPM models)",
-    "--sampler": "sampler: euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, unipc, deis, ipndm",
-    "--samplers": "comma-separated samplers (euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, unipc, deis, ipndm)",
+    "--sampler": "sampler: euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_order3, unipc, deis, ipndm",
+    "--samplers": "comma-separated samplers (euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_order3, unipc, "
+                  "deis, ipndm)",
     "--nfe": "denoiser evaluations per sample (comma-separated where several are allowed)",
     "--seed-sets": "number of disjoint seed sets: the first is --seeds, the others shifted copies",
     "--sigma-min": "lowest noise level of the grid (default: the network's trained range, else 0.002)",

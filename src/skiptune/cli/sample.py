@@ -33,20 +33,42 @@ def parse_options(text: str | None) -> dict:
 
 def add_sampling_options(p) -> None:
     """Sampler, NFE/steps, grid and rule options shared by sampling commands."""
-    from skiptune.experiment.generate import DISCRETE_GRIDS
+    from skiptune.experiment.generate import DISCRETE_GRIDS, SCHEDULE_GRIDS
     from skiptune.sampling import GRIDS, SAMPLERS
 
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--nfe", type=int, help="number of network evaluations (default 9)")
     g.add_argument("--steps", type=int, help="number of sampler steps instead of --nfe")
-    p.add_argument("--grid", default="edm", choices=sorted([*GRIDS, *DISCRETE_GRIDS]),
-                   help="sigma grid (default: EDM rho=7; discrete: DDIM's uniform timesteps of a DDPM model)")
+    p.add_argument("--grid", default="edm", choices=sorted([*GRIDS, *DISCRETE_GRIDS, *SCHEDULE_GRIDS]),
+                   help="sigma grid (default: EDM rho=7; discrete: DDIM's uniform timesteps of a DDPM model; "
+                        "discrete-time-uniform: DPM-Solver's time-uniform steps of a discrete-time model)")
     p.add_argument("--sigma-min", type=float, default=None)
     p.add_argument("--sigma-max", type=float, default=None)
-    p.add_argument("--options", default=None, metavar="K=V,...", help="sampler options, e.g. order=3,variant=bh2")
+    add_end_option(p)
+    add_guidance_option(p)
+    p.add_argument("--options", default=None, metavar="K=V,...",
+                   help="sampler options, e.g. order=3,variant=bh2 (denoise_to_zero=true adds a final x = D(x, "
+                        "sigma_min), one more NFE)")
     p.add_argument("--rule", default="none", help="Skip-Tuning rule, e.g. layer:0.7 (default none)")
     p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
+
+
+def add_end_option(p) -> None:
+    """``--end``: where the sigma grid ends (default: the sampler's reference implementation)."""
+    p.add_argument("--end", default=None, choices=["sigma_min", "zero"],
+                   help="where the sigma grid ends: sigma_min (n solver steps ending at sigma_min, NFE = n: the "
+                        "official UniPC/DPM-Solver code and diff-sampler; default for ddim, dpmpp_*, unipc, deis, "
+                        "ipndm) or zero (the last step goes to sigma = 0: EDM's Heun, NFE = 2N - 1; default for "
+                        "euler, heun, edm_sde and the discrete grids)")
+
+
+def add_guidance_option(p) -> None:
+    """``--guidance W``: classifier-free guidance for networks with a trained null label."""
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance D = D_uncond + W (D_cond - D_uncond); W = 1 is none (the default), "
+                        "U-ViT's scale s is W = 1 + s (its ImageNet-256 models: s = 0.4, W = 1.4). Needs a network "
+                        "with a null label (U-ViT); each evaluation then runs the network twice")
 
 
 def spec_from_args(args):
@@ -54,7 +76,8 @@ def spec_from_args(args):
 
     nfe = args.nfe if args.nfe is not None or args.steps is not None else 9
     return SamplingSpec(args.sampler, nfe=nfe if args.steps is None else None, steps=args.steps, grid=args.grid,
-                        sigma_min=args.sigma_min, sigma_max=args.sigma_max, options=parse_options(args.options))
+                        sigma_min=args.sigma_min, sigma_max=args.sigma_max, options=parse_options(args.options),
+                        end=args.end, guidance=args.guidance)
 
 
 def register(sub) -> None:
@@ -77,6 +100,11 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace the output of an earlier run in --out ({', '.join(OUTPUTS)}); a folder holding "
                         "anything else is refused")
+    p.add_argument("--vae", default=None, metavar="DIR",
+                   help="latent models: decode the latents with this autoencoder folder (diffusers save_pretrained, "
+                        "e.g. Stable Diffusion's VAE for U-ViT) and write images; without it latents.npz is written")
+    p.add_argument("--vae-scale", type=float, default=None,
+                   help="latent scale of --vae (default: its config's scaling_factor)")
     p.add_argument("--no-pngs", action="store_true", help="skip the per-image PNGs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -105,6 +133,7 @@ def run(args) -> int:
     d = init_distributed(args.device)  # one process unless started by torchrun
     loaded = open_from_args(args)
     net = loaded.net
+    decoder = _decoder(args, net) if d.is_main else None  # a wrong --vae fails before any sampling
     mine = shard_batches(seeds, args.batch, d.rank, d.world_size)
     res = generate(net, mine, spec, rule=rule, mode=args.mode, batch_size=args.batch, class_label=args.class_label,
                    device=d.device, progress=not args.no_progress and d.is_main, freeu=args.freeu,
@@ -117,6 +146,10 @@ def run(args) -> int:
         extra["labels"] = res.labels.numpy()
     scale = getattr(net, "latent_scale_factor", None)
     config = _run_config(args, loaded, spec, rule, res)
+    if decoder is not None:
+        res.images = decoder.decode(res.images, batch_size=args.batch, progress=not args.no_progress)
+        config["decoder"] = decoder.describe()
+        scale = None  # images from here on
     out = Path(args.out)
     # all outputs go to a temporary folder beside --out that takes its place when complete (config.json last)
     with atomic_folder(out, "--out", owned=OUTPUTS, overwrite=args.overwrite, last=["config.json"]) as tmp:
@@ -128,12 +161,29 @@ def run(args) -> int:
         print(f"{len(res.seeds)} latents ({shape}), {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s "
               f"-> {out}")
         print(f"latent model: no images written; decode latents / {scale:g} with the autoencoder the model was "
-              "trained with (Stable Diffusion's KL-f8 VAE for the U-ViT ImageNet presets)")
+              "trained with (Stable Diffusion's KL-f8 VAE for the U-ViT ImageNet presets): --vae DIR")
         print(json.dumps({"npz": str(out / "latents.npz")}))
         return 0
     print(f"{len(res.seeds)} images, {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s -> {out}")
     print(json.dumps({"grid": str(out / "grid.png"), "npz": str(out / "images.npz")}))
     return 0
+
+
+def _decoder(args, net):
+    """The autoencoder of ``--vae``, checked against the network's latents; None without ``--vae``."""
+    if args.vae is None:
+        if args.vae_scale is not None:
+            raise UsageError("--vae-scale needs --vae DIR")
+        return None
+    if getattr(net, "latent_scale_factor", None) is None:
+        raise UsageError("--vae: this network generates images, not latents; drop --vae")
+    from skiptune.core.denoiser import DenoiserInfo
+    from skiptune.io.vae import check_decoder_fits, load_decoder
+
+    decoder = load_decoder(args.vae, scale=args.vae_scale, device=args.device)
+    check_decoder_fits(decoder, DenoiserInfo.of(net).shape,
+                       model_scale=None if args.vae_scale is not None else net.latent_scale_factor)
+    return decoder
 
 
 def _write_images(folder: Path, res, extra: dict, config: dict, *, pngs: bool) -> None:

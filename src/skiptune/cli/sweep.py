@@ -16,6 +16,7 @@ from skiptune.cli import (
     scoring_features,
     with_flags,
 )
+from skiptune.cli.sample import add_end_option, add_guidance_option
 from skiptune.core.errors import MissingFileError
 
 
@@ -58,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--seed-sets", type=int, default=3)
     p.add_argument("--mode", default="concat", choices=["concat", "residual", "norm"])
     p.add_argument("--grid", default="edm")
+    add_end_option(p)
+    add_guidance_option(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="network precision (recorded in each run's config)")
     p.add_argument("--out", default=None, help="folder for the FID-vs-rho plot, summary CSV and image grids")
@@ -71,6 +74,8 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument("--sampler", default="heun")
     p.add_argument("--nfe", type=int, default=9)
+    add_end_option(p)
+    add_guidance_option(p)
     p.add_argument("--template", default="layer:{rho}", help="rule with one {rho}, e.g. ramp:down:{rho}")
     p.add_argument("--lo", type=float, default=0.5)
     p.add_argument("--hi", type=float, default=1.5)
@@ -90,6 +95,7 @@ def run_sweep_cmd(args) -> int:
 
     from skiptune.distributed import init_distributed
     from skiptune.experiment import ModelRef, SamplingSpec, open_store
+    from skiptune.experiment.generate import check_guidance
     from skiptune.io.outputs import check_writable_folder
     from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
     from skiptune.report.tables import sweep_summary, write_sweep_csv
@@ -101,10 +107,10 @@ def run_sweep_cmd(args) -> int:
                      samplers=list(parse_list(args.samplers, flag="--samplers", what="sampler names")),
                      nfes=list(parse_list(args.nfe, int, flag="--nfe", what="integers")),
                      seed_sets=seed_sets(args.seeds, args.seed_sets), mode=args.mode, grid=args.grid,
-                     batch=args.batch, precision=args.precision)
+                     batch=args.batch, precision=args.precision, end=args.end, guidance=args.guidance)
     for s in spec.samplers:  # validate every sampler/NFE pair before any work
         for n in spec.nfes:
-            SamplingSpec(s, nfe=n).sigmas()
+            SamplingSpec(s, nfe=n, grid=args.grid, end=args.end, guidance=args.guidance)
     d = init_distributed(args.device)  # one process unless started by torchrun
     if d.is_main:  # a store that cannot be used fails before models and references are loaded
         check_db(args.db)
@@ -112,6 +118,7 @@ def run_sweep_cmd(args) -> int:
     scoring_features(args.features, args.ref)  # a --ref file that is no statistics or images fails here too
     loaded = open_from_args(args)
     net = loaded.net
+    check_guidance(net, spec.guidance)  # before the reference is computed
     scorer = load_scorer(args, progress=not args.no_progress and d.is_main)
     # only rank 0 opens the store: no shared file system or file locking across nodes is needed
     with open_store(args.db) if d.is_main else nullcontext() as store:
@@ -127,22 +134,24 @@ def run_sweep_cmd(args) -> int:
         plot_fid_vs_rho(rows, out / "fid_vs_rho.png", diffs=diffs)
         write_sweep_csv(rows, diffs, out / "sweep.csv")
         grids = write_best_grids(net, rows, out, seeds=args.grid_seeds, grid=args.grid, mode=args.mode,
-                                 device=str(d.device))
+                                 device=str(d.device), end=args.end)
         print(f"plot, CSV and {len(grids)} baseline-vs-best image grids (seeds {args.grid_seeds}) in {out}")
     return 0
 
 
 def run_search_cmd(args) -> int:
     from skiptune.experiment import ModelRef, Point, SamplingSpec, open_store, score_stored
+    from skiptune.experiment.generate import check_guidance
     from skiptune.runs.search import search_rho
 
-    sampling = SamplingSpec(args.sampler, nfe=args.nfe)
-    sampling.sigmas()  # a sampler/NFE pair that cannot work fails before any work
+    sampling = SamplingSpec(args.sampler, nfe=args.nfe, end=args.end,
+                            guidance=args.guidance)  # a sampler/NFE pair that cannot work fails here
     check_db(args.db)  # a store that cannot be used fails before models and references are loaded
     check_weights(args.weights)
     scoring_features(args.features, args.ref)
     loaded = open_from_args(args)
     net = loaded.net
+    check_guidance(net, sampling.guidance)  # before the reference is computed
     scorer = load_scorer(args)
     base = Point(ModelRef.of(loaded), sampling, "none", "0", scorer.spec(), batch=args.batch)
 

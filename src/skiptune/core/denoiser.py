@@ -13,6 +13,8 @@ attribute              meaning                                                  
 ``sigma_min/max``      the noise range it was trained on                          0 and inf (unbounded)
 ``sigma_data``         std of the data (EDM preconditioning)                      0.5
 ``alphas_cumprod``     the trained levels of a discrete-time model                None (continuous)
+``null_label``         ``class_labels=None`` is a trained "no label" class, so    False
+                       classifier-free guidance applies (U-ViT's class 1000)
 =====================  =========================================================  ======================
 """
 
@@ -49,6 +51,7 @@ class DenoiserInfo:
     sigma_max: float = math.inf
     sigma_data: float = 0.5
     alphas_cumprod: torch.Tensor | None = None
+    null_label: bool = False
 
     @classmethod
     def of(cls, net: Any) -> DenoiserInfo:
@@ -65,7 +68,8 @@ class DenoiserInfo:
         return cls(img_channels=int(net.img_channels), img_resolution=int(net.img_resolution),
                    label_dim=int(getattr(net, "label_dim", 0) or 0), sigma_min=number("sigma_min", 0.0),
                    sigma_max=number("sigma_max", math.inf), sigma_data=number("sigma_data", 0.5),
-                   alphas_cumprod=getattr(net, "alphas_cumprod", None))
+                   alphas_cumprod=getattr(net, "alphas_cumprod", None),
+                   null_label=bool(getattr(net, "null_label", False)))
 
     @property
     def shape(self) -> tuple[int, int, int]:

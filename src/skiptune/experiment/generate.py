@@ -21,13 +21,18 @@ from tqdm.auto import tqdm
 from skiptune.core.denoiser import DenoiserInfo
 from skiptune.core.errors import InputError
 from skiptune.sampling import (
+    DEFAULT_END,
+    ENDS,
     SAMPLERS,
+    CFGDenoiser,
     EDMDenoiser,
     SeedNoise,
     discrete_sigmas,
+    discrete_time_uniform_sigmas,
     discrete_timesteps,
     make_sigmas,
     nfe_for_sigmas,
+    nfe_for_steps,
     parse_seeds,
     sample,
 )
@@ -42,6 +47,9 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 #: ``DDPMPrecond``): name -> :func:`~skiptune.sampling.discrete_timesteps` spacing. ``discrete`` is
 #: DDIM's uniform skip ``t = 0, T/n, 2T/n, ...`` (diffusers "leading"), then a last step to sigma = 0.
 DISCRETE_GRIDS = {"discrete": "leading", "discrete-trailing": "trailing"}
+#: Grids on the noise schedule of a discrete-time network that are continuous in time (and so end at
+#: sigma_min or 0 like the continuous grids): DPM-Solver's time-uniform steps of U-ViT and LDM sampling.
+SCHEDULE_GRIDS = ("discrete-time-uniform",)
 _warned_cpu_autocast = False  # the bf16/fp16-on-CPU warning is given once per process
 
 
@@ -53,6 +61,17 @@ class SamplingSpec:
     or ``steps``. ``sigma_min``/``sigma_max`` default to the network's trained range where it has a
     finite one, else EDM's 0.002..80. ``options`` go to the sampler (e.g. ``order``, ``variant``); names
     the sampler does not take, or values of the wrong type, are refused on construction.
+
+    ``end`` says where a continuous grid ends: ``"zero"`` (``steps`` intervals, the last one to sigma = 0,
+    as EDM's Heun) or ``"sigma_min"`` (``steps`` solver steps ending at sigma_min, as the official UniPC
+    and DPM-Solver code and diff-sampler); None takes the sampler's reference convention
+    (:data:`~skiptune.sampling.samplers.DEFAULT_END`). The option ``denoise_to_zero`` adds a final
+    x = D(x, sigma_min) (one more NFE) to a grid ending at sigma_min. The discrete grids always end at 0.
+
+    ``guidance`` W is classifier-free guidance D = D_u + W (D_c - D_u) (Ho & Salimans' 1 + w; W = 1 is
+    no guidance and is stored as None): every evaluation then calls the network twice, once with the
+    class and once with the network's null label (U-ViT's ``scale`` s is W = 1 + s). Only networks with
+    a trained null label (:attr:`~skiptune.core.denoiser.DenoiserInfo.null_label`) take it.
     """
 
     sampler: str = "heun"
@@ -62,6 +81,8 @@ class SamplingSpec:
     sigma_min: float | None = None
     sigma_max: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    end: str | None = None
+    guidance: float | None = None
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -73,6 +94,40 @@ class SamplingSpec:
             if v is not None and (int(v) != v or v < 1):
                 raise InputError(f"{name} must be an integer >= 1, got {v}")
         check_sampler_options(self.sampler, self.options)  # unknown options fail here, before any work
+        if self.end is not None and self.end not in ENDS:
+            raise InputError(f"end must be one of {', '.join(ENDS)} (where the sigma grid ends), got {self.end!r}")
+        if self.end == "sigma_min" and self.grid in DISCRETE_GRIDS:
+            raise InputError(f"grid {self.grid!r} is a discrete-time grid, which ends at sigma = 0; drop end=sigma_min "
+                             "or use a continuous grid such as edm")
+        if self.guidance is not None:
+            g = self.guidance
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+                raise InputError(f"guidance must be a finite number >= 0 (1 = no guidance), got {g!r}")
+            object.__setattr__(self, "guidance", None if float(g) == 1.0 else float(g))
+        self.resolved_steps  # noqa: B018 -- an NFE the sampler cannot hit on this grid fails here, naming those it can
+
+    @property
+    def resolved_end(self) -> str:
+        """Where the grid ends: ``end`` if given, else the sampler's reference convention (discrete grids: 0)."""
+        if self.grid in DISCRETE_GRIDS:
+            return "zero"
+        return self.end if self.end is not None else DEFAULT_END[self.sampler]
+
+    @property
+    def resolved_steps(self) -> int:
+        """The number of grid intervals: ``steps``, or the count that gives exactly ``nfe`` evaluations."""
+        if self.steps is not None:
+            return self.steps
+        return _steps_for_nfe(self.sampler, self.nfe, final_zero=self.resolved_end == "zero",
+                              denoise_to_zero=bool(self.options.get("denoise_to_zero", False)))
+
+    @property
+    def resolved_nfe(self) -> int:
+        """The exact number of network evaluations of one sample."""
+        if self.nfe is not None:
+            return self.nfe
+        return nfe_for_steps(self.sampler, self.steps, final_zero=self.resolved_end == "zero",
+                             denoise_to_zero=bool(self.options.get("denoise_to_zero", False)))
 
     def sigma_range(self, net: nn.Module | None = None) -> tuple[float, float]:
         lo = self.sigma_min
@@ -87,19 +142,31 @@ class SamplingSpec:
         return lo, hi
 
     def sigmas(self, net: nn.Module | None = None) -> torch.Tensor:
-        steps = self.steps if self.steps is not None else _steps_for_nfe(self.sampler, self.nfe)
+        steps = self.resolved_steps
         if self.grid in DISCRETE_GRIDS:  # the network's own timesteps; sigma_min/sigma_max do not apply
             abar = None if net is None else DenoiserInfo.of(net).alphas_cumprod
             if abar is None:
                 raise InputError(f"grid {self.grid!r} needs a discrete-time network (one with alphas_cumprod, e.g. "
                                  "DDPMPrecond); use a continuous grid such as edm for this model")
             return discrete_sigmas(abar.cpu(), discrete_timesteps(len(abar), steps, DISCRETE_GRIDS[self.grid]))
+        if self.grid in SCHEDULE_GRIDS:
+            abar = None if net is None else DenoiserInfo.of(net).alphas_cumprod
+            if abar is None:
+                raise InputError(f"grid {self.grid!r} needs a discrete-time network (one with alphas_cumprod, e.g. "
+                                 "the U-ViT ImageNet-256 H model); use a continuous grid such as edm for this model")
+            if self.resolved_end == "sigma_min":
+                return discrete_time_uniform_sigmas(abar, steps + 1, append_zero=False)
+            return discrete_time_uniform_sigmas(abar, steps)
         lo, hi = self.sigma_range(net)
+        if self.resolved_end == "sigma_min":
+            return make_sigmas(self.grid, steps + 1, lo, hi, append_zero=False)
         return make_sigmas(self.grid, steps, lo, hi)
 
     def config(self, net: nn.Module | None = None) -> dict:
         sig = self.sigmas(net)
-        return {**asdict(self), "steps": len(sig) - 1, "nfe": nfe_for_sigmas(self.sampler, sig),
+        dz = bool(self.options.get("denoise_to_zero", False))
+        return {**asdict(self), "end": self.resolved_end, "steps": len(sig) - 1,
+                "nfe": nfe_for_sigmas(self.sampler, sig, denoise_to_zero=dz),
                 "sigma_min": self.sigma_range(net)[0], "sigma_max": self.sigma_range(net)[1]}
 
 
@@ -123,6 +190,20 @@ def check_class_label(class_label: int | None, label_dim: int) -> None:
     if isinstance(class_label, bool) or int(class_label) != class_label or not 0 <= class_label < label_dim:
         raise InputError(f"class label {class_label} outside 0..{label_dim - 1} (the network has {label_dim} "
                          "classes)")
+
+
+def check_guidance(net: nn.Module, guidance: float | None) -> None:
+    """Classifier-free guidance needs a class-conditional network trained with a null label; refuse others."""
+    if guidance is None or guidance == 1.0:
+        return
+    info = DenoiserInfo.of(net)
+    if not info.label_dim:
+        raise InputError(f"guidance {guidance:g} needs a class-conditional network, but this one is unconditional "
+                         "(label_dim 0); drop --guidance")
+    if not info.null_label:
+        raise InputError(f"guidance {guidance:g} needs an unconditional pass, but this {type(net).__name__} has no "
+                         "trained null label (it was not trained for classifier-free guidance, as EDM's ImageNet "
+                         "model); drop --guidance")
 
 
 def _labels_for(noise: SeedNoise, label_dim: int, class_label: int | None) -> torch.Tensor | None:
@@ -160,8 +241,11 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     _warn_cpu_autocast(precision, device)
     denoiser = EDMDenoiser(net, autocast=PRECISIONS[precision])
+    if spec.guidance is not None:
+        check_guidance(net, spec.guidance)
+        denoiser = CFGDenoiser(denoiser, spec.guidance, {"class_labels": None})
     sigmas = spec.sigmas(net)
-    nfe = nfe_for_sigmas(spec.sampler, sigmas)
+    nfe = nfe_for_sigmas(spec.sampler, sigmas, denoise_to_zero=bool(spec.options.get("denoise_to_zero", False)))
     info = DenoiserInfo.of(net)
     label_dim, shape = info.label_dim, info.shape
     check_class_label(class_label, label_dim)  # before any sampling

@@ -15,7 +15,7 @@ from torch import nn
 from skiptune.core.errors import InputError
 from skiptune.experiment.generate import Generated, generate, to_uint8
 from skiptune.experiment.reference import Scorer
-from skiptune.experiment.specs import Point
+from skiptune.experiment.specs import DecoderRef, Point
 from skiptune.store import Metric, RunOutcome, RunRecord, Store
 
 
@@ -34,14 +34,31 @@ class Scored:
         return self.metrics["fid"].value
 
 
+def check_decoder(net: nn.Module, point: Point, decoder: Any | None) -> None:
+    """A latent model's points are scored on decoded images: the decoder must be the point's, and present."""
+    latent = getattr(net, "latent_scale_factor", None) is not None
+    if latent and decoder is None:
+        raise InputError(f"{type(net).__name__} is a latent model: its samples are latents, and FID needs images; "
+                         "pass the autoencoder it was trained with (--vae DIR)")
+    if decoder is None:
+        return
+    if point.decoder is None or point.decoder != DecoderRef.of(decoder):
+        raise InputError("the decoder given is not the point's decoder (another folder or scale); build the point "
+                         "with DecoderRef.of(decoder)")
+
+
 def score(net: nn.Module, point: Point, scorer: Scorer, *, device: str | torch.device = "cpu",
-          progress: bool = False) -> Scored:
-    """Generate ``point``'s set with ``net`` and measure its FID with ``scorer`` (nothing is stored)."""
+          progress: bool = False, decoder: Any | None = None) -> Scored:
+    """Generate ``point``'s set with ``net`` and measure its FID with ``scorer`` (nothing is stored).
+
+    A latent model's samples are decoded by ``decoder`` (a :class:`~skiptune.io.vae.LatentDecoder`, which
+    ``point.decoder`` names) before scoring."""
     if scorer.spec() != point.scoring:
         raise InputError("the scorer does not measure what the point says (feature network or reference differ)")
+    check_decoder(net, point, decoder)
     g = generate(net, point.seeds, point.sampling, rule=point.rule, mode=point.mode, batch_size=point.batch,
                  device=device, precision=point.precision, progress=progress)
-    images = to_uint8(g.images)
+    images = to_uint8(g.images if decoder is None else decoder.decode(g.images, batch_size=point.batch))
     fid = scorer.fid(images, batch_size=point.batch)
     metric = Metric(fid, feature_net=scorer.extractor.name, feature_checksum=scorer.extractor.weights_sha256,
                     n_samples=len(g.seeds), details={"nfe": g.nfe})
@@ -56,12 +73,12 @@ def outcome(scored: Scored, **timings: Any) -> RunOutcome:
 
 
 def score_stored(net: nn.Module, point: Point, scorer: Scorer, store: Store, *, device: str | torch.device = "cpu",
-                 progress: bool = False) -> Scored:
+                 progress: bool = False, decoder: Any | None = None) -> Scored:
     """:func:`score` through the store: read the point's run if it is complete, else compute and record it."""
     computed: list[Scored] = []
 
     def compute(_cfg: dict[str, Any]) -> RunOutcome:
-        computed.append(score(net, point, scorer, device=device, progress=progress))
+        computed.append(score(net, point, scorer, device=device, progress=progress, decoder=decoder))
         return outcome(computed[-1], device=str(device))
 
     record: RunRecord = store.run_once(point.to_config(), compute)

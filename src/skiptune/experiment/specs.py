@@ -25,7 +25,7 @@ from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import InputError
 from skiptune.experiment.generate import PRECISIONS, SamplingSpec
 from skiptune.io import LoadedModel
-from skiptune.sampling import nfe_for_steps, parse_seeds, sampler_fields
+from skiptune.sampling import parse_seeds, sampler_fields
 from skiptune.skip import Rule, canonical_rule
 from skiptune.store import config_key
 
@@ -77,6 +77,32 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class DecoderRef:
+    """The autoencoder that turns a latent model's samples into images: its folder's sha256 and the latent scale
+    (the identity), and where it was loaded from (context only)."""
+
+    sha256: str
+    scale: float
+    source: str | None = None
+
+    def __post_init__(self):
+        _check_sha(self.sha256, "a decoder")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
+            raise InputError(f"a decoder's latent scale must be a number > 0, got {self.scale!r}")
+
+    @classmethod
+    def of(cls, decoder: Any) -> DecoderRef:
+        """The reference of a :class:`~skiptune.io.vae.LatentDecoder` (or anything with sha256, scale, source)."""
+        if not getattr(decoder, "sha256", None):
+            raise InputError("the decoder has no sha256 (it was not loaded from a folder); load it with "
+                             "skiptune.io.vae.load_decoder")
+        return cls(decoder.sha256, float(decoder.scale), getattr(decoder, "source", None))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "scale": self.scale}
+
+
+@dataclass(frozen=True)
 class ScoringSpec:
     """How a generated set is scored: the feature network (name and weights sha256) and the reference
     statistics (:func:`~skiptune.experiment.reference.reference_id` and sample count)."""
@@ -115,8 +141,11 @@ class Point:
     mode: str = "concat"
     batch: int = 250
     precision: str = "fp32"
+    decoder: DecoderRef | None = None  # latent models: the autoencoder that decodes the samples
 
     def __post_init__(self):
+        if self.decoder is not None and not isinstance(self.decoder, DecoderRef):
+            raise InputError(f"a point's decoder must be a DecoderRef, got {type(self.decoder).__name__}")
         for name, cls in (("model", ModelRef), ("sampling", SamplingSpec), ("scoring", ScoringSpec)):
             if not isinstance(getattr(self, name), cls):
                 raise InputError(f"a point's {name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
@@ -149,11 +178,16 @@ class Point:
         """The stored identity: every field that determines the numbers, in canonical form."""
         s = self.sampling
         cfg: dict[str, Any] = {"kind": POINT_KIND, "model": self.model.to_config(), **self.scoring.to_config(),
-                               "grid": s.grid, "mode": self.mode, "batch": self.batch, **sampler_fields(s.sampler),
+                               "grid": s.grid, "mode": self.mode, "batch": self.batch,
+                               **sampler_fields(s.sampler, s.resolved_end),
                                "rule": str(self.rule), "seeds": self.seeds, "options": dict(s.options)}
-        # a step count is stored as the NFE it gives (one-to-one on the grids ending at 0 that sampling uses),
-        # so `--steps 3` and `--nfe 5` of Heun are one point
-        cfg["nfe"] = s.nfe if s.nfe is not None else nfe_for_steps(s.sampler, s.steps)
+        # a step count is stored as the NFE it gives (one-to-one for a given end of the grid), so `--steps 3`
+        # and `--nfe 5` of Heun are one point; grids ending at 0 keep the keys they always had
+        cfg["nfe"] = s.resolved_nfe
+        if s.guidance is not None:
+            cfg["guidance"] = s.guidance
+        if self.decoder is not None:
+            cfg["decoder"] = self.decoder.to_config()
         if s.sigma_min is not None:
             cfg["sigma_min"] = s.sigma_min
         if s.sigma_max is not None:
@@ -166,4 +200,7 @@ class Point:
         return config_key(self.to_config())
 
     def context(self) -> dict[str, Any]:
-        return {"model": self.model.context()}
+        out = {"model": self.model.context()}
+        if self.decoder is not None and self.decoder.source:
+            out["decoder"] = {"source": self.decoder.source}
+        return out

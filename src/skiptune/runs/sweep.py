@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from skiptune.core.errors import InputError
 from skiptune.core.stats import Estimate, paired_difference, t_interval
-from skiptune.experiment import ModelRef, Point, SamplingSpec, Scored, Scorer, ScoringSpec, outcome, score
+from skiptune.experiment import DecoderRef, ModelRef, Point, SamplingSpec, Scored, Scorer, ScoringSpec, outcome, score
 from skiptune.sampling import parse_seeds
 from skiptune.skip import as_rule, canonical_rule
 from skiptune.store import Store
@@ -91,16 +91,19 @@ class SweepSpec:
     batch: int = 250
     sampler_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     precision: str = "fp32"
+    end: str | None = None  # where grids end (SamplingSpec.end); None: each sampler's reference convention
+    guidance: float | None = None  # classifier-free guidance W (SamplingSpec.guidance)
 
     def __post_init__(self):
         self.rules = list(dict.fromkeys(str(canonical_rule(r)) for r in self.rules))
 
-    def points(self, model: ModelRef, scoring: ScoringSpec) -> list[tuple[tuple[str, int, str, int], Point]]:
-        """Every ``((sampler, nfe, rule, seed set index), Point)`` of the grid."""
-        return [((s, n, r, k), Point(model, SamplingSpec(s, nfe=n, grid=self.grid,
+    def points(self, model: ModelRef, scoring: ScoringSpec, decoder: DecoderRef | None = None) \
+            -> list[tuple[tuple[str, int, str, int], Point]]:
+        """Every ``((sampler, nfe, rule, seed set index), Point)`` of the grid (decoded by ``decoder``, if given)."""
+        return [((s, n, r, k), Point(model, SamplingSpec(s, nfe=n, grid=self.grid, end=self.end, guidance=self.guidance,
                                                          options=dict(self.sampler_options.get(s, {}))),
                                      canonical_rule(r), seeds, scoring, mode=self.mode, batch=self.batch,
-                                     precision=self.precision))
+                                     precision=self.precision, decoder=decoder))
                 for s in self.samplers for n in self.nfes for r in self.rules
                 for k, seeds in enumerate(self.seed_sets)]
 
@@ -120,8 +123,11 @@ class SweepRow:
 
 def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, scorer: Scorer, model: ModelRef | None = None,
               progress: bool = True, device: str = "cpu", keep_images: dict | None = None,
-              dist: Dist | None = None) -> list[SweepRow]:
+              dist: Dist | None = None, decoder: Any | None = None) -> list[SweepRow]:
     """Score every point of ``spec`` not yet complete in ``store``; return per-configuration summaries.
+
+    A latent model's samples are decoded to images by ``decoder`` (:class:`~skiptune.io.vae.LatentDecoder`),
+    which every point then names.
 
     ``keep_images``, if given, receives ``{(sampler, nfe, rule): uint8 images}`` of the first seed
     set of each configuration computed in this call (for image grids).
@@ -132,11 +138,11 @@ def run_sweep(net: nn.Module, spec: SweepSpec, *, store: Store | None, scorer: S
     finished round; a restart computes each missing point exactly once.
     """
     model = model or ModelRef.of_network(net)
-    labelled = spec.points(model, scorer.spec())
+    labelled = spec.points(model, scorer.spec(), DecoderRef.of(decoder) if decoder is not None else None)
 
     def compute(i: int) -> Scored:
         (sampler, nfe, rule, k), point = labelled[i]
-        scored = score(net, point, scorer, device=device)
+        scored = score(net, point, scorer, device=device, decoder=decoder)
         if keep_images is not None and k == 0:
             keep_images[(sampler, nfe, rule)] = scored.images
         return scored

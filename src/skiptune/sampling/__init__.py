@@ -9,11 +9,18 @@ from skiptune.sampling._core import NonFiniteError, denoiser_input_dtype
 from skiptune.sampling.adams import sample_deis, sample_ipndm
 from skiptune.sampling.denoisers import CFGDenoiser, EDMDenoiser, VPDenoiser
 from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
-from skiptune.sampling.exponential import sample_ddim, sample_dpmpp, sample_dpmpp_2m, sample_dpmpp_3m
+from skiptune.sampling.exponential import (
+    sample_ddim,
+    sample_dpmpp,
+    sample_dpmpp_2m,
+    sample_dpmpp_3m,
+    sample_dpmpp_3m_order3,
+)
 from skiptune.sampling.grids import (
     GRIDS,
     alphas_cumprod,
     discrete_sigmas,
+    discrete_time_uniform_sigmas,
     discrete_timesteps,
     edm_sigmas,
     logsnr_sigmas,
@@ -27,8 +34,11 @@ from skiptune.sampling.inversion import inversion_sigmas, invert
 from skiptune.sampling.noise import SeedNoise, parse_seeds, seed_batches
 from skiptune.sampling.oracle import GaussianMixture
 from skiptune.sampling.samplers import (
+    DEFAULT_END,
     DETERMINISTIC,
+    ENDS,
     EVALS_PER_STEP,
+    REFERENCES,
     SAMPLERS,
     get_sampler,
     nfe_for_sigmas,
@@ -41,7 +51,10 @@ from skiptune.sampling.samplers import (
 from skiptune.sampling.unipc import sample_unipc
 
 __all__ = [
+    "DEFAULT_END",
     "DETERMINISTIC",
+    "ENDS",
+    "REFERENCES",
     "EVALS_PER_STEP",
     "GRIDS",
     "SAMPLERS",
@@ -54,6 +67,7 @@ __all__ = [
     "alphas_cumprod",
     "denoiser_input_dtype",
     "discrete_sigmas",
+    "discrete_time_uniform_sigmas",
     "discrete_timesteps",
     "edm_sigmas",
     "get_sampler",
@@ -71,6 +85,7 @@ __all__ = [
     "sample_dpmpp",
     "sample_dpmpp_2m",
     "sample_dpmpp_3m",
+    "sample_dpmpp_3m_order3",
     "sample_edm_sde",
     "sample_euler",
     "sample_heun",

@@ -85,9 +85,11 @@ def dpmpp_step(
     s_cur: float,
     s_next: float,
     order: int,
-    reference_3m: bool = False,
+    third_order_weight: bool = False,
 ) -> torch.Tensor:
-    """One multistep DPM-Solver++ step of the given order from history (newest last)."""
+    """One multistep DPM-Solver++ step of the given order from history (newest last).
+
+    ``third_order_weight`` weights D2 by 2 E_3(-h) (third order) instead of the published E_3(-h)."""
     if s_next == 0:
         return ms[-1]  # h -> infinity limit of every order: x_t = m_s
     h = math.log(s_cur / s_next)
@@ -104,9 +106,9 @@ def dpmpp_step(
         d1_1 = (ms[-2] - ms[-3]) / r1
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
-        # D2 ~ h^2 m''/2 while the Taylor term is -h^2 E_3(-h) m'', hence the weight 2 E_3; the
-        # published code uses E_3 (half), which leaves a local error h^3 m''/12 (global order 2).
-        w2 = exprel_tail(-h, 3) * (1.0 if reference_3m else 2.0)
+        # D2 ~ h^2 m''/2 while the Taylor term is -h^2 E_3(-h) m'', hence the weight 2 E_3 for third
+        # order; the published code uses E_3 (half), a local error h^3 m''/12 (global order 2).
+        w2 = exprel_tail(-h, 3) * (2.0 if third_order_weight else 1.0)
         x_next = x_next - exprel_tail(-h, 2) * d1 - w2 * d2
     return x_next
 
@@ -122,20 +124,27 @@ def sample_dpmpp(
     noise: NoiseSource | None = None,
     denoise_to_zero: bool = False,
     lower_order_final: bool = True,
-    reference_3m: bool = False,
+    third_order_weight: bool = False,
 ) -> torch.Tensor:
     """Multistep DPM-Solver++ of order 1, 2 or 3 (data prediction; Lu et al. 2022b).
 
-    Step i uses order min(order, i + 1) (warm-up from the history available); with
-    ``lower_order_final`` and fewer than 10 steps, also at most the number of steps left, a final
-    step to 0 not counted (official DPM-Solver's rule, which stabilises few-step sampling). A step
-    to sigma = 0 is x = D(x, sigma_i). One NFE per step.
+    Matches the official DPM-Solver code (``DPM_Solver.sample(method="multistep",
+    algorithm_type="dpmsolver++")``): step i uses order min(order, i + 1) (warm-up from the history
+    available); with ``lower_order_final`` and fewer than 10 steps, also at most the number of steps
+    left, a final step to 0 not counted (the official rule, which stabilises few-step sampling). A step
+    to sigma = 0 is x = D(x, sigma_i) (the h -> infinity limit). One NFE per step. The official code
+    runs n steps on a grid ending at sigma_min (NFE = n) with ``denoise_to_zero`` off, the convention
+    :class:`~skiptune.experiment.generate.SamplingSpec` uses by default for this sampler.
 
-    Order 3 (3M) here is third order: with D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 m''/2, the Taylor term
-    int e^{-(lambda_t - lambda)} m'' (lambda - lambda_s)^2/2 dlambda = -h^2 E_3(-h) m'' needs the weight
-    2 E_3(-h) on D2. The published DPM-Solver / k-diffusion / diffusers 3M code uses E_3(-h) (phi_3),
-    a local error ~h^3 m''/12 and so global order 2; ``reference_3m=True`` reproduces it bit for bit
-    in structure (use it to compare with numbers obtained with that code).
+    Differences from other libraries: k-diffusion's ``sample_dpmpp_2m``/``_3m_sde`` run on a grid ending
+    at 0 (the last step x = D) and never lower the order otherwise; diffusers' ``DPMSolverMultistepScheduler``
+    lowers the order of the final steps below 15 steps. Ask for ``lower_order_final=False`` and a grid
+    ending at 0 (``end="zero"``) to get k-diffusion's 2M.
+
+    Order 3 (3M) weights the second difference D2 = (D1_0 - D1_1)/(r0 + r1) by E_3(-h) (phi_3) as the
+    published code, k-diffusion and diffusers do. Since D2 ~ h^2 m''/2 while the Taylor term is
+    -h^2 E_3(-h) m'', that leaves a local error ~h^3 m''/12 (global order 2); ``third_order_weight=True``
+    weights it by 2 E_3(-h) and gives global order 3 (the ``dpmpp_3m_order3`` sampler).
     """
     if order not in (1, 2, 3):
         raise InputError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
@@ -153,7 +162,7 @@ def sample_dpmpp(
         p = min(order, i + 1)
         if lower_order_final and solver_steps_left(s, 0) < 10:
             p = min(p, solver_steps_left(s, i))
-        x_next = dpmpp_step(x, ms, lams, s_cur, s_next, p, reference_3m)
+        x_next = dpmpp_step(x, ms, lams, s_cur, s_next, p, third_order_weight)
         report(callback, i, s_cur, s_next, x, denoised, x_next)
         x = x_next
     return finish(ev, x, s, denoise_to_zero, callback)
@@ -165,5 +174,10 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
 
 
 def sample_dpmpp_3m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **opts: Any) -> torch.Tensor:
-    """DPM-Solver++(3M): :func:`sample_dpmpp` with ``order=3``."""
+    """DPM-Solver++(3M) as published (D2 weighted by phi_3): :func:`sample_dpmpp` with ``order=3``."""
     return sample_dpmpp(denoiser, x, sigmas, order=3, **opts)
+
+
+def sample_dpmpp_3m_order3(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, **opts: Any) -> torch.Tensor:
+    """DPM-Solver++(3M) with D2 weighted by 2 phi_3, which makes it third order (:func:`sample_dpmpp`)."""
+    return sample_dpmpp(denoiser, x, sigmas, order=3, third_order_weight=True, **opts)

@@ -10,6 +10,9 @@ it, ``n - 1`` steps. All continuous grids run from ``sigma_max`` down to ``sigma
   (Song et al. 2021; EDM Table 1); the ends are placed at t(sigma_max) and t(sigma_min).
 - :func:`discrete_timesteps` / :func:`discrete_sigmas`: the timestep subsets used with DDPM/LDM and
   diffusers models and their sigmas, sigma_t = sqrt(1/abar_t - 1).
+- :func:`discrete_time_uniform_sigmas`: DPM-Solver's ``time_uniform`` steps on a discrete-time model
+  (``NoiseScheduleVP("discrete")``): t uniform from 1 to 1/N, log alpha interpolated linearly in t
+  between the trained levels t_n = n/N (as U-ViT's and LDM's DPM-Solver sampling does).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "GRIDS",
     "alphas_cumprod",
     "discrete_sigmas",
+    "discrete_time_uniform_sigmas",
     "discrete_timesteps",
     "edm_sigmas",
     "logsnr_sigmas",
@@ -202,3 +206,22 @@ def discrete_sigmas(
     ts = torch.as_tensor(timesteps, dtype=torch.int64)
     values = torch.sort(sig[ts], descending=True).values
     return _finish(values.numpy(), append_zero)
+
+
+def discrete_time_uniform_sigmas(abar: torch.Tensor | np.ndarray, n: int, *, append_zero: bool = True) -> torch.Tensor:
+    """``n`` sigmas at times t uniform in [1/N, 1] (descending) of a discrete-time model with N levels.
+
+    DPM-Solver's discrete schedule places level n (abar_n, n = 1..N) at t_n = n/N and interpolates
+    log alpha_t = log(abar)/2 linearly in t; sigma_t = sqrt(alpha_t^-2 - 1). The grid starts at the
+    top level (t = 1) and ends at the lowest (t = 1/N).
+    """
+    a = np.asarray(torch.as_tensor(abar, dtype=torch.float64).cpu().numpy(), dtype=np.float64)
+    if a.ndim != 1 or len(a) < 2:
+        raise InputError(f"alphas_cumprod must be 1-D with at least 2 levels, got shape {a.shape}")
+    if int(n) != n or n < 1:
+        raise InputError(f"n (number of positive sigmas) must be an integer >= 1, got {n}")
+    big_n = len(a)
+    t_levels = np.arange(1, big_n + 1, dtype=np.float64) / big_n
+    t = np.linspace(1.0, 1.0 / big_n, int(n)) if n > 1 else np.array([1.0])
+    log_alpha = np.interp(t, t_levels, 0.5 * np.log(a))
+    return _finish(np.sqrt(np.expm1(-2.0 * log_alpha)), append_zero)

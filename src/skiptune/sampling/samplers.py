@@ -28,7 +28,13 @@ from skiptune.core.errors import InputError
 from skiptune.sampling._core import Denoiser, check_sigmas
 from skiptune.sampling.adams import sample_deis, sample_ipndm
 from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
-from skiptune.sampling.exponential import sample_ddim, sample_dpmpp, sample_dpmpp_2m, sample_dpmpp_3m
+from skiptune.sampling.exponential import (
+    sample_ddim,
+    sample_dpmpp,
+    sample_dpmpp_2m,
+    sample_dpmpp_3m,
+    sample_dpmpp_3m_order3,
+)
 from skiptune.sampling.unipc import sample_unipc
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -38,6 +44,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_3m": sample_dpmpp_3m,
+    "dpmpp_3m_order3": sample_dpmpp_3m_order3,
     "unipc": sample_unipc,
     "deis": sample_deis,
     "ipndm": sample_ipndm,
@@ -49,7 +56,8 @@ EVALS_PER_STEP: dict[str, int] = {name: 1 for name in SAMPLERS} | {"heun": 2, "e
 #: Revisions of samplers whose output on the same inputs changed; configs that identify stored results
 #: carry them (:func:`revision_fields`), so results of an older behaviour are never reused.
 #: dpmpp_2m/dpmpp_3m/unipc 1: ``lower_order_final`` no longer counts a final step to 0.
-REVISIONS: dict[str, int] = {"dpmpp_2m": 1, "dpmpp_3m": 1, "unipc": 1}
+#: dpmpp_3m 2: D2 weighted by phi_3 as published (the 2 phi_3 form is now ``dpmpp_3m_order3``).
+REVISIONS: dict[str, int] = {"dpmpp_2m": 1, "dpmpp_3m": 2, "unipc": 1}
 
 
 def revision_fields(name: str) -> dict[str, int]:
@@ -57,9 +65,48 @@ def revision_fields(name: str) -> dict[str, int]:
     return {"sampler_rev": REVISIONS[name]} if name in REVISIONS else {}
 
 
-def sampler_fields(name: str) -> dict[str, Any]:
-    """The fields that name a sampler in a stored config: ``{"sampler": name}`` plus its revision."""
-    return {"sampler": name, **revision_fields(name)}
+def sampler_fields(name: str, end: str | None = None) -> dict[str, Any]:
+    """The fields that name a sampler in a stored config: ``{"sampler": name}``, its revision, and ``"end"``
+    when its grid ends at sigma_min (``end``, default the sampler's :data:`DEFAULT_END`). Grids ending at 0
+    carry no ``end``: results stored before the field existed all ended at 0 and keep their keys."""
+    get_sampler(name)
+    resolved = end if end is not None else DEFAULT_END[name]
+    return {"sampler": name, **revision_fields(name), **({"end": resolved} if resolved != "zero" else {})}
+
+
+#: Where each sampler's grid ends by default, as its reference implementation does (``"zero"``: the
+#: grid's last step goes to sigma = 0, ``"sigma_min"``: n solver steps end at sigma_min, NFE = n, no
+#: final denoising unless ``denoise_to_zero``). :class:`~skiptune.experiment.generate.SamplingSpec`
+#: builds grids this way unless told otherwise.
+ENDS = ("zero", "sigma_min")
+DEFAULT_END: dict[str, str] = {
+    "euler": "zero", "heun": "zero", "edm_sde": "zero",  # EDM's Alg. 1 and 2 (NVlabs/edm generate.py)
+    "ddim": "sigma_min",  # zju-pi/diff-sampler (DDIM on the EDM grid)
+    "dpmpp_2m": "sigma_min", "dpmpp_3m": "sigma_min", "dpmpp_3m_order3": "sigma_min",  # official DPM-Solver
+    "unipc": "sigma_min",  # official UniPC (denoise_to_zero=False) and diff-sampler
+    "deis": "sigma_min", "ipndm": "sigma_min",  # diff-sampler
+}
+
+#: The implementation each sampler's defaults follow, and how they differ from the other libraries.
+REFERENCES: dict[str, str] = {
+    "euler": "EDM's Euler step (NVlabs/edm, Heun without the correction); k-diffusion sample_euler: identical",
+    "heun": "EDM Alg. 1 (NVlabs/edm generate.py edm_sampler, S_churn=0): N steps ending at 0, NFE = 2N - 1; "
+            "k-diffusion sample_heun: identical",
+    "edm_sde": "EDM Alg. 2 (NVlabs/edm edm_sampler with S_churn > 0)",
+    "ddim": "DDIM eta=0 in sigma space = Euler on the PF-ODE; diff-sampler's DDIM convention (grid ending at "
+            "sigma_min); the original DDIM on a discrete model ends at t=0 (grid discrete, which ends at 0)",
+    "dpmpp_2m": "official DPM-Solver (multistep, dpmsolver++, lower_order_final below 10 steps, denoise_to_zero "
+                "off); k-diffusion: grid ending at 0, no lower-order final steps; diffusers: lower order below 15",
+    "dpmpp_3m": "official DPM-Solver / k-diffusion / diffusers 3M weights (phi_3 on D2, global order 2), "
+                "official step convention",
+    "dpmpp_3m_order3": "3M with D2 weighted by 2 phi_3 (global order 3); no other library has it",
+    "unipc": "official UniPC (wl-zhao/UniPC, variant bh1, corrector except at the last step, lower_order_final "
+             "for every step count, denoise_to_zero off): n steps ending at sigma_min, NFE = n",
+    "deis": "DEIS tAB (zju-pi/diff-sampler 'tab', order 3): grid ending at sigma_min; on a grid ending at 0 the "
+            "last step is an Adams-Bashforth step, not x = D",
+    "ipndm": "iPNDM (zju-pi/diff-sampler, order 4): grid ending at sigma_min; on a grid ending at 0 the last "
+             "step is an Adams-Bashforth step, not x = D",
+}
 
 
 #: Samplers that never draw noise (usable for ODE inversion). DDIM only with eta = 0.
@@ -76,8 +123,9 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 CALLER_ARGUMENTS = ("extra_args", "callback", "noise")
 #: Samplers that forward ``**opts`` to another function, with the arguments they fix themselves.
 _FORWARDS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
-    "dpmpp_2m": (sample_dpmpp, ("order",)),
-    "dpmpp_3m": (sample_dpmpp, ("order",)),
+    "dpmpp_2m": (sample_dpmpp, ("order", "third_order_weight")),
+    "dpmpp_3m": (sample_dpmpp, ("order", "third_order_weight")),
+    "dpmpp_3m_order3": (sample_dpmpp, ("order", "third_order_weight")),
 }
 
 
