@@ -6,6 +6,13 @@ table row per comparison with the relative difference ``|ours - theirs| / max(|t
 the goal is 1e-6 for the distance functions.
 
     python benchmarks/metrics_crosscheck.py [--dim 256] [--n 1000] [--seed 0] [--stub-torchvision]
+        [--net-images 32] [--net-size 64] [--net-dtype float32|float64|both] [--skip-network]
+
+The Inception comparison gives our ``InceptionV3`` and torch-fidelity's ``FeatureExtractorInceptionV3`` the
+same random weights (every convolution, BatchNorm statistic and the fc layer), feeds both the same uint8
+``--net-size`` images (so both take their resize path to 299x299) and reports the largest absolute and
+relative differences of the 2048-d pool features and the logits, and the FID between two image sets computed
+from each network's features. Without torch-fidelity it is skipped with a message.
 
 ``--stub-torchvision`` lets both packages import where torchvision is absent or broken (e.g. a CUDA
 build of torchvision next to a CPU torch) by registering empty placeholder ``torchvision`` modules:
@@ -107,6 +114,10 @@ def main() -> None:
         "--stub-torchvision", action="store_true", help="placeholder torchvision modules (see doc)"
     )
     ap.add_argument("--skip-network", action="store_true", help="skip the full-size Inception comparison")
+    ap.add_argument("--net-images", type=int, default=32, help="images per set for the Inception comparison")
+    ap.add_argument("--net-size", type=int, default=64, help="side of the uint8 images (resized to 299 by both)")
+    ap.add_argument("--net-dtype", choices=("float32", "float64", "both"), default="both",
+                    help="internal dtype of both Inception networks")
     args = ap.parse_args()
 
     mods, problems = _import_references(args.stub_torchvision)
@@ -122,7 +133,8 @@ def main() -> None:
             "  python -m venv /tmp/xcheck\n"
             "  /tmp/xcheck/bin/pip install torch torchvision torch-fidelity clean-fid\n"
             "(both import torchvision; a CPU torch needs the matching CPU torchvision build), or try\n"
-            "  pip install --no-deps torch-fidelity clean-fid  and run with --stub-torchvision."
+            "  pip install --no-deps torch-fidelity clean-fid  and run with --stub-torchvision.\n"
+            "The Inception network comparison (ours vs torch-fidelity's, same random weights) is skipped too."
         )
         return
 
@@ -222,47 +234,132 @@ def main() -> None:
         )
         diff = float((sm.resize_bilinear_tf1(img, (299, 299)) - theirs).abs().max())
         rows.append(("TF1 resize 32->299 (max |diff|)", "torch-fidelity", 0.0, 0.0, diff / 255.0))
-    if "tf_incep" in mods and not args.skip_network:
-        rows.extend(_compare_networks(mods["tf_incep"], rng))
+    if not args.skip_network:
+        dtypes = ["float32", "float64"] if args.net_dtype == "both" else [args.net_dtype]
+        rows.extend(_compare_networks(mods.get("tf_incep"), mods.get("tf_fid"), mods.get("tf_interp"), rng,
+                                      args.net_images, args.net_size, dtypes))
 
     print(f"\nskiptune.metrics cross-check: d={d}, n={n}, seed={args.seed}  ({time.time() - t0:.1f} s)\n")
-    print(f"{'quantity':34s} {'reference':24s} {'ours':>16s} {'theirs':>16s} {'rel. diff':>10s}  ok(1e-6)")
+    width = max([34, *(len(r[0]) for r in rows)])
+    print(f"{'quantity':{width}s} {'reference':24s} {'ours':>16s} {'theirs':>16s} {'rel. diff':>10s}  ok(1e-6)")
     for name, ref, ours, theirs, rel in rows:
         shown = (f"{ours:16.9g} {theirs:16.9g}") if (ours or theirs) else f"{'':16s} {'':16s}"
-        print(f"{name:34s} {ref:24s} {shown} {rel:10.2e}  {'yes' if rel <= 1e-6 else 'NO'}")
+        verdict = "yes" if rel <= 1e-6 else "(abs)" if "max|diff|" in name else "NO"
+        print(f"{name:{width}s} {ref:24s} {shown} {rel:10.2e}  {verdict}")
 
 
-def _compare_networks(tf_incep: types.ModuleType, rng: np.random.Generator) -> list[tuple]:
-    """Our Inception vs torch-fidelity's FeatureExtractorInceptionV3 with the same random weights."""
+def _randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights for every parameter and buffer the forward uses: He-normal convs (activations stay O(1)
+    through 94 layers), BatchNorm statistics and affine parameters near identity, a small fc."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("conv.weight"):
+                t.copy_(torch.randn(t.shape, generator=gen) * math.sqrt(2 / t[0].numel()))
+            elif name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+            elif name.endswith(("running_mean", "bn.bias")):
+                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+            elif name.endswith("bn.weight"):
+                t.copy_(1 + 0.1 * torch.randn(t.shape, generator=gen))
+            elif name == "fc.weight":
+                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(t.shape[1]))
+            elif name == "fc.bias":
+                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+    return net.eval()
+
+
+def _smooth_images(rng: np.random.Generator, n: int, size: int, offset: float) -> torch.Tensor:
+    """uint8 NCHW images with structure at several scales (upsampled noise), so that the resize matters."""
+    out = np.zeros((n, 3, size, size))
+    for cells, weight in ((4, 80.0), (16, 40.0), (size, 20.0)):
+        coarse = torch.from_numpy(rng.standard_normal((n, 3, cells, cells)))
+        out += weight * torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear").numpy()
+    return torch.from_numpy(np.clip(out + 128 + offset, 0, 255).round().astype(np.uint8))
+
+
+def _compare_networks(tf_incep: types.ModuleType | None, tf_fid: types.ModuleType | None,
+                      tf_interp: types.ModuleType | None, rng: np.random.Generator, n_images: int, size: int,
+                      dtypes: list[str]) -> list[tuple]:
+    """Our Inception vs torch-fidelity's FeatureExtractorInceptionV3 with the same random weights, on the same
+    uint8 ``size`` x ``size`` images (so both resize them to 299x299 their own way), for two sets of
+    ``n_images``: max |difference| and max relative difference of the pool (2048-d) features and logits, and the
+    FID between the two sets from each network's features.
+
+    In float32 (the FID standard) both resize alike. In float64 torch-fidelity computes the resize's source
+    coordinates in float64 while ours keeps TensorFlow 1.x's float32 coordinates (at any dtype), which moves
+    resized pixels by up to ~1e-3 of 255 and the features by a few 1e-7 relative; the resize row shows it."""
+    if tf_incep is None:
+        print("\nInception network comparison skipped: torch_fidelity.feature_extractor_inceptionv3 is not "
+              "importable (see 'Not importable' above); install torch-fidelity in a separate environment "
+              "(pip install --no-deps torch-fidelity, then run with --stub-torchvision if torchvision is absent).")
+        return []
     import tempfile
 
-    torch.manual_seed(0)
-    ours = sm.InceptionV3().eval()
-    with torch.no_grad():  # He-normal convs keep activations O(1) through 94 layers
-        for name, p in ours.named_parameters():
-            if name.endswith("conv.weight"):
-                p.normal_(0, math.sqrt(2 / p[0].numel()))
+    ours32 = _randomize(sm.InceptionV3())
+    a = _smooth_images(rng, n_images, size, 0.0)
+    b = _smooth_images(rng, n_images, size, 12.0)
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "random-inception.pth"
-        torch.save({k: v for k, v in ours.state_dict().items() if "num_batches" not in k}, path)
-        theirs = tf_incep.FeatureExtractorInceptionV3(
-            "inception-v3-compat",
-            ["2048", "logits_unbiased", "logits"],
-            feature_extractor_weights_path=str(path),
-        )
-    x = torch.from_numpy(rng.integers(0, 256, (3, 3, 64, 64)).astype(np.uint8))
-    with torch.no_grad():
-        mine = ours(x, features=("pool", "logits_unbiased", "logits"))
-        t_pool, t_unb, t_log = theirs(x)
-    out = []
-    for label, a, b in (
-        ("pool", mine["pool"], t_pool),
-        ("logits_unbiased", mine["logits_unbiased"], t_unb),
-        ("logits", mine["logits"], t_log),
-    ):
-        rel = float((a - b).abs().max() / b.abs().max())
-        out.append((f"Inception {label} (max rel)", "torch-fidelity", 0.0, 0.0, rel))
+        torch.save({k: v for k, v in ours32.state_dict().items() if "num_batches" not in k}, path)
+        for dtype_name in dtypes:
+            dtype = getattr(torch, dtype_name)
+            ours = ours32.to(dtype)
+            theirs = tf_incep.FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased", "logits"],
+                feature_extractor_weights_path=str(path), feature_extractor_internal_dtype=dtype_name,
+            ).eval()
+            t0 = time.time()
+            feats: dict[str, dict[str, list[torch.Tensor]]] = {"ours": {}, "theirs": {}}
+            with torch.no_grad():
+                for images in (a, b):
+                    for i in range(0, len(images), 8):
+                        x = images[i : i + 8]
+                        mine = ours(x, features=("pool", "logits_unbiased", "logits"))
+                        t_pool, t_unb, t_log = theirs(x)
+                        for who, values in (("ours", (mine["pool"], mine["logits_unbiased"], mine["logits"])),
+                                            ("theirs", (t_pool, t_unb, t_log))):
+                            for key, v in zip(("pool", "logits_unbiased", "logits"), values, strict=True):
+                                # torch-fidelity returns float32 whatever its internal dtype: round ours alike
+                                feats[who].setdefault(key, []).append(v.to(torch.float32).to(torch.float64))
+            seconds = time.time() - t0
+            tag = f"{dtype_name}, {n_images}+{n_images} x {size}x{size}->299"
+            if tf_interp is not None:
+                x = a[:4].to(dtype)
+                theirs_resized = tf_interp.interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299),
+                                                                                     align_corners=False)
+                diff = float((sm.resize_bilinear_tf1(x, (299, 299)) - theirs_resized).abs().max())
+                out.append((f"TF1 resize max|diff|/255 ({tag})", "torch-fidelity", 0.0, 0.0, diff / 255.0))
+            for key in ("pool", "logits_unbiased", "logits"):
+                mine, their = torch.cat(feats["ours"][key]), torch.cat(feats["theirs"][key])
+                diff = float((mine - their).abs().max())
+                out.append((f"Inception {key} max|diff| ({tag})", "torch-fidelity", 0.0, 0.0, diff))
+                rel = diff / float(their.abs().max())
+                out.append((f"Inception {key} max rel ({tag})", "torch-fidelity", 0.0, 0.0, rel))
+            pools = {who: torch.cat(feats[who]["pool"]).numpy() for who in feats}
+            ours_fid = sm.frechet_distance(*_moments(pools["ours"][:n_images]), *_moments(pools["ours"][n_images:]))
+            same_fn = sm.frechet_distance(*_moments(pools["theirs"][:n_images]),
+                                          *_moments(pools["theirs"][n_images:]))
+            out.append((f"FID A vs B, our fn ({tag})", "their features", ours_fid, same_fn, _rel(ours_fid, same_fn)))
+            if tf_fid is not None:
+                st = [tf_fid.fid_features_to_statistics(torch.from_numpy(pools["theirs"][s]))
+                      for s in (slice(0, n_images), slice(n_images, None))]
+                their_fid = tf_fid.fid_statistics_to_metric(st[0], st[1], False)["frechet_inception_distance"]
+                out.append((f"FID A vs B ({tag})", "torch-fidelity fid", ours_fid, their_fid,
+                            _rel(ours_fid, their_fid)))
+            print(f"  [{dtype_name}] both networks on {2 * n_images} images: {seconds:.1f} s")
+    if n_images <= 2048:
+        print(f"  note: {n_images} images per set < 2048 dimensions: the covariances are singular, so the FID rows "
+              "compare a biased number (identical inputs to both sides; they test agreement, not quality)")
     return out
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    st = sm.FeatureStats.from_features(x)
+    return st.mean, st.cov
 
 
 if __name__ == "__main__":

@@ -77,3 +77,21 @@ def test_missing_inception_weights_message_through_entry_point(tmp_path):
                           "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
     assert "weights-inception-2015-12-05-6726825d.pth" in out.stderr and "SKIPTUNE_WEIGHTS" in out.stderr
+
+
+def test_ref_in_edm_layout_gives_the_fid_of_the_default_layout(tmp_path, pixel_extractor, capsys):
+    rng = np.random.default_rng(3)
+    real = _npz(tmp_path / "real.npz", rng.integers(0, 256, size=(200, 8, 8, 3), dtype=np.uint8))
+    fake = _npz(tmp_path / "fake.npz", rng.integers(20, 256, size=(150, 8, 8, 3), dtype=np.uint8))
+    values = {}
+    for layout in ("skiptune", "edm"):
+        ref, out = tmp_path / f"{layout}.npz", tmp_path / f"{layout}.json"
+        assert main(["ref", "--data", real, "--out", str(ref), "--features", pixel_extractor, "--format", layout,
+                     "--no-progress"]) == 0
+        assert main(["eval", "--images", fake, "--ref", str(ref), "--no-progress", "--json", str(out)]) == 0
+        values[layout] = json.loads(out.read_text())["fid"]  # --features from what the file records
+    assert set(np.load(tmp_path / "edm.npz").files) == {"mu", "sigma", "meta"}
+    assert values["edm"]["value"] == pytest.approx(values["skiptune"]["value"], rel=1e-9)
+    assert values["edm"]["n_ref"] == values["skiptune"]["n_ref"] == 200
+    assert values["edm"]["extractor"] == pixel_extractor
+    capsys.readouterr()

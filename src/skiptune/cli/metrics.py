@@ -59,6 +59,11 @@ def register(sub) -> None:
                         "training split)")
     p.add_argument("--out", required=True, metavar="REF.npz")
     p.add_argument("--keep-features", action="store_true", help="also store raw features (for pr, kid, mmd)")
+    p.add_argument("--format", choices=("skiptune", "edm"), default="skiptune",
+                   help="file layout: skiptune (default: mu, sigma, n, meta and, with --keep-features, the raw "
+                        "features) or edm (EDM's fid-refs layout: mu [d] and sigma [d, d] float64, plus the "
+                        "provenance as a JSON string 'meta', which EDM's fid.py ignores). Both record the feature "
+                        "network, feature, resize policy, image resolution and image count")
     _add_extractor_options(p)
     p.set_defaults(func=run_ref)
 
@@ -94,12 +99,71 @@ def _images(spec: str):
     return to_uint8(load_dataset(spec, split="train").images)
 
 
+def _statistics(spec: str):
+    """The :class:`~skiptune.metrics.FeatureSet` of a statistics ``.npz`` (errors name the file); None for
+    anything else (images, a folder, a data set name)."""
+    from skiptune.metrics import FeatureSet
+    from skiptune.metrics.stats import read_npz
+
+    path = Path(spec)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    if "mu" not in read_npz(path, what="an .npz of statistics or images", keys=()).files:
+        return None
+    return FeatureSet.load(path)
+
+
+def _checked_extract(base, images, ref, ref_spec: str | None):
+    """``base`` (the function that extracts features of images) preceded by the checks that need the feature
+    network or the images: a statistics file as ``--ref`` is checked against the feature network, the
+    resolution of ``--images`` and the network's resize (:func:`~skiptune.experiment.reference.check_reference`),
+    before any feature is extracted; reference images must have the resolution of the images scored."""
+    from skiptune.core.errors import InputError
+    from skiptune.experiment.reference import check_reference
+    from skiptune.metrics import FeatureSet
+    from skiptune.metrics.images import open_images
+
+    ref_stats = ref if isinstance(ref, FeatureSet) else None
+    # the images scored come first; precomputed ones say (if they record it) of which size they were
+    seen = {"size": images.image_size if isinstance(images, FeatureSet) else None}
+
+    def extract(x, extractor, **kwargs):
+        source = open_images(x)
+        if ref_stats is not None:  # x are the images scored
+            check_reference(ref_stats, extractor, f"--ref {ref_spec}", resolution=source.image_size,
+                            resize=extractor.preprocessing)
+            ref_stats.take_as(extractor.feature_for("fid"))
+        elif seen["size"] is None:
+            seen["size"] = source.image_size
+        elif source.image_size != seen["size"]:
+            (h, w), (hh, ww) = source.image_size, seen["size"]
+            raise InputError(f"--ref {ref_spec} holds {h}x{w} images but the images being scored (--images) are "
+                             f"{hh}x{ww}; FID compares images at one resolution: use reference images of {hh}x{ww}")
+        return base(source, extractor, **kwargs)
+
+    if ref_stats is not None and isinstance(images, FeatureSet):  # no network runs: compare what both record
+        theirs, mine = ref_stats.image_size, images.image_size
+        if theirs and mine and theirs != mine:
+            raise InputError(f"--ref {ref_spec} holds statistics of {theirs[0]}x{theirs[1]} images but --images "
+                             f"holds features of {mine[0]}x{mine[1]} images; FID compares images at one "
+                             f"resolution: use a reference of the data at {mine[0]}x{mine[1]}")
+        r1, r2 = ref_stats.meta.get("resize"), images.meta.get("resize")
+        if r1 and r2 and r1 != r2:
+            raise InputError(f"--ref {ref_spec} was computed with the resize policy {r1!r} but the features of "
+                             f"--images with {r2!r}; compute both with the same feature network")
+        ref_stats.take_as(images.feature_for("fid"))
+    return extract
+
+
 def run_ref(args) -> int:
     from skiptune.distributed import extract_features_distributed, init_distributed
     from skiptune.io.outputs import atomic_file, check_output_file
     from skiptune.metrics import compute_reference, get_extractor
 
     _check_input(args.data, "--data")
+    if args.format == "edm" and args.keep_features:
+        raise UsageError("--format edm holds mu and sigma only, not the raw features that --keep-features keeps; "
+                         "drop --keep-features, or write --format skiptune (EDM's fid.py reads that too)")
     inputs = {"--data": args.data}
     check_output_file(args.out, "--out", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun
@@ -117,10 +181,15 @@ def run_ref(args) -> int:
     if not d.is_main:
         return 0
     with atomic_file(args.out, "--out", inputs=inputs) as tmp:  # a complete file or the one there before
-        fs.save(tmp)
-    prov = fs.provenance()
-    print(f"wrote {args.out}: n={fs.n}, extractor={prov.get('extractor')}, "
-          f"weights_sha256={str(prov.get('weights_sha256'))[:16]}...")
+        if args.format == "skiptune":
+            fs.save(tmp)
+        else:
+            fs.save(tmp, layout=args.format)
+    prov, size = fs.provenance(), fs.image_size
+    print(f"wrote {args.out} ({args.format} layout): n={fs.n}, "
+          f"images={f'{size[0]}x{size[1]}' if size else '?'}, extractor={prov.get('extractor')}, "
+          f"feature={fs.primary}, weights_sha256={str(prov.get('weights_sha256'))[:16]}..., "
+          f"resize={prov.get('resize')}")
     return 0
 
 
@@ -141,7 +210,7 @@ def run_eval(args) -> int:
 
     from skiptune.distributed import extract_features_distributed, init_distributed
     from skiptune.io.outputs import atomic_file, check_output_file
-    from skiptune.metrics import evaluate
+    from skiptune.metrics import evaluate, extract_features
 
     _check_input(args.images, "--images")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -154,12 +223,14 @@ def run_eval(args) -> int:
         check_output_file(args.json, "--json", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun: then the ranks share the images out
     try:
-        results = evaluate(_images(args.images), None if args.ref is None else _images(args.ref), metrics,
-                           extractor=_features(args),
+        images = _statistics(args.images) or _images(args.images)
+        ref = None if args.ref is None else _statistics(args.ref) or _images(args.ref)
+        base = partial(extract_features_distributed, d=d) if d.enabled else extract_features
+        results = evaluate(images, ref, metrics, extractor=_features(args),
                            extractor_kwargs=_extractor_kwargs(args), batch_size=args.batch,
                            progress=not args.no_progress and d.is_main, kid_subsets=args.kid_subsets,
                            kid_subset_size=args.kid_subset_size,
-                           extract=partial(extract_features_distributed, d=d) if d.enabled else None)
+                           extract=_checked_extract(base, images, ref, args.ref))
     except SkiptuneError as exc:
         raise with_flags(exc, _FLAGS) from None
     if not d.is_main:

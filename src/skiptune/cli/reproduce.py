@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from skiptune.cli import UsageError, check_db, check_weights, open_from_args, scoring_features
-from skiptune.cli.sweep import load_scorer
+from skiptune.cli.sweep import image_resolution, load_scorer
 
 
 def register(sub) -> None:
@@ -156,7 +156,7 @@ def _run(args, table, rows, loaded, family) -> int:
         raise UsageError("--ref is a data set: give --features too (the paper's FID uses inception-v3)")
     scoring_features(args.features, args.ref)
     d = init_distributed(args.device)
-    scorer = load_scorer(args, progress=not args.no_progress and d.is_main)
+    scorer = load_scorer(args, progress=not args.no_progress and d.is_main, resolution=image_resolution(net, decoder))
     db = args.db or str(Path(args.out) / "results.sqlite")
     if d.is_main:
         Path(args.out).mkdir(parents=True, exist_ok=True)

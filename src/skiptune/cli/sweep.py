@@ -34,16 +34,33 @@ def add_scoring_options(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def load_scorer(args, *, progress: bool = False):
+def load_scorer(args, *, progress: bool = False, resolution: int | tuple[int, int] | None = None):
     """The :class:`~skiptune.experiment.Scorer` of ``--features/--weights/--ref`` (``--features`` defaults to the
-    network recorded in ``--ref`` statistics)."""
+    network recorded in ``--ref`` statistics); a reference of images at another ``resolution`` than the model's,
+    or of another resize policy, is refused."""
     from skiptune.experiment import Scorer
 
     try:
         return Scorer.load(scoring_features(args.features, args.ref), args.ref, weights=args.weights,
-                           device=args.device, progress=progress)
+                           device=args.device, progress=progress, resolution=resolution)
     except MissingFileError as exc:
         raise with_flags(exc, WEIGHTS_FLAG) from None
+
+
+def image_resolution(net, decoder=None) -> int | tuple[int, int] | None:
+    """The resolution of the images a network's samples are scored as (decoded by ``decoder`` for a latent
+    model); None for a latent model without a decoder (which scoring refuses anyway)."""
+    from skiptune.core.denoiser import DenoiserInfo
+
+    info = DenoiserInfo.of(net)
+    if decoder is not None:
+        from skiptune.io.vae import check_decoder_fits
+
+        _, h, w = check_decoder_fits(decoder, info.shape)
+        return h, w
+    if getattr(net, "latent_scale_factor", None) is not None:
+        return None
+    return info.img_resolution
 
 
 def register(sub) -> None:
@@ -119,7 +136,7 @@ def run_sweep_cmd(args) -> int:
     loaded = open_from_args(args)
     net = loaded.net
     check_guidance(net, spec.guidance)  # before the reference is computed
-    scorer = load_scorer(args, progress=not args.no_progress and d.is_main)
+    scorer = load_scorer(args, progress=not args.no_progress and d.is_main, resolution=image_resolution(net))
     # only rank 0 opens the store: no shared file system or file locking across nodes is needed
     with open_store(args.db) if d.is_main else nullcontext() as store:
         rows = run_sweep(net, spec, store=store, scorer=scorer, model=ModelRef.of(loaded),
@@ -152,7 +169,7 @@ def run_search_cmd(args) -> int:
     loaded = open_from_args(args)
     net = loaded.net
     check_guidance(net, sampling.guidance)  # before the reference is computed
-    scorer = load_scorer(args)
+    scorer = load_scorer(args, resolution=image_resolution(net))
     base = Point(ModelRef.of(loaded), sampling, "none", "0", scorer.spec(), batch=args.batch)
 
     def point(rule: str, n: int, seed_set: int) -> Point:

@@ -110,12 +110,12 @@ class ScoringSpec:
     features: str
     features_sha256: str
     ref: str
-    ref_n: int
+    ref_n: int | None  # None: the file records no count (EDM's fid-refs); its id names it by its mean and covariance
 
     def __post_init__(self):
         if not self.features or not isinstance(self.features, str):
             raise InputError(f"the feature network needs a name, got {self.features!r}")
-        if not isinstance(self.ref_n, int) or self.ref_n < 2:
+        if self.ref_n is not None and (not isinstance(self.ref_n, int) or self.ref_n < 2):
             raise InputError(f"a reference needs at least 2 samples, got ref_n={self.ref_n!r}")
         _check_sha(self.ref, "a reference id")
 

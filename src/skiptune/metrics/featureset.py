@@ -5,14 +5,25 @@ A :class:`FeatureSet` maps feature names (``'pool'``, ``'logits_unbiased'``, ...
 (extractor name, weights sha256, resize policy, image source, sample count, which feature each
 metric uses). Every metric is computed from a feature set, so images go through the network once.
 
-File layout: the *primary* feature (the FID one) is stored at the top level exactly as
-:meth:`FeatureStats.save` does (``mu``, ``sigma``, ``n``, ``meta``, optional ``features``), so the
-file is also an EDM-compatible reference; other features are stored under ``extra/<name>/<key>``.
+File layouts (:meth:`FeatureSet.save`):
+
+- ``'skiptune'`` (the default): the *primary* feature (the FID one) is stored at the top level exactly
+  as :meth:`FeatureStats.save` does (``mu``, ``sigma``, ``n``, ``meta``, optional ``features``), so the
+  file is also an EDM-compatible reference; other features are stored under ``extra/<name>/<key>``.
+- ``'edm'``: EDM's ``fid-refs`` layout, nothing more than EDM's ``fid.py`` writes (``np.savez(dest,
+  mu=mu, sigma=sigma)``: ``mu`` [d] and ``sigma`` [d, d] float64) plus the provenance as the JSON string
+  ``meta`` (a plain unicode array: ``np.load`` reads it without pickles, and EDM's loader, which takes
+  ``ref['mu']`` and ``ref['sigma']``, ignores it).
+
+Either way ``meta`` records the feature network (``extractor``, ``weights_sha256``), the ``feature``
+and its ``dim``, the network's resize policy (``resize``), the resolution of the images
+(``image_size``, [H, W]) and their count (``n``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +31,19 @@ from typing import Any
 import numpy as np
 
 from .errors import MetricsError
-from .stats import FeatureStats, read_meta, read_moments, read_npz, read_statistics_npz, write_npz
+from .stats import (
+    FeatureStats,
+    read_meta,
+    read_moments,
+    read_npz,
+    read_statistics_npz,
+    recorded_count,
+    write_npz,
+)
 
 _EXTRA = "extra/"
+#: the file layouts :meth:`FeatureSet.save` writes
+LAYOUTS = ("skiptune", "edm")
 
 
 @dataclass
@@ -62,13 +83,51 @@ class FeatureSet:
     def provenance(self) -> dict[str, Any]:
         return {k: self.meta.get(k) for k in ("extractor", "weights_sha256", "resize")}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the set to one ``.npz`` (see the module docstring)."""
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the images the features were extracted from, as recorded; None if not recorded."""
+        return recorded_image_size(self.meta)
+
+    @property
+    def records_features(self) -> bool:
+        """Whether the set records what its features are (feature network or feature name); False for files that
+        hold only ``mu``/``sigma`` (EDM's references), whose single feature is named ``'features'``."""
+        return bool(self.meta.get("extractor") or self.meta.get("feature"))
+
+    def take_as(self, feature: str) -> FeatureSet:
+        """Name the single feature of a set that records none (an EDM reference) ``feature``, in place, so that
+        it is found (and compared) as the feature a metric uses; sets that record their features are left as
+        they are. Returns ``self``."""
+        if self.records_features or len(self.stats) != 1 or feature in self.stats:
+            return self
+        st = next(iter(self.stats.values()))
+        st.meta = {**st.meta, "feature": feature}
+        self.stats, self.primary = {feature: st}, feature
+        return self
+
+    def save(self, path: str | os.PathLike, *, layout: str = "skiptune") -> Path:
+        """Write the set to one ``.npz`` in ``layout`` ``'skiptune'`` or ``'edm'`` (see the module docstring).
+
+        ``'edm'`` writes the primary feature's ``mu`` and ``sigma`` (float64) and ``meta`` only: no sample count
+        array (the count is ``meta['n']``), no raw features, no other features.
+        """
+        if layout not in LAYOUTS:
+            raise MetricsError(f"unknown statistics file layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+        if not self.stats:
+            raise MetricsError("this feature set holds no statistics; nothing to save")
+        primary = self.stats[self.primary]
+        meta = {**self.meta, "feature": self.primary, "dim": primary.dim}
+        if layout == "edm":
+            arrays = {"mu": np.asarray(primary.mean, np.float64), "sigma": np.asarray(primary.cov, np.float64)}
+            meta["layout"] = "edm"
+            if self.n >= 2:
+                meta["n"] = self.n
+            return write_npz(path, arrays, meta)
         arrays: dict[str, np.ndarray] = {}
         for name, st in self.stats.items():
             prefix = "" if name == self.primary else f"{_EXTRA}{name}/"
             arrays.update({prefix + key: value for key, value in st.to_arrays().items()})
-        meta = {**self.meta, "feature": self.primary, "features_available": sorted(self.stats)}
+        meta["features_available"] = sorted(self.stats)
         return write_npz(path, arrays, meta)
 
     @classmethod
@@ -81,7 +140,7 @@ class FeatureSet:
         """
         data = read_statistics_npz(path)
         meta = read_meta(data, path)
-        primary_stats = read_moments(data, meta=meta, source=path)
+        primary_stats = read_moments(data, meta=meta, source=path, n=recorded_count(data, meta))
         meta = dict(meta)
         primary = str(meta.get("feature") or "features")
         stats = {primary: primary_stats}
@@ -96,6 +155,16 @@ class FeatureSet:
         for name, st in stats.items():
             st.meta = {**meta, "feature": name}
         return cls(stats=stats, meta=meta, primary=primary)
+
+
+def recorded_image_size(meta: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(H, W)`` from a recorded ``image_size`` ([H, W]); None if absent or not two positive integers."""
+    size = meta.get("image_size")
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        return None
+    return int(size[0]), int(size[1])
 
 
 def registered_name(recorded: object) -> str | None:

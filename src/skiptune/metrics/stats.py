@@ -14,8 +14,10 @@ features (non-negative, O(1)) are far from that regime.
 
 File format (``np.savez``): ``mu`` [d] and ``sigma`` [d, d] float64 -- the keys EDM's reference
 files use, so EDM ``.npz`` references load here and ours load in EDM -- plus ``n``, a JSON ``meta``
-string (extractor name, weights sha256, resize policy, feature name, source) and optionally the
-raw ``features`` [n, d] float32 (needed by precision/recall, KID and MMD).
+string (extractor name, weights sha256, resize policy, feature name, image size, source) and optionally
+the raw ``features`` [n, d] float32 (needed by precision/recall, KID and MMD). A file of EDM's own
+layout holds only ``mu`` and ``sigma`` (see :mod:`skiptune.metrics.featureset` for the ``'edm'`` layout
+skiptune writes: those two and ``meta``).
 """
 
 from __future__ import annotations
@@ -201,12 +203,14 @@ class FeatureStats:
         """Read statistics saved by :meth:`save` or an EDM reference ``.npz`` (``mu``/``sigma`` only).
 
         With ``n`` present the sums are rebuilt, ``s = n mu`` and ``S = (n-1) Sigma + n mu mu^T``, so
-        loaded statistics merge like fresh ones; without it (EDM files) they are read-only. A file that
+        loaded statistics merge like fresh ones (also when only ``meta`` records ``n``, as in skiptune's ``'edm'``
+        layout); without a count (EDM's files) they are read-only. A file that
         is not an ``.npz``, lacks ``mu``/``sigma`` or holds broken statistics (NaN/inf, a non-symmetric
         covariance, ...) is a :class:`MetricsError` naming the file and the problem.
         """
         data = read_statistics_npz(path)
-        return read_moments(data, meta=read_meta(data, path), source=path)
+        meta = read_meta(data, path)
+        return read_moments(data, meta=meta, source=path, n=recorded_count(data, meta))
 
     @classmethod
     def from_moments(
@@ -259,19 +263,30 @@ def read_meta(data: Mapping[str, np.ndarray], path: str | os.PathLike) -> dict[s
     return meta
 
 
+def recorded_count(data: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int | None:
+    """The sample count of a file without an ``n`` array (skiptune's ``'edm'`` layout), as its ``meta`` records
+    it; None when the file has ``n`` or ``meta`` records no count of at least 2."""
+    n = meta.get("n")
+    if "n" in data or isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        return None
+    return n
+
+
 def read_moments(
     data: Mapping[str, np.ndarray],
     prefix: str = "",
     meta: Mapping[str, Any] | None = None,
     *,
     source: str | os.PathLike = "statistics",
+    n: int | None = None,
 ) -> FeatureStats:
     """:class:`FeatureStats` from the ``{prefix}mu/sigma/n/features`` entries of an open ``.npz``.
 
     The statistics are checked before use (``source`` names them in errors): ``mu`` [d] and ``sigma``
     [d, d] finite, ``sigma`` symmetric with a non-negative diagonal, ``n`` at least 2 (or absent), raw
     ``features`` [n, d] finite. Broken statistics raise :class:`MetricsError` here, when the file is read,
-    instead of a NaN FID later.
+    instead of a NaN FID later. ``n`` is the sample count to use when the file has no ``{prefix}n`` entry
+    (a file in EDM's layout whose ``meta`` records it); None: unknown.
     """
     where = f"{source}: {prefix}" if prefix else f"{source}: "
     broken = ": these statistics are broken; recompute them (e.g. `skiptune ref`)"
@@ -296,7 +311,7 @@ def read_moments(
     if low < -1e-9 * scale - 1e-12:
         raise MetricsError(f"{where}sigma has a negative variance on its diagonal ({low:.3g}), so it is not a "
                            f"covariance{broken}")
-    n = -1
+    n = -1 if n is None or n < 2 else int(n)
     if prefix + "n" in data:
         raw_n = np.asarray(data[prefix + "n"])
         if raw_n.shape != () or not np.issubdtype(raw_n.dtype, np.integer) or not (int(raw_n) == -1 or raw_n >= 2):
