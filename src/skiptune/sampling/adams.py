@@ -84,7 +84,11 @@ def sample_deis(
     noise: NoiseSource | None = None,
     denoise_to_zero: bool = False,
 ) -> torch.Tensor:
-    """DEIS tAB with k = min(order, i + 1) points at step i (order 1..4). One NFE per step."""
+    """DEIS tAB with k = min(order, i + 1) points at step i (order 1..4). One NFE per step.
+
+    Reference: zju-pi/diff-sampler's ``tab`` DEIS, run on a grid ending at sigma_min (NFE = number of steps),
+    the default of :class:`~skiptune.experiment.generate.SamplingSpec` for it. On a grid ending at 0 the last
+    step is a multistep step to sigma = 0, not x = D(x, sigma)."""
     if order not in (1, 2, 3, 4):
         raise InputError(f"DEIS order must be 1..4, got {order}")
     s = check_sigmas(sigmas)
@@ -124,7 +128,11 @@ def sample_ipndm(
     noise: NoiseSource | None = None,
     denoise_to_zero: bool = False,
 ) -> torch.Tensor:
-    """iPNDM with up to ``order`` (1..4) past eps values, lower orders while warming up. One NFE per step."""
+    """iPNDM with up to ``order`` (1..4) past eps values, lower orders while warming up. One NFE per step.
+
+    Reference: zju-pi/diff-sampler's iPNDM (order 4), run on a grid ending at sigma_min (NFE = number of
+    steps), the default of :class:`~skiptune.experiment.generate.SamplingSpec` for it. On a grid ending at 0
+    the last step is x + (0 - sigma) eps_bar with the Adams-Bashforth mix, not x = D(x, sigma)."""
     if order not in (1, 2, 3, 4):
         raise InputError(f"iPNDM order must be 1..4, got {order}")
     s = check_sigmas(sigmas)

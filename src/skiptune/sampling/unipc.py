@@ -106,6 +106,12 @@ def sample_unipc(
     UniPC rule). The corrector runs at every step except the last. A step to sigma = 0 is
     x = D(x, sigma_i). One NFE per step.
     Variants: bh1 is recommended for < 10 steps unconditional, bh2 otherwise (UniPC paper, Sec. 4).
+
+    Reference: the official UniPC (wl-zhao/UniPC, ``UniPC.sample(method="multistep")``, variant bh1,
+    ``lower_order_final=True``, ``denoise_to_zero=False``) runs n steps on a grid ending at sigma_min, NFE = n;
+    zju-pi/diff-sampler's UniPC takes the same loop. That is the convention
+    :class:`~skiptune.experiment.generate.SamplingSpec` uses for it by default (``end="sigma_min"``);
+    ``tests/test_sampling_conventions.py`` checks the loop against a transcription of the official one.
     """
     if order not in (1, 2, 3):
         raise InputError(f"UniPC order must be 1, 2 or 3, got {order}")
