@@ -225,3 +225,26 @@ def test_torchrun_sweep_killed_midway_resumes_with_each_configuration_once(tmp_p
     # last bits between processes (seen with MKL on AVX-512), far below any real difference between points
     assert dist_rows == pytest.approx(one_rows, rel=1e-12, abs=0)
     assert len(rows) == 10
+
+
+def test_torchrun_reproduce_equals_single_process(tmp_path, one_thread):
+    from edm_format import write_edm_pickle
+    from skiptune.nets.presets import build_network, preset_config
+    from skiptune.store import Store
+
+    cls, kwargs = preset_config("ddpmpp-tiny")
+    torch.manual_seed(0)
+    write_edm_pickle(tmp_path / "net.pkl", build_network(cls, kwargs), kwargs)
+    args = ["reproduce", "6", "--checkpoint", str(tmp_path / "net.pkl"), "--family", "edm-afhqv2-64", "--rows",
+            "edm-afhqv2-64/unipc/9", "--no-sanity", "--ref", "digits", "--features", "digits-classifier",
+            "--samples", "16", "--seed-sets", "2", "--batch", "8", "--no-progress"]
+    r = _torchrun(*args, "--out", str(tmp_path / "two"))
+    assert "edm-afhqv2-64/unipc/9" in r.stdout
+    _cli(*args, "--out", str(tmp_path / "one"))
+    fids = []
+    for name in ("two", "one"):
+        with Store(tmp_path / name / "results.sqlite", create=False) as store:
+            fids.append({r.key: r.metrics["fid"].value for r in store.runs()})
+    assert len(fids[0]) == 4 and set(fids[0]) == set(fids[1])  # untuned and tuned, 2 seed sets each
+    assert fids[0] == pytest.approx(fids[1], rel=1e-12, abs=0)
+    assert (tmp_path / "two" / "table6.md").read_text().count("edm-afhqv2-64/unipc/9") >= 1

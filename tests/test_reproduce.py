@@ -26,7 +26,7 @@ from cli_faults import assert_fails_cleanly  # noqa: E402
 from edm_format import write_edm_pickle  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCORING = ["--ref", "digits", "--features", "digits-classifier", "--n", "64", "--batch", "64", "--no-progress"]
+SCORING = ["--ref", "digits", "--features", "digits-classifier", "--samples", "64", "--batch", "64", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_table7_on_a_uvit_state_dict_with_guidance_and_a_vae(uvit_and_vae, tmp_p
 
 def test_dry_run_prints_the_plan(edm_pickle, capsys):
     assert main(["reproduce", "4", "--checkpoint", str(edm_pickle), "--family", "edm-imagenet64", "--dry-run",
-                 "--n", "1000", "--batch", "8"]) == 0
+                 "--samples", "1000", "--batch", "8"]) == 0
     out = capsys.readouterr().out
     assert "edm-imagenet64/unipc/39" in out and "hours of network time" in out
     assert str(1000 * 2 * 39) in out  # untuned and tuned, 39 forwards each

@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--vae", default=None, metavar="DIR",
                    help="autoencoder folder (diffusers save_pretrained) that decodes a latent model's samples")
     p.add_argument("--vae-scale", type=float, default=None, help="latent scale of --vae (default: its config's)")
-    p.add_argument("--n", type=int, default=50000, help="samples per seed set (the paper: 50000)")
+    p.add_argument("--samples", type=int, default=50000, metavar="N",
+                   help="samples per seed set (the paper: 50000)")
     p.add_argument("--seed-sets", type=int, default=1,
                    help="disjoint seed sets (seeds 0..n-1, n..2n-1, ...); with 2 or more every FID gets an interval")
     p.add_argument("--rows", default=None, help="comma-separated row names to run (default: all; see --list)")
@@ -66,8 +67,8 @@ def run(args) -> int:
     if args.no_sanity:
         rows = [r for r in rows if not r.sanity]
     table = rows[0].table if rows else str(args.table)
-    if args.n < 2:
-        raise UsageError(f"--n must be at least 2, got {args.n}")
+    if args.samples < 2:
+        raise UsageError(f"--samples must be at least 2, got {args.samples}")
     if args.seed_sets < 1:
         raise UsageError(f"--seed-sets must be at least 1, got {args.seed_sets}")
     if args.batch < 1:
@@ -131,7 +132,7 @@ def _dry_run(args, table, rows, net, family) -> int:
     from skiptune.report.reproduce import plan_text
     from skiptune.runs.reproduce import plan, time_forward
 
-    p = plan(rows, family, n=args.n, seed_sets=args.seed_sets)
+    p = plan(rows, family, n=args.samples, seed_sets=args.seed_sets)
     seconds = time_forward(net, batch=args.batch, device=args.device) if any(x.runnable for x in p) else None
     print(plan_text(table, p, family, seconds_per_forward=seconds, batch=args.batch, device=args.device))
     return 0
@@ -161,7 +162,7 @@ def _run(args, table, rows, loaded, family) -> int:
     if d.is_main:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     with open_store(db) if d.is_main else nullcontext() as store:
-        results = run_table(rows, net, family, scorer=scorer, store=store, n=args.n, seed_sets=args.seed_sets,
+        results = run_table(rows, net, family, scorer=scorer, store=store, n=args.samples, seed_sets=args.seed_sets,
                             model=ModelRef.of(loaded), batch=args.batch, device=str(d.device), decoder=decoder,
                             dist=d, progress=not args.no_progress and d.is_main)
     if not d.is_main:
@@ -169,8 +170,9 @@ def _run(args, table, rows, loaded, family) -> int:
     out = Path(args.out)
     header = [f"Checkpoint `{loaded.source}` (sha256 {loaded.sha256}), family {family}: {fam.title}.",
               f"Features `{scorer.extractor.name}` (weights sha256 {scorer.extractor.weights_sha256}), reference "
-              f"`{args.ref}`; {args.seed_sets} seed set(s) of {args.n} samples "
-              f"(seeds 0..{args.n * args.seed_sets - 1}); intervals: 95% Student-t over seed sets (none with one set).",
+              f"`{args.ref}`; {args.seed_sets} seed set(s) of {args.samples} samples "
+              f"(seeds 0..{args.samples * args.seed_sets - 1}); intervals: 95% Student-t over seed sets "
+              "(none with one set).",
               *([f"Decoder `{decoder.source}` (sha256 {decoder.sha256}, scale {decoder.scale:g})."] if decoder else []),
               *([f"Guidance W = {fam.guidance:g} ({fam.note})."] if fam.guidance else []),
               *([f"Stand-in: the checkpoint is run as {family} (--family) without having its shape; these FIDs "
@@ -182,7 +184,7 @@ def _run(args, table, rows, loaded, family) -> int:
     png = plot(table, results, out / f"table{table}.png")
     write_run_json(out / "config.json", {"command": "reproduce", "table": table, "family": family,
                                          "checkpoint": {"source": loaded.source, "sha256": loaded.sha256},
-                                         "ref": args.ref, "features": scorer.extractor.name, "n": args.n,
+                                         "ref": args.ref, "features": scorer.extractor.name, "n": args.samples,
                                          "seed_sets": args.seed_sets, "rows": [r.name for r in rows],
                                          "decoder": decoder.describe() if decoder else None, "db": db})
     print(markdown(table, results, family, header=header))
