@@ -36,6 +36,7 @@ VARIANTS = {
     "unipc": [{}, {"order": 2, "variant": "bh2"}, {"use_corrector": False}, {"order": 1}],
     "deis": [{}, {"order": 4, "time": "sigma"}],
     "ipndm": [{}, {"order": 2}],
+    "consistency": [{}, {"eps": 0.001}],
 }
 
 

@@ -214,8 +214,15 @@ def test_discrete_schedule_is_stable_diffusion_with_timesteps_from_one():
     n = torch.tensor([0, 1, 499, 999])
     assert net.timestep(torch.as_tensor(sig)[n].float()).tolist() == (n + 1).tolist()
     between = float(np.sqrt(sig[10] * sig[11]) * 0.999)  # just below the geometric midpoint -> nearer level 10
-    assert net.timestep(torch.tensor([between])).item() == 11
+    # default: DPM-Solver's continuous time, log alpha linear in t between the levels n = 11 and 12
+    la = 0.5 * np.log(abar)
+    la_b = -0.5 * np.log1p(between**2)
+    assert net.timestep(torch.tensor([between], dtype=torch.float64)).item() == pytest.approx(
+        11 + (la_b - la[10]) / (la[11] - la[10]), rel=1e-6)
     assert float(net.round_sigma(torch.tensor(between, dtype=torch.float64))) == pytest.approx(sig[10])
+    net.time_input = "round"
+    assert net.timestep(torch.tensor([between])).item() == 11
+    assert net.timestep(torch.as_tensor(sig)[n].float()).tolist() == (n + 1).tolist()
 
 
 def test_continuous_schedule_time_input():
@@ -284,8 +291,12 @@ def reference_forward(net, x, sigma, y, rhos):
     d, heads, ps, c = m.embed_dim, m.in_blocks[0].attn.num_heads, m.patch_size, m.in_chans
     if net.schedule == "vp":
         t = 999 * ((0.1**2 + 2 * 19.9 * torch.log1p(sigma.double() ** 2)).sqrt() - 0.1) / 19.9
-    else:
+    elif net.time_input == "round":
         t = (sigma.double().log()[:, None] - net.sigmas.log()[None]).abs().argmin(1) + 1
+    else:  # log alpha linear in t between the levels n = 1..N (DPM-Solver's discrete schedule), as numpy does it
+        neg_log_alpha = -0.5 * np.log(net.alphas_cumprod.numpy())
+        t = torch.as_tensor(np.interp(0.5 * np.log1p(sigma.double().numpy() ** 2), neg_log_alpha,
+                                      np.arange(1, len(neg_log_alpha) + 1)))
     s4 = sigma.reshape(-1, 1, 1, 1)
     h = x / (1 + s4**2).sqrt()
     patches = F.conv2d(h, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=ps)

@@ -38,9 +38,10 @@ STANDARD_HELP = {
     "--grid": "sigma grid: edm (rho = 7), logsnr, vp_time_uniform, vp_time_quadratic; discrete-time-uniform "
               "(DPM-Solver's time-uniform steps of a discrete-time model); discrete, discrete-trailing "
               "(the trained timesteps of DDPM models)",
-    "--sampler": "sampler: euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_order3, unipc, deis, ipndm",
+    "--sampler": "sampler: euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_order3, unipc, deis, ipndm, "
+                 "consistency (nfe 1: one-step generation)",
     "--samplers": "comma-separated samplers (euler, heun, edm_sde, ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_order3, unipc, "
-                  "deis, ipndm)",
+                  "deis, ipndm, consistency)",
     "--nfe": "denoiser evaluations per sample (comma-separated where several are allowed)",
     "--seed-sets": "number of disjoint seed sets: the first is --seeds, the others shifted copies",
     "--sigma-min": "lowest noise level of the grid (default: the network's trained range, else 0.002)",

@@ -249,8 +249,11 @@ class UViTPrecond(nn.Module):
       U-ViT-L/2 ImageNet-256 model (``train_ldm.py``).
     - ``schedule="sd-discrete"``: Stable Diffusion's 1000 betas, linspace(sqrt(beta_start),
       sqrt(beta_end), 1000)^2, abar_n = prod_{m<=n} (1 - beta_m), time input n in 1..1000 (the
-      public ``train_ldm_discrete.py``; U-ViT-H/2 ImageNet-256). Sigma is rounded, for the time
-      input only, to the nearest trained level in log sigma; the range is [sigma_1, sigma_1000].
+      public ``train_ldm_discrete.py``; U-ViT-H/2 ImageNet-256); the range is [sigma_1, sigma_1000].
+      Between trained levels the time input is, with ``time_input="interpolate"`` (the default), the
+      continuous N t(sigma) that U-ViT's own DPM-Solver sampling feeds the network (log alpha linear in t
+      between the levels t_n = n/N, DPM-Solver's discrete schedule), so trained levels give n exactly;
+      with ``time_input="round"``, the nearest trained level in log sigma.
 
     Class labels are one-hot rows [N, label_dim] (as our samplers pass them) or integer indices.
     ``null_label=True`` means the network has one more class, ``label_dim``, trained as "no label"
@@ -262,10 +265,13 @@ class UViTPrecond(nn.Module):
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, null_label: bool = False,
                  schedule: str = "vp", epsilon_t: float = 1e-5, beta_min: float = 0.1, beta_d: float = 19.9,
                  beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000,
-                 latent_scale_factor: float | None = None, **model_kwargs):
+                 latent_scale_factor: float | None = None, time_input: str = "interpolate", **model_kwargs):
         super().__init__()
         if schedule not in SCHEDULES:
             raise InputError(f"unknown U-ViT schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if time_input not in ("interpolate", "round"):
+            raise InputError(f"time_input must be 'interpolate' or 'round', got {time_input!r}")
+        self.time_input = time_input
         if label_dim < 0 or (null_label and label_dim == 0):
             raise InputError(f"label_dim must be >= 0 (and > 0 with null_label), got {label_dim}")
         self.img_resolution = img_resolution
@@ -296,7 +302,21 @@ class UViTPrecond(nn.Module):
         if self.schedule == "vp":
             t = vp_sigma_inv(sigma.detach().to(torch.float64).cpu().numpy(), self.beta_min, self.beta_d)
             return torch.as_tensor(999.0 * np.asarray(t), device=sigma.device).to(torch.float32)
-        return (self._nearest_index(sigma) + 1).to(device=sigma.device, dtype=torch.float32)
+        if self.time_input == "round":
+            return (self._nearest_index(sigma) + 1).to(device=sigma.device, dtype=torch.float32)
+        return self._continuous_time(sigma).to(device=sigma.device, dtype=torch.float32)
+
+    def _continuous_time(self, sigma: torch.Tensor) -> torch.Tensor:
+        """N t(sigma) of DPM-Solver's discrete schedule: log alpha_t linear in t between t_n = n/N (on the device,
+        no host round trip); clamped to the trained range [1, N]."""
+        big_n = self.alphas_cumprod.shape[0]
+        neg_la = -0.5 * self.alphas_cumprod.log()  # -log alpha at t_n, increasing in n
+        x = 0.5 * torch.log1p(sigma.to(device=neg_la.device, dtype=torch.float64) ** 2)  # -log alpha of sigma
+        hi = torch.searchsorted(neg_la, x).clamp(1, big_n - 1)
+        frac = ((x - neg_la[hi - 1]) / (neg_la[hi] - neg_la[hi - 1])).clamp(0, 1)
+        lo_t = hi.to(torch.float64)  # level hi - 1 (0-based) is n = hi
+        t = torch.where(x <= neg_la[0], torch.ones_like(x), lo_t + frac)
+        return t.clamp(1.0, float(big_n))
 
     def _nearest_index(self, sigma: torch.Tensor) -> torch.Tensor:
         log_s = sigma.to(device=self.sigmas.device, dtype=torch.float64).reshape(-1, 1).log()

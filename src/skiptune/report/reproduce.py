@@ -127,16 +127,16 @@ def plan_text(table: str, plan: Sequence[PlanRow], family: str | None, *, second
     """The plan of a run: per row, samples and network forward passes, and the time they take at the measured
     cost of one forward on ``device``."""
     lines = [f"Table {table} on a {family or 'unrecognised'} checkpoint:",
-             f"{'row':<42} {'sampler':<9} {'NFE':>4} {'samples':>9} {'forwards':>12} {'hours':>8}  status"]
+             f"{'row':<42} {'sampler':<11} {'NFE':>4} {'samples':>9} {'forwards':>12} {'hours':>8}  status"]
     total_f = 0
     for p in plan:
         if not p.runnable:
-            lines.append(f"{p.row.name:<42} {p.row.sampler or '-':<9} {p.nfe or '-':>4} {'-':>9} {'-':>12} {'-':>8}"
+            lines.append(f"{p.row.name:<42} {p.row.sampler or '-':<11} {p.nfe or '-':>4} {'-':>9} {'-':>12} {'-':>8}"
                          f"  {p.why}")
             continue
         total_f += p.evaluations
         hours = "?" if seconds_per_forward is None else f"{p.evaluations / batch * seconds_per_forward / 3600:.2f}"
-        lines.append(f"{p.row.name:<42} {p.row.sampler:<9} {p.nfe:>4} {p.samples:>9} {p.evaluations:>12} {hours:>8}"
+        lines.append(f"{p.row.name:<42} {p.row.sampler:<11} {p.nfe:>4} {p.samples:>9} {p.evaluations:>12} {hours:>8}"
                      "  runs")
     if seconds_per_forward is not None:
         lines.append(f"total: {total_f} network forward passes of batch {batch} at {seconds_per_forward * 1e3:.1f} ms "
@@ -155,6 +155,6 @@ def list_text(all_tables: dict[str, list[Row]]) -> str:
                 else f"paper {_paper(r.paper_baseline)}"
             status = f"needs {r.needs}" if r.needs else f"runs on {r.fam.checkpoint}"
             nfe = r.nfe if r.nfe is not None else (r.sampling().resolved_nfe if not r.needs else None)
-            lines.append(f"  {r.name:<40} {r.sampler or '-':<9} NFE {nfe if nfe is not None else '-':<4} "
+            lines.append(f"  {r.name:<40} {r.sampler or '-':<11} NFE {nfe if nfe is not None else '-':<4} "
                          f"{r.rule:<16} {fids:<22} {status}")
     return "\n".join(lines)

@@ -67,23 +67,27 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("edm-imagenet64", "edm-imagenet-64x64-cond-adm.pkl", "EDM, ImageNet 64x64, class-conditional (ADM)",
            (3, 64, 1000),
-           sanity=Sanity("edm_sde", 511, 1.36, "NVlabs/edm README, pre-trained models table (stochastic sampler, "
-                         "256 steps)", {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
+           sanity=Sanity("edm_sde", 511, 1.36, "NVlabs/edm example.py (stochastic sampler, 256 steps, S_churn 40, "
+                         "S_min 0.05, S_max 50, S_noise 1.003; EDM reports the minimum over 3 seed sets)",
+                         {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
            sampler="heun", note="no guidance, as the paper (Sec. 3)"),
     Family("edm-afhqv2-64", "edm-afhqv2-64x64-uncond-vp.pkl", "EDM, AFHQv2 64x64, unconditional (DDPM++)",
-           (3, 64, 0), sanity=Sanity("heun", 79, 1.96, "NVlabs/edm README, pre-trained models table (Heun, 40 steps)")),
+           (3, 64, 0), sanity=Sanity("heun", 79, 1.96, "NVlabs/edm example.py (Heun, 40 steps; EDM reports the "
+                                     "minimum over 3 seed sets)")),
     Family("uvit-imagenet256", "imagenet256_uvit_huge.pth", "U-ViT-H/2, ImageNet 256x256 latents, class-conditional",
            (4, 32, 1000), grid="discrete-time-uniform", guidance=1.4, latent=True, sampler="dpmpp_3m",
            sanity=Sanity("dpmpp_3m", 50, 2.29, "baofff/U-ViT README (U-ViT-H/2, ImageNet 256, cfg scale 0.4, 50 "
                          "DPM-Solver steps)"),
-           note="U-ViT's scale 0.4 is W = 1.4; U-ViT samples with singlestep DPM-Solver-3, skiptune with the "
-                "multistep DPM-Solver++(3M) on the same time-uniform grid"),
+           note="U-ViT's scale 0.4 (eps_c + 0.4 (eps_c - eps_u)) is W = 1.4; U-ViT samples with its singlestep "
+                "DPM-Solver ('fast', order 3, 50 steps, time-uniform in t over [1/1000, 1]), skiptune with the "
+                "multistep DPM-Solver++(3M) on the same time-uniform grid; the network's time input is the same "
+                "continuous 1000 t"),
     Family("ldm-imagenet256", "cin256-v2.ckpt", "LDM, ImageNet 256x256 latents, class-conditional", (3, 64, 1000),
            latent=True, needs=NEEDS_OPENAI_UNET),
-    Family("cd-edm-imagenet64", "cd_imagenet64_l2.pt", "Consistency distillation of EDM, ImageNet 64x64",
-           (3, 64, 1000), needs=NEEDS_OPENAI_UNET + " (and the one-step sampler)"),
+    Family("cd-edm-imagenet64", "cd_imagenet64_lpips.pt", "Consistency distillation of EDM, ImageNet 64x64",
+           (3, 64, 1000), needs=NEEDS_OPENAI_UNET),
     Family("di-edm-imagenet64", "Diff-Instruct generator of EDM ImageNet 64x64", "Diff-Instruct one-step generator",
-           (3, 64, 1000), needs="the one-step sampler at the Diff-Instruct generator's sigma, not supported yet"),
+           (3, 64, 1000), needs="a Diff-Instruct generator checkpoint, of which none is public"),
 )}
 
 #: Table 5 quotes EDM at 79 NFE untuned (Heun, 40 steps); the row is measured with the same checkpoint
@@ -156,6 +160,8 @@ def _row(table: str, p: Preset) -> Row:
         sampler = sampler or sampler_of
         if ref is not None:
             note = (note + "; " if note else "") + f"untuned FID from {ref.source} ({ref.name})"
+    if sampler == "onestep":  # one-step generation is the consistency sampler with one evaluation
+        sampler = "consistency"
     if sampler is None and fam.sampler is not None and fam.needs is None:
         sampler, interpreted = fam.sampler, True
         note = (note + "; " if note else "") + f"the paper names no sampler: {sampler} ({fam.note})"

@@ -8,6 +8,7 @@ and the NFE rules.
 from skiptune.sampling._core import NonFiniteError, denoiser_input_dtype
 from skiptune.sampling.adams import sample_deis, sample_ipndm
 from skiptune.sampling.denoisers import CFGDenoiser, EDMDenoiser, VPDenoiser
+from skiptune.sampling.distilled import sample_consistency
 from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
 from skiptune.sampling.exponential import (
     sample_ddim,
@@ -80,6 +81,7 @@ __all__ = [
     "parse_seeds",
     "revision_fields",
     "sample",
+    "sample_consistency",
     "sample_ddim",
     "sample_deis",
     "sample_dpmpp",

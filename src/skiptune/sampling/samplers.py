@@ -27,6 +27,7 @@ import torch
 from skiptune.core.errors import InputError
 from skiptune.sampling._core import Denoiser, check_sigmas
 from skiptune.sampling.adams import sample_deis, sample_ipndm
+from skiptune.sampling.distilled import sample_consistency
 from skiptune.sampling.edm import sample_edm_sde, sample_euler, sample_heun
 from skiptune.sampling.exponential import (
     sample_ddim,
@@ -48,6 +49,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "unipc": sample_unipc,
     "deis": sample_deis,
     "ipndm": sample_ipndm,
+    "consistency": sample_consistency,
 }
 
 #: Denoiser evaluations per step (before the final-step rule).
@@ -85,6 +87,7 @@ DEFAULT_END: dict[str, str] = {
     "dpmpp_2m": "sigma_min", "dpmpp_3m": "sigma_min", "dpmpp_3m_order3": "sigma_min",  # official DPM-Solver
     "unipc": "sigma_min",  # official UniPC (denoise_to_zero=False) and diff-sampler
     "deis": "sigma_min", "ipndm": "sigma_min",  # diff-sampler
+    "consistency": "zero",  # distilled models map noise to data: the grid's 0 ends it
 }
 
 #: The implementation each sampler's defaults follow, and how they differ from the other libraries.
@@ -106,11 +109,13 @@ REFERENCES: dict[str, str] = {
             "last step is an Adams-Bashforth step, not x = D",
     "ipndm": "iPNDM (zju-pi/diff-sampler, order 4): grid ending at sigma_min; on a grid ending at 0 the last "
              "step is an Adams-Bashforth step, not x = D",
+    "consistency": "multistep consistency sampling (Song et al. 2023, Alg. 1; openai/consistency_models), "
+                   "eps = 0.002; with nfe=1 one-step generation x = D(sigma_max z, sigma_max)",
 }
 
 
 #: Samplers that never draw noise (usable for ODE inversion). DDIM only with eta = 0.
-DETERMINISTIC: frozenset[str] = frozenset(SAMPLERS) - {"edm_sde"}
+DETERMINISTIC: frozenset[str] = frozenset(SAMPLERS) - {"edm_sde", "consistency"}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
