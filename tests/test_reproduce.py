@@ -183,3 +183,21 @@ def test_sample_decodes_latents_with_vae(uvit_and_vae, tmp_path, capsys):
     assert got.shape == (3, 16, 16, 3) and np.array_equal(got, want.permute(0, 2, 3, 1).numpy())
     assert_fails_cleanly(["sample", "--arch", "ddpmpp-tiny", "--nfe", "3", "--seeds", "0", "--vae", str(vae),
                           "--out", str(tmp_path / "x")], capsys, names=["--vae", "not latents"])
+
+
+def test_eval_decodes_latents_with_vae(uvit_and_vae, tmp_path, capsys):
+    import json
+
+    ckpt, vae = uvit_and_vae
+    common = ["sample", "--model", str(ckpt), "--arch", "uvit-imagenet256-huge-tiny", "--sampler", "dpmpp_2m",
+              "--nfe", "3", "--grid", "discrete-time-uniform", "--seeds", "0-19", "--no-progress", "--no-pngs"]
+    assert main([*common, "--out", str(tmp_path / "lat")]) == 0
+    assert main([*common, "--vae", str(vae), "--out", str(tmp_path / "img")]) == 0
+    ev = ["eval", "--ref", "digits", "--features", "digits-classifier", "--no-progress"]
+    assert main([*ev, "--images", str(tmp_path / "img" / "images.npz"), "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*ev, "--images", str(tmp_path / "lat" / "latents.npz"), "--vae", str(vae),
+                 "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text())["fid"]["value"] for f in ("a.json", "b.json"))
+    assert a == b  # the same uint8 images, decoded by sample or by eval
+    assert_fails_cleanly([*ev, "--images", str(tmp_path / "img" / "images.npz"), "--vae", str(vae)], capsys,
+                         names=["no 'latents' array", "--vae"])

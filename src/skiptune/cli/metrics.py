@@ -77,6 +77,11 @@ def register(sub) -> None:
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--json", metavar="OUT.json", default=None, help="write the full results here")
+    p.add_argument("--vae", default=None, metavar="DIR",
+                   help="--images is a latents.npz (from `skiptune sample` on a latent model): decode it with this "
+                        "autoencoder folder (diffusers save_pretrained) first")
+    p.add_argument("--vae-scale", type=float, default=None,
+                   help="latent scale of --vae (default: the one recorded in latents.npz, else the folder's config)")
     _add_extractor_options(p)
     p.set_defaults(func=run_eval)
 
@@ -97,6 +102,28 @@ def _images(spec: str):
     from skiptune.train.data import load_dataset
 
     return to_uint8(load_dataset(spec, split="train").images)
+
+
+def _decoded(args):
+    """The uint8 images of ``--images LATENTS.npz`` decoded by ``--vae`` (the scale recorded with the latents unless
+    ``--vae-scale`` says otherwise)."""
+    import numpy as np
+    import torch
+
+    from skiptune.experiment import to_uint8
+    from skiptune.io.vae import check_decoder_fits, load_decoder
+    from skiptune.metrics.stats import read_npz
+
+    data = read_npz(args.images, what="latents (.npz from skiptune sample on a latent model)",
+                    keys=("latents", "latent_scale_factor"))
+    if "latents" not in data:
+        raise UsageError(f"--images {args.images}: no 'latents' array (it holds {', '.join(data.files)}); with --vae, "
+                         "give the latents.npz that skiptune sample writes for a latent model")
+    latents = torch.from_numpy(np.asarray(data["latents"], dtype=np.float32))
+    recorded = float(data["latent_scale_factor"]) if "latent_scale_factor" in data else None
+    decoder = load_decoder(args.vae, scale=args.vae_scale if args.vae_scale is not None else recorded)
+    check_decoder_fits(decoder, latents.shape)
+    return to_uint8(decoder.decode(latents, batch_size=args.batch, progress=not args.no_progress))
 
 
 def _statistics(spec: str):
@@ -223,7 +250,7 @@ def run_eval(args) -> int:
         check_output_file(args.json, "--json", inputs=inputs)  # before any work, on every process
     d = init_distributed("cpu")  # one process unless started by torchrun: then the ranks share the images out
     try:
-        images = _statistics(args.images) or _images(args.images)
+        images = _decoded(args) if args.vae else _statistics(args.images) or _images(args.images)
         ref = None if args.ref is None else _statistics(args.ref) or _images(args.ref)
         base = partial(extract_features_distributed, d=d) if d.enabled else extract_features
         results = evaluate(images, ref, metrics, extractor=_features(args),
