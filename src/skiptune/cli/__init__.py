@@ -152,15 +152,12 @@ def scoring_features(features: str | None, ref: str | None, default: str = DEFAU
 
 def check_device(name: str) -> str:
     """``--device NAME`` checked before any work: a device torch knows, and CUDA only where it is available."""
-    import torch
+    from skiptune.core.checks import device
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise UsageError(f"--device {name}: not a torch device ({exc}); use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
-    return str(device)
+        return str(device(name, what="--device"))
+    except SkiptuneError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

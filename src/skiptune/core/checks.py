@@ -40,3 +40,17 @@ def positive(value: Any, *, what: str, meaning: str | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
         raise InputError(f"{what} must be a finite number > 0{_why(meaning)}, got {value!r}")
     return float(value)
+
+
+def device(name: Any, *, what: str = "device"):
+    """``name`` as a ``torch.device`` that exists here: one torch knows, and CUDA only where it is available
+    (:class:`~skiptune.core.errors.InputError` naming ``what`` otherwise)."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"{what} {name}: not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{what} {name}: no CUDA device is available on this machine; use cpu")
+    return dev

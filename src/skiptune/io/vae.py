@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from skiptune.adapters.diffusers import INSTALL_HINT, UNET_CLASSES, require_diffusers
+from skiptune.core.checks import device as checked_device
 from skiptune.core.checksums import file_sha256
 from skiptune.core.errors import CheckpointError, InputError, MissingFileError
 
@@ -295,13 +296,7 @@ def _dtype(dtype: Any) -> torch.dtype:
 
 
 def _device(device: Any) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"invalid device {device!r} ({exc}); pass e.g. 'cpu' or 'cuda:0'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but CUDA is not available here; pass device='cpu'")
-    return dev
+    return checked_device(device, what="decoder device")
 
 
 def _summary(keys: list[str], first: int = 3) -> str:
