@@ -60,7 +60,7 @@ def test_list_covers_the_tables_and_says_what_each_row_needs(capsys):
         assert f"Table {t}:" in out
     assert "edm-imagenet64/unipc/39" in out and "paper 2.21 -> 1.57" in out
     assert "uvit-imagenet256/50-steps" in out and "runs on imagenet256_uvit_huge.pth" in out
-    assert "ldm-imagenet256/5-steps" in out and "needs the openai UNet family" in out
+    assert "ldm-imagenet256/5-steps" in out and "needs CompVis LDM checkpoints" in out
 
 
 def test_every_preset_row_appears_with_the_papers_numbers():
@@ -201,3 +201,18 @@ def test_eval_decodes_latents_with_vae(uvit_and_vae, tmp_path, capsys):
     assert a == b  # the same uint8 images, decoded by sample or by eval
     assert_fails_cleanly([*ev, "--images", str(tmp_path / "img" / "images.npz"), "--vae", str(vae)], capsys,
                          names=["no 'latents' array", "--vae"])
+
+
+def test_table3_on_a_consistency_model_state_dict(tmp_path, capsys):
+    cls, kwargs = preset_config("cd-imagenet64-tiny")
+    torch.manual_seed(3)
+    torch.save(build_network(cls, kwargs).state_dict(), tmp_path / "cd_imagenet64_lpips.pt")
+    out = tmp_path / "t3"
+    assert main(["reproduce", "3", "--checkpoint", str(tmp_path / "cd_imagenet64_lpips.pt"), "--arch",
+                 "cd-imagenet64-tiny", "--family", "cd-edm-imagenet64", *SCORING, "--out", str(out)]) == 0
+    text = (out / "table3.md").read_text()
+    assert "| cd-edm-imagenet64/onestep/1 | consistency | 1 | layer:0.91:0.96 | 6.85 |" in text
+    assert "di-edm-imagenet64/onestep/1" in text and "none is public" in text
+    with open_store(out / "results.sqlite") as store:
+        runs = store.runs()
+    assert len(runs) == 2 and {r.config["nfe"] for r in runs} == {1}  # sanity = untuned point; tuned

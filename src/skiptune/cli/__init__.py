@@ -163,8 +163,8 @@ def check_device(name: str) -> str:
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """``--model PATH`` and/or ``--arch PRESET``, and ``--trust-code``, shared by commands that load a network."""
     p.add_argument("--model", metavar="PATH", help="skiptune .safetensors checkpoint, EDM network .pkl, or a raw "
-                   "state dict (.pt/.pth/.safetensors; public U-ViT .pth files are recognised), or a diffusers "
-                   "save_pretrained folder")
+                   "state dict (.pt/.pth/.safetensors; public U-ViT .pth and guided-diffusion / consistency-models "
+                   ".pt files are recognised), or a diffusers save_pretrained folder")
     p.add_argument("--arch", metavar="PRESET", help="a named preset, e.g. adm-imagenet64, ddpmpp-tiny, uvit-tiny: "
                    "alone, random weights; with --model, the architecture of a raw state dict")
     p.add_argument("--trust-code", action="store_true",

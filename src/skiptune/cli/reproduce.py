@@ -103,14 +103,15 @@ def _family(args, net, rows) -> str:
     found = detect_family(net)
     if args.family is None:
         if found is None:
-            fams = "; ".join(f"{f.name} (channels, resolution, classes = {f.shape})" for f in FAMILIES.values()
-                             if f.needs is None)
+            fams = "; ".join(f"{f.name} ({f.network}; channels, resolution, classes = {f.shape})"
+                             for f in FAMILIES.values() if f.needs is None)
             raise UsageError(f"--checkpoint {args.checkpoint or args.arch}: not recognised as a checkpoint of the "
                              f"paper's tables; known: {fams}; pass --family NAME to run it as one")
         return found
     if found != args.family:
-        warnings.warn(f"the checkpoint does not have the shape of {args.family} "
-                      f"({FAMILIES[args.family].shape}): its FIDs are not comparable with the paper's", stacklevel=2)
+        fam = FAMILIES[args.family]
+        warnings.warn(f"the checkpoint does not have the class and shape of {args.family} ({fam.network}, "
+                      f"{fam.shape}): its FIDs are not comparable with the paper's", stacklevel=2)
     return args.family
 
 

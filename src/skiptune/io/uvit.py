@@ -95,8 +95,8 @@ def guess_architecture(state: Mapping[str, torch.Tensor] | Mapping[str, Sequence
     if "conv_in.weight" in keys and any(k.startswith("down_blocks.") for k in keys):
         return "a diffusers UNet (load its save_pretrained folder, not a weights file)"
     if any(k.startswith("input_blocks.") for k in keys) and any(k.startswith("output_blocks.") for k in keys):
-        return ("an OpenAI ADM / guided-diffusion UNet in its original layout (skiptune loads ADM networks from "
-                "EDM's converted pickles)")
+        return ("an openai UNet (guided-diffusion / consistency models) in its original layout: load it with "
+                "--arch adm-guided-imagenet64 or cd-imagenet64 (or the preset of its configuration)")
     if any(k.startswith("all_modules.") for k in keys):
         return "a score_sde NCSN++/DDPM++ in its original layout (skiptune loads these from EDM's converted pickles)"
     res = _grid_size(keys)

@@ -1,8 +1,9 @@
 """Named network configurations: the EDM paper's models and tiny look-alikes for tests.
 
 Each preset is ``(precond class name, constructor kwargs)``. The full presets match the training
-configurations of the public EDM checkpoints (README of NVlabs/edm) and of the public U-ViT
-ImageNet-256 models (configs/imagenet256_uvit_{large,huge}.py of baofff/U-ViT); each ``-tiny``
+configurations of the public EDM checkpoints (README of NVlabs/edm), of the public U-ViT
+ImageNet-256 models (configs/imagenet256_uvit_{large,huge}.py of baofff/U-ViT) and of the OpenAI
+ImageNet-64 UNets (README of openai/guided-diffusion, scripts/launch.sh of openai/consistency_models); each ``-tiny``
 variant keeps the topology (levels, blocks per level, attention placement, skip count) with few
 channels and a small resolution, so that tests exercise exactly the same site structure.
 
@@ -20,17 +21,25 @@ import torch
 from torch import nn
 
 from skiptune.core.errors import InputError
+from skiptune.nets.openai_unet import OPENAI_PRECOND_CLASSES
 from skiptune.nets.precond import PRECOND_CLASSES
 from skiptune.nets.uvit import UViTPrecond
 
 #: every class a preset or a skiptune checkpoint may name
 NETWORK_CLASSES: dict[str, type[nn.Module]] = {**PRECOND_CLASSES, "UViTPrecond": UViTPrecond}
+NETWORK_CLASSES.update(OPENAI_PRECOND_CLASSES)
 
 _DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
                decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1])
 _NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual",
                decoder_type="standard", channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
 _ADM = dict(model_type="DhariwalUNet")
+# The OpenAI UNet at ImageNet 64x64, class-conditional (--num_channels 192 --num_res_blocks 3 --num_head_channels 64
+# --attention_resolutions 32,16,8 --resblock_updown True --use_scale_shift_norm True --use_fp16 True);
+# attention_resolutions are the public downsampling rates 64 // (32, 16, 8).
+_OPENAI_IMAGENET64 = dict(img_resolution=64, img_channels=3, label_dim=1000, model_channels=192,
+                          channel_mult=[1, 2, 3, 4], num_res_blocks=3, attention_resolutions=[2, 4, 8],
+                          num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, use_fp16=True)
 _UVIT_IMAGENET256 = dict(img_resolution=32, img_channels=4, label_dim=1000, null_label=True,
                          latent_scale_factor=0.18215, patch_size=2, num_heads=16, mlp_ratio=4, qkv_bias=False,
                          mlp_time_embed=False)
@@ -60,6 +69,17 @@ PRESETS: dict[str, tuple[str, dict]] = {
                                                    schedule="vp", epsilon_t=1e-4)),
     "uvit-imagenet256-huge": ("UViTPrecond", dict(**_UVIT_IMAGENET256, embed_dim=1152, depth=28, conv=False,
                                                   schedule="sd-discrete")),
+    # guided-diffusion's ImageNet-64 model (README of openai/guided-diffusion, 64x64_diffusion.pt): --learn_sigma
+    # True --noise_schedule cosine --diffusion_steps 1000 --dropout 0.1 --use_new_attention_order True.
+    "adm-guided-imagenet64": ("ADMPrecond", dict(**_OPENAI_IMAGENET64, schedule="cosine", num_timesteps=1000,
+                                                 learn_sigma=True, prediction="eps", dropout=0.1,
+                                                 use_new_attention_order=True)),
+    # consistency_models' CD ImageNet-64 models (scripts/launch.sh, cd_imagenet64_{l2,lpips}.pt): the same
+    # UNet without learned sigma, dropout 0.0, sigma in [0.002, 80]. Their attention always splits q, k, v
+    # before the heads (the new order) with 2-D 1x1 convolutions.
+    "cd-imagenet64": ("CMPrecond", dict(**_OPENAI_IMAGENET64, distillation=True, sigma_min=0.002, sigma_max=80.0,
+                                        sigma_data=0.5, dropout=0.0, use_new_attention_order=True,
+                                        attention_conv_dims=2)),
 }
 
 _TINY = {
@@ -71,6 +91,11 @@ _TINY = {
                            attn_resolutions=[8, 4, 2]),
     "uvit-imagenet256-large": dict(img_resolution=8, label_dim=10, embed_dim=32, num_heads=4),
     "uvit-imagenet256-huge": dict(img_resolution=8, label_dim=10, embed_dim=32, num_heads=4),
+    # 32 channels at every level (the widths are multiples of the 32 normalisation groups), attention at 8, 4, 2
+    "adm-guided-imagenet64": dict(img_resolution=16, label_dim=10, model_channels=32, channel_mult=[1, 1, 1, 1],
+                                  num_head_channels=16),
+    "cd-imagenet64": dict(img_resolution=16, label_dim=10, model_channels=32, channel_mult=[1, 1, 1, 1],
+                          num_head_channels=16),
 }
 for _name, _over in _TINY.items():
     _cls, _kw = PRESETS[_name]

@@ -31,7 +31,7 @@ from skiptune.skip.presets import Preset, rule_presets
 from skiptune.store import Store
 
 #: what a family that skiptune cannot load yet needs
-NEEDS_OPENAI_UNET = "the openai UNet family (guided-diffusion / LDM / consistency models), not supported yet"
+NEEDS_LDM = "CompVis LDM checkpoints (the openai UNet with a spatial transformer and its first stage), not loaded yet"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Family:
     checkpoint: str  # the public file the paper's numbers come from
     title: str
     shape: tuple[int, int, int]  # (channels, resolution, classes) of the network, for recognising a checkpoint
+    network: str  # the class of the loaded network (with the shape, what recognises a checkpoint)
     grid: str = "edm"
     guidance: float | None = None  # classifier-free guidance W (D_u + W (D_c - D_u))
     latent: bool = False  # samples are latents: needs --vae
@@ -66,16 +67,17 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("edm-imagenet64", "edm-imagenet-64x64-cond-adm.pkl", "EDM, ImageNet 64x64, class-conditional (ADM)",
-           (3, 64, 1000),
+           (3, 64, 1000), "EDMPrecond",
            sanity=Sanity("edm_sde", 511, 1.36, "NVlabs/edm example.py (stochastic sampler, 256 steps, S_churn 40, "
                          "S_min 0.05, S_max 50, S_noise 1.003; EDM reports the minimum over 3 seed sets)",
                          {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
            sampler="heun", note="no guidance, as the paper (Sec. 3)"),
     Family("edm-afhqv2-64", "edm-afhqv2-64x64-uncond-vp.pkl", "EDM, AFHQv2 64x64, unconditional (DDPM++)",
-           (3, 64, 0), sanity=Sanity("heun", 79, 1.96, "NVlabs/edm example.py (Heun, 40 steps; EDM reports the "
-                                     "minimum over 3 seed sets)")),
+           (3, 64, 0), "EDMPrecond",
+           sanity=Sanity("heun", 79, 1.96, "NVlabs/edm example.py (Heun, 40 steps; EDM reports the minimum over 3 "
+                         "seed sets)")),
     Family("uvit-imagenet256", "imagenet256_uvit_huge.pth", "U-ViT-H/2, ImageNet 256x256 latents, class-conditional",
-           (4, 32, 1000), grid="discrete-time-uniform", guidance=1.4, latent=True, sampler="dpmpp_3m",
+           (4, 32, 1000), "UViTPrecond", grid="discrete-time-uniform", guidance=1.4, latent=True, sampler="dpmpp_3m",
            sanity=Sanity("dpmpp_3m", 50, 2.29, "baofff/U-ViT README (U-ViT-H/2, ImageNet 256, cfg scale 0.4, 50 "
                          "DPM-Solver steps)"),
            note="U-ViT's scale 0.4 (eps_c + 0.4 (eps_c - eps_u)) is W = 1.4; U-ViT samples with its singlestep "
@@ -83,11 +85,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                 "multistep DPM-Solver++(3M) on the same time-uniform grid; the network's time input is the same "
                 "continuous 1000 t"),
     Family("ldm-imagenet256", "cin256-v2.ckpt", "LDM, ImageNet 256x256 latents, class-conditional", (3, 64, 1000),
-           latent=True, needs=NEEDS_OPENAI_UNET),
-    Family("cd-edm-imagenet64", "cd_imagenet64_lpips.pt", "Consistency distillation of EDM, ImageNet 64x64",
-           (3, 64, 1000), needs=NEEDS_OPENAI_UNET),
+           "LatentDiffusion", latent=True, needs=NEEDS_LDM),
+    Family("cd-edm-imagenet64", "cd_imagenet64_lpips.pt", "Consistency distillation of EDM, ImageNet 64x64 "
+           "(openai/consistency_models; load with --arch cd-imagenet64)", (3, 64, 1000), "CMPrecond",
+           sanity=Sanity("consistency", 1, 6.20, "Song et al. 2023 (consistency models), one-step CD on ImageNet "
+                         "64x64; seed 003 Table 3 reproduces 6.85"),
+           sampler="consistency"),
     Family("di-edm-imagenet64", "Diff-Instruct generator of EDM ImageNet 64x64", "Diff-Instruct one-step generator",
-           (3, 64, 1000), needs="a Diff-Instruct generator checkpoint, of which none is public"),
+           (3, 64, 1000), "EDMPrecond", needs="a Diff-Instruct generator checkpoint, of which none is public"),
 )}
 
 #: Table 5 quotes EDM at 79 NFE untuned (Heun, 40 steps); the row is measured with the same checkpoint
@@ -214,7 +219,8 @@ def detect_family(net: nn.Module) -> str | None:
     """The family whose network shape (channels, resolution, classes) ``net`` has, or None."""
     info = DenoiserInfo.of(net)
     shape = (info.img_channels, info.img_resolution, info.label_dim)
-    hits = [f.name for f in FAMILIES.values() if f.shape == shape and f.needs is None]
+    hits = [f.name for f in FAMILIES.values()
+            if f.shape == shape and f.network == type(net).__name__ and f.needs is None]
     return hits[0] if len(hits) == 1 else None
 
 
