@@ -67,6 +67,21 @@ def test_losses_of_the_zero_denoiser_are_the_data_moments(one_thread):
     sig = edm_lognormal_sigmas(6, torch.Generator().manual_seed(res.config["lognormal_seed"]))
     weighted = float((edm_weight(sig, 0.5) * m2).mean())
     assert rows[("pixel", "lognormal", "none")]["loss"] == pytest.approx(weighted, rel=1e-6)
+    # the paper's normalisations: lambda(sigma) = 1/sigma^2 + 1/0.25 at a fixed sigma (Table 9's weighting), and
+    # squared norms summed over the 1 x 4 x 4 = 16 pixels, 4 coefficients per Haar band, 5 features
+    for s in (0.1, 10.0):
+        lam = 1 / s**2 + 4.0
+        pix = rows[("pixel", s, "none")]
+        assert (pix["dims"], rows[("LL", s, "none")]["dims"], rows[("feature:lin", s, "none")]["dims"]) == (16, 4, 5)
+        assert pix["loss_weighted"] == pytest.approx(lam * float(m2.mean()), rel=1e-6)
+        assert pix["loss_sum"] == pytest.approx(16 * lam * float(m2.mean()), rel=1e-6)
+        assert rows[("feature:lin", s, "none")]["loss_sum"] == pytest.approx(5 * lam * float(f2.mean()), rel=1e-5)
+        tuned = rows[("pixel", s, "const:0.5")]
+        assert tuned["rel_diff"] == pytest.approx(0.0, abs=1e-12)  # D = 0 whatever rho: no change in any units
+    f_agg = float((edm_weight(sig, 0.5) * f2).mean())
+    assert rows[("feature:lin", "lognormal", "none")]["loss_weighted"] == pytest.approx(f_agg, rel=1e-5)
+    assert res.summary["feature:lin / pixel, aggregate, means"] == pytest.approx(f_agg / weighted, rel=1e-5)
+    assert res.summary["feature:lin / pixel, aggregate, sums"] == pytest.approx(5 * f_agg / (16 * weighted), rel=1e-5)
 
 
 def test_paired_losses_of_a_linear_denoiser_match_hand_computation(one_thread):

@@ -63,6 +63,31 @@ def test_parametrisations_invert_and_validate():
         make_loss("feature")
 
 
+def test_loss_reductions_are_means_or_squared_norms():
+    """pixel: mean or sum of (D - y)^2 over the C*H*W = 16 pixels; feature: over the 5 dims of a linear f (f(x) = W x,
+    no bias), so with ``sum`` the hybrid loss is ||D - y||^2 + w ||W (D - y)||^2, computed here independently."""
+    from torch import nn
+
+    from skiptune.metrics import wrap_module
+
+    w = torch.randn((5, 3 * 16), generator=torch.Generator().manual_seed(2))
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(48, 5, bias=False))
+    lin[1].weight.data = w
+    ext = wrap_module(lin, "linear", input_range=(-1.0, 1.0))
+    d, y = _images(3, seed=3), _images(3, seed=4)
+    err = (d - y).flatten(1).double()
+    ferr = ((d - y).expand(-1, 3, -1, -1).flatten(1) @ w.T).double()
+    for reduction, pix, feat in (("mean", err.pow(2).mean(1), ferr.pow(2).mean(1)),
+                                 ("sum", err.pow(2).sum(1), ferr.pow(2).sum(1))):
+        assert make_loss("pixel", reduction=reduction)(d, y).double() == pytest.approx(pix, rel=1e-5)
+        got = make_loss("hybrid", ext, "features", 0.5, reduction)(d, y).double()
+        assert got == pytest.approx(pix + 0.5 * feat, rel=1e-4)
+    with pytest.raises(InputError, match="unknown reduction 'max'"):
+        make_loss("pixel", reduction="max")
+    with pytest.raises(InputError, match=r"FinetuneConfig\.reduction: unknown reduction"):
+        FinetuneConfig(reduction="max")
+
+
 def test_rho_moves_from_one_on_a_real_net_and_the_net_is_restored(one_thread):
     # rho = 1 exactly must still carry a gradient through the adapter's join hooks
     net = tiny_net()
@@ -92,8 +117,10 @@ def test_the_config_defaults_are_the_command_line_defaults():
     finetune_cli.add_arguments(parser)
     assert finetune_cli.config_from_args(parser.parse_args([])) == FinetuneConfig()
     args = parser.parse_args(["--params", "sigmoid", "--full-checkpoints", "2,4", "--full-steps", "4", "--nfe", "3,5",
-                              "--compare-rules", "const:0.7; layer:0.8", "--feature-weight", "0.5"])
+                              "--compare-rules", "const:0.7; layer:0.8", "--feature-weight", "0.5",
+                              "--reduction", "sum"])
     config = finetune_cli.config_from_args(args)
+    assert config.reduction == "sum" and FinetuneConfig().reduction == "mean"
     assert config.rho.params == ("sigmoid",) and config.fid.nfes == (3, 5)
     assert config.fid.compare_rules == ("const:0.7", "layer:0.8")
     assert config.full.checkpoint_steps == [2, 4] and config.rho.feature_weight == config.full.feature_weight == 0.5

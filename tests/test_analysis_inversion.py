@@ -17,11 +17,13 @@ from analysis_tiny import common_args, run_cli, tiny_assets, unit_rows
 from skiptune.analysis.context import AnalysisContext
 from skiptune.analysis.inversion import (
     InversionConfig,
+    _table,
     inversion_grid,
     invert_to_noise,
     noise_kernels,
     noise_mmd,
     run_inversion,
+    standardise,
 )
 from skiptune.cli import main
 from skiptune.cli.analyses import inversion as inversion_cli
@@ -113,6 +115,44 @@ def test_inverting_exact_oracle_samples_gives_the_noise_marginal():
     assert noise_mmd(z * smax, ref * smax, {"linear": Kernel("linear")})["linear"] == pytest.approx(lin * smax**2)
 
 
+def test_standardised_latents_keep_the_shape_and_drop_the_scale():
+    """standardise(c z + b) = standardise(z) for any scalar c > 0 and b, so the standardised MMD of a set scaled
+    by 0.82 (the untouched digits' latent std) equals that of the unscaled set, while the raw MMD^2 grows: for the
+    linear kernel the unbiased MMD^2 of c g against fresh N(0, I) draws h is (c mean g - mean h)^2-sum minus the
+    two trace terms (test_mmd_closed_forms), an independent numpy computation below."""
+    g, h = _normal(60, 8, 5), _normal(60, 8, 6)
+    s = standardise(0.82 * g + 0.3)
+    assert torch.allclose(s, standardise(g), atol=1e-12)
+    assert float(s.mean()) == pytest.approx(0.0, abs=1e-12) and float(s.std()) == pytest.approx(1.0, rel=1e-12)
+    kernels = noise_kernels(standardise(h))
+    assert noise_mmd(s, standardise(h), kernels) == pytest.approx(noise_mmd(standardise(g), standardise(h), kernels))
+    a, b = (0.82 * g).numpy(), h.numpy()
+    gap = ((a.mean(0) - b.mean(0)) ** 2).sum()
+    expected = gap - a.var(0, ddof=1).sum() / 60 - b.var(0, ddof=1).sum() / 60
+    assert noise_mmd(0.82 * g, h, {"linear": Kernel("linear")})["linear"] == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(InputError, match="all equal"):
+        standardise(torch.ones(3, 2))
+
+
+def test_relative_mmd_is_the_ratio_of_mean_distances():
+    """relative_mmd = mean_k sqrt(max(MMD^2_k, 0)) over chunks / the same for the untouched network; relative_mmd2
+    = ratio of the mean MMD^2 (Table 13 normalises the baseline to 1); a negative unbiased estimate counts as 0."""
+    raw = {("none", 0): 0.04, ("none", 1): 0.09, ("tuned", 0): 0.01, ("tuned", 1): -0.002}
+    std = {("none", 0): 0.0025, ("none", 1): 0.01, ("tuned", 0): 0.0036, ("tuned", 1): 0.0064}
+    per = {key: {"mmd2": {"k": raw[key]}, "mmd2_standardised": {"k": std[key]}, "latent_std": 0.8,
+                 "latent_mean": 0.0} for key in raw}
+    rows, summary = _table(per, ["none", "tuned"], ["k"], 2)
+    got = {(r["latents"], r["rule"]): r for r in rows}
+    assert got[("raw", "none")]["relative_mmd"] == 1.0 and got[("raw", "none")]["mmd"] == pytest.approx(0.25)
+    assert got[("raw", "tuned")]["mmd"] == pytest.approx(0.05)  # (0.1 + 0) / 2
+    assert got[("raw", "tuned")]["relative_mmd"] == pytest.approx(0.05 / 0.25)
+    assert got[("raw", "tuned")]["relative_mmd2"] == pytest.approx(0.004 / 0.065)
+    assert got[("standardised", "tuned")]["relative_mmd"] == pytest.approx(0.07 / 0.075)
+    assert got[("standardised", "tuned")]["relative_mmd2"] == pytest.approx(0.005 / 0.00625)
+    assert got[("standardised", "tuned")]["diff"] == pytest.approx(0.005 - 0.00625)
+    assert summary["kernels_below_1[tuned, raw]"] == "1/1" and summary["kernels_below_1[tuned, standardised]"] == "1/1"
+
+
 def test_inversion_cli_end_to_end_and_resume(tmp_path, tmp_path_factory, capsys):
     tiny = tiny_assets(tmp_path_factory)
     db, out = tmp_path / "r.sqlite", tmp_path / "out"
@@ -129,14 +169,16 @@ def test_inversion_cli_end_to_end_and_resume(tmp_path, tmp_path_factory, capsys)
     assert len(units) == 4 and all(units[k] == v for k, v in first.items())
     rows = list(csv.DictReader(open(out / "inversion.csv", newline="")))
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
-    assert len(kernels) == 6 and len(rows) == 6 * 2 and {r["rule"] for r in rows} == {"none", "const:0.7"}
+    assert len(kernels) == 6 and len(rows) == 2 * 6 * 2 and {r["rule"] for r in rows} == {"none", "const:0.7"}
+    assert [r["latents"] for r in rows] == ["raw"] * 12 + ["standardised"] * 12
     for r in rows:
         if r["rule"] == "none":  # the untouched network: relative MMD exactly 1
-            assert float(r["relative"]) == 1.0 and float(r["diff"]) == 0.0
+            assert float(r["relative_mmd"]) == 1.0 and float(r["relative_mmd2"]) == 1.0 and float(r["diff"]) == 0.0
         else:
-            assert float(r["relative"]) == pytest.approx(
-                float(r["mmd2"]) / float(next(b["mmd2"] for b in rows if b["kernel"] == r["kernel"]
-                                              and b["rule"] == "none")), rel=1e-12)
+            key = (r["latents"], r["kernel"], "none")
+            base = next(b for b in rows if (b["latents"], b["kernel"], b["rule"]) == key)
+            assert float(r["relative_mmd2"]) == pytest.approx(float(r["mmd2"]) / float(base["mmd2"]), rel=1e-12)
+            assert float(r["relative_mmd"]) == pytest.approx(float(r["mmd"]) / float(base["mmd"]), rel=1e-12)
     md = (out / "inversion.md").read_text()
     assert "training split" in md and (out / "inversion.png").stat().st_size > 1000
     assert main([*args, "--seed-sets", "2"]) == 0  # rerun: nothing recomputed
@@ -150,8 +192,8 @@ def test_inversion_cli_end_to_end_and_resume(tmp_path, tmp_path_factory, capsys)
         lib = run_inversion(ctx.net, data.images, data.labels, config, store=store)
     assert unit_rows(db, "inversion") == units
     assert lib.config == json.loads((out / "inversion.json").read_text())["config"]
-    assert [(r["kernel"], r["rule"], r["mmd2"]) for r in lib.rows] == [
-        (r["kernel"], r["rule"], pytest.approx(float(r["mmd2"]), rel=1e-12)) for r in rows]
+    assert [(r["latents"], r["kernel"], r["rule"], r["mmd2"]) for r in lib.rows] == [
+        (r["latents"], r["kernel"], r["rule"], pytest.approx(float(r["mmd2"]), rel=1e-12)) for r in rows]
     capsys.readouterr()
     assert main([*args, "--seed-sets", "7"]) == 2  # 7 x 8 images > 48
     assert "only 48 are available" in capsys.readouterr().err

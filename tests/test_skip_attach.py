@@ -220,3 +220,98 @@ def test_gradients_flow_through_tuned_network():
     with skip_tuning(net, "layer:0.7"):
         net(x, torch.tensor([1.0, 2.0])).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# --- how sigma reaches the rules without reading tensors back ---------------------------------------
+
+def test_a_sampler_sigma_reaches_the_rules_as_the_sampler_number(net):
+    """The sampler's float sigma arrives as that Python number (not the float32 copy the preconditioner
+    publishes), also through classifier-free guidance on a doubled batch."""
+    from skiptune.sampling import CFGDenoiser, EDMDenoiser, sample
+
+    x, _, c = inputs(net, n=2)
+    extra = {} if c is None else {"class_labels": c}
+    rec = Recorder()
+    k = len(skip_sites(net))
+    dens = [EDMDenoiser(net)]
+    if c is not None:
+        dens.append(CFGDenoiser(EDMDenoiser(net), 1.5, {"class_labels": torch.zeros_like(c)}, batched=True))
+    for den in dens:
+        rec.seen.clear()
+        with torch.no_grad(), skip_tuning(net, rec):
+            sample("heun", den, x.to(torch.float64) * 80, torch.tensor([80.0, 0.1, 0.0], dtype=torch.float64),
+                   extra_args=extra)
+        sigmas = [sig for _, sig in rec.seen]
+        assert all(type(sig) is float for sig in sigmas)
+        assert sigmas == [80.0] * k + [0.1] * (2 * k)  # 0.1 exactly, not float32(0.1)
+
+
+def test_unknown_or_per_sample_sigma_gives_per_sample_rho_on_the_tensor(net):
+    from skiptune.core.sigma import mark_uniform, uniform_value
+
+    x, _, c = inputs(net)
+    rec = Recorder()
+    marked = mark_uniform(torch.full((3,), 0.1, dtype=torch.float64), 0.1)
+    assert uniform_value(marked) == 0.1 and uniform_value(marked[1:]) == 0.1  # views keep the mark
+    with torch.no_grad(), skip_tuning(net, rec):
+        net(x, marked, c)
+        assert {sig for _, sig in rec.seen} == {0.1}
+        rec.seen.clear()
+        changed = marked.clone()
+        marked.mul_(10)  # modified in place: the mark no longer holds
+        assert uniform_value(marked) is None and uniform_value(changed) is None
+        net(x, marked, c)
+        assert all(torch.is_tensor(sig) and sig.shape == (3,) for _, sig in rec.seen)
+    # per-sample rho equals the rule at each sample's sigma
+    s = torch.tensor([0.05, 1.0, 20.0])
+    with torch.no_grad():
+        with skip_tuning(net, "layer:0.7*ramp:down:0.5") as tuning:
+            batch = net(x, s, c)
+            per_sample = [tuning.rhos(float(v)) for v in s]
+        for j, rhos in enumerate(per_sample):
+            with skip_tuning(net, Sites(tuple(rhos))):
+                single = net(x[j:j + 1], s[j:j + 1], None if c is None else c[j:j + 1])
+            torch.testing.assert_close(batch[j:j + 1], single, rtol=1e-4, atol=1e-5)
+
+
+def test_set_rule_changes_rho_in_place(net):
+    x, s, c = inputs(net)
+    with torch.no_grad():
+        with skip_tuning(net, "layer:0.8"):
+            want = net(x, s, c)
+        with skip_tuning(net, "const:0.5") as tuning:
+            hooks = [dict(m._forward_pre_hooks) for m in net.modules()]
+            tuning.set_rule("layer:0.8")
+            assert str(tuning.rule) == "layer:0.8:1"
+            assert [dict(m._forward_pre_hooks) for m in net.modules()] == hooks  # the same hooks
+            assert torch.equal(net(x, s, c), want)
+            with pytest.raises(ValueError, match="depends on sigma"):
+                tuning.set_rule("ramp:down:0.5")
+            with pytest.raises(ValueError, match="15 skip sites|skip sites"):
+                tuning.set_rule("sites:0.5,0.5")
+        with skip_tuning(net, "ramp:down:0.5") as tuning:
+            tuning.set_rule("ramp:up:0.5")
+            up = net(x, s, c)
+        with skip_tuning(net, "ramp:up:0.5"):
+            assert torch.equal(net(x, s, c), up)
+
+
+def test_hook_token_follows_the_structure_of_attached_hooks(net):
+    """Compiled networks are re-checked when hooks come or go, and reuse their code when a structure returns."""
+    from skiptune.core import sigma as published
+    from skiptune.skip import freeu
+
+    before = published._GUARD.token
+    with skip_tuning(net, "layer:0.7"):
+        tuned = published._GUARD.token
+        assert tuned != before
+    assert published._GUARD.token == before
+    with skip_tuning(net, "const:0.5"):
+        assert published._GUARD.token == tuned  # same network, same mode, sigma-free: same structure
+    with skip_tuning(net, "const:0.5", mode="norm"):
+        assert published._GUARD.token not in (before, tuned)
+    with skip_tuning(net, "none"):  # attaches nothing
+        assert published._GUARD.token == before
+    with freeu(net, "1.1,1.2,0.9,0.8"), skip_tuning(net, "layer:0.7"):
+        assert published._GUARD.token not in (before, tuned)
+    assert published._GUARD.token == before

@@ -109,3 +109,63 @@ def test_rules_are_immutable():
     r = Layer(0.7)
     with pytest.raises(AttributeError):
         r.bottom = 0.5
+
+
+# -- ramps over the step index and over VP time (seed 003, Table 10) -----------------------------------------------
+
+def test_step_ramp_is_linear_in_the_grid_index():
+    """On the grid s_0 > ... > s_{M-1}, pos(s_j) = (M-1-j)/(M-1); between grid points linear in log sigma."""
+    from skiptune.skip.rules import StepRamp
+
+    grid = (80.0, 17.5, 2.5, 0.17, 0.002, 0.0)  # the sampler's final 0 is dropped: M = 5
+    up, down = StepRamp("up", 0.6, grid), StepRamp("down", 0.6, grid)
+    assert up.grid == grid[:-1]
+    for j, s in enumerate(grid[:-1]):
+        pos = (4 - j) / 4
+        assert up.factor(0, 3, s) == pytest.approx(0.6 + 0.4 * pos)
+        assert down.factor(2, 3, s) == pytest.approx(1.0 - 0.4 * pos)
+    # halfway between 17.5 and 2.5 in log sigma: pos = (2 + 0.5) / 4
+    assert up.factor(0, 1, math.sqrt(17.5 * 2.5)) == pytest.approx(0.6 + 0.4 * 2.5 / 4)
+    assert up.factor(0, 1, 1000.0) == pytest.approx(1.0) and up.factor(0, 1, 1e-6) == pytest.approx(0.6)
+    s = torch.tensor([80.0, 30.0, 2.5, 0.01, 0.002, 1e-6, 500.0], dtype=torch.float64)
+    assert up.factor(0, 1, s).tolist() == pytest.approx([up.factor(0, 1, float(v)) for v in s])
+    assert str(up) == "ramp:up:0.6:step:80,17.5,2.5,0.17,0.002"
+    assert parse_rule(str(up)) == up and parse_rule(str(down)) == down
+    assert StepRamp("down", 1.0, grid).is_identity
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        StepRamp("up", 0.6, (1.0, 2.0))
+    with pytest.raises(ValueError, match="at least 2"):
+        StepRamp("up", 0.6, (1.0, 0.0))
+    with pytest.raises(ValueError, match="not a number"):
+        parse_rule("ramp:up:0.6:step:1,x")
+
+
+def test_vp_time_ramp_is_linear_in_the_vp_sde_time():
+    """pos = (t(sigma) - t(lo)) / (t(hi) - t(lo)) with t the inverse of sigma(t) = sqrt(exp(19.9 t^2/2 + 0.1 t) - 1)."""
+    from skiptune.skip.rules import VPTimeRamp
+
+    def sigma_of(t):
+        return math.sqrt(math.expm1(19.9 * t * t / 2 + 0.1 * t))
+
+    lo, hi = sigma_of(0.05), sigma_of(0.85)  # VP times 0.05 and 0.85: t = 0.45 is the middle
+    r = VPTimeRamp("down", 0.5, lo, hi)
+    assert r.factor(0, 1, lo) == pytest.approx(1.0) and r.factor(0, 1, hi) == pytest.approx(0.5)
+    assert r.factor(0, 1, sigma_of(0.45)) == pytest.approx(0.75)
+    assert r.factor(0, 1, sigma_of(0.25)) == pytest.approx(1.0 - 0.5 * 0.25)
+    s = torch.tensor([lo, sigma_of(0.3), sigma_of(0.45), hi, 2 * hi], dtype=torch.float64)
+    assert r.factor(0, 1, s).tolist() == pytest.approx([r.factor(0, 1, float(v)) for v in s])
+    unset = parse_rule("ramp:up:0.7:vp")
+    assert isinstance(unset, VPTimeRamp)
+    assert unset.with_sigma_range(0.002, 80.0) == parse_rule("ramp:up:0.7:0.002:80:vp")
+    assert str(unset) == "ramp:up:0.7:vp" and str(r.with_sigma_range(1, 2)) == str(r)
+
+
+def test_time_ramps_leave_the_existing_rule_strings_alone():
+    """The new kinds are read only from their own syntax: every existing string parses to the same rule."""
+    for text in ("ramp:up:0.7", "ramp:down:0.78:0.002:80", "ramp:up:0.7:log", "ramp:down:0.5:0.1:10:log",
+                 "layer:0.7*ramp:down:0.9", "window:0.5:5:ramp:up:0.8"):
+        rule = parse_rule(text)
+        assert "Ramp" in repr(rule) and "StepRamp" not in repr(rule) and "VPTimeRamp" not in repr(rule)
+        assert str(parse_rule(str(rule))) == str(rule)
+    with pytest.raises(ValueError, match="'sigma' or 'log'"):
+        parse_rule("ramp:up:0.7:time")

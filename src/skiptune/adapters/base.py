@@ -3,6 +3,10 @@
 An adapter finds a network's skip sites (ordered innermost -> outermost) and attaches forward
 pre-hooks that scale the skip part of a join by the current rho. It never replaces a forward
 method; every hook is a ``torch.utils.hooks.RemovableHandle``.
+
+Hooks never read a tensor's value on the host (``bool()``, ``float()``, ``.item()``, ``.cpu()``):
+on a GPU each such read waits for all queued work. rho is either a Python number (then rho = 1
+leaves the tensors untouched) or a tensor, which is multiplied in without being looked at.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from skiptune.core.errors import InputError
 
-#: current rho for a site: a float, or a 1-D tensor with one value per sample
+#: current rho for a site: a Python number, or a tensor (0-d, or 1-D with one value per sample)
 ScaleFn = Callable[[], "float | torch.Tensor"]
 #: a transform of one join's two inputs, ``(u, d) -> (u', d')``: u the decoder tensor, d the encoder skip
 JoinFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
@@ -74,11 +78,19 @@ class Adapter:
         (e.g. a foreign pipeline passing a timestep). Default: none; the preconditioner publishes it."""
         return []
 
+    def sigma_argument(self, net: nn.Module) -> bool:
+        """Whether ``net`` is called as ``net(x, sigma, ...)`` with sigma the noise level itself (EDM's
+        convention, our preconditioners), so that the sigma of a call can be read from its arguments.
+        Default: False (bare UNets take c_noise or a timestep)."""
+        return False
+
 
 def scale_tensor(x: torch.Tensor, rho: float | torch.Tensor) -> torch.Tensor:
-    """``rho * x`` with rho a float or one value per sample."""
+    """``rho * x`` with rho a number, a 0-d tensor, or one value per sample (in x's dtype, on x's device)."""
     if isinstance(rho, torch.Tensor):
-        rho = rho.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        rho = rho.to(device=x.device, dtype=x.dtype)
+        if rho.dim() > 0:
+            rho = rho.reshape(-1, *([1] * (x.dim() - 1)))
     return x * rho
 
 
@@ -108,9 +120,13 @@ def hook_skip_channels(target: nn.Module, start: int, scale: ScaleFn) -> list[Re
 
 
 def is_identity(rho: float | torch.Tensor) -> bool:
-    """True when rho is exactly 1 for every sample (then hooks leave tensors untouched)."""
+    """True when rho is the number 1 (then hooks leave tensors untouched).
+
+    A tensor rho is never read (that would wait for the device): it is always applied, and where it
+    holds 1 the product equals the input exactly.
+    """
     if isinstance(rho, torch.Tensor):
-        return bool((rho == 1).all())
+        return False
     return rho == 1.0
 
 

@@ -23,6 +23,8 @@ score-SDE VE models) receive sigma itself as their timestep, which is then publi
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import warnings
 import weakref
@@ -46,7 +48,7 @@ from skiptune.adapters.base import (
 )
 from skiptune.core.errors import InputError
 from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod
-from skiptune.core.sigma import current_sigma, publish_sigma
+from skiptune.core.sigma import current_publication, publish_sigma
 
 INSTALL_HINT = "pip install 'skiptune[diffusers]'"
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -209,33 +211,87 @@ def unet_schedule(unet: nn.Module) -> tuple[torch.Tensor, bool]:
     target = diffusers_unet(unet) or unet
     if target in _SCHEDULES:
         return _SCHEDULES[target], True
-    steps = getattr(getattr(target, "config", None), "num_train_timesteps", None) or 1000
-    return schedule_from_config({**DEFAULT_SCHEDULE, "num_train_timesteps": steps}), False
+    return schedule_from_config({**DEFAULT_SCHEDULE, "num_train_timesteps": _train_steps(target)}), False
 
 
-def sigma_at_timestep(abar: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-    """sigma_t = sqrt(1/abar_t - 1) at (possibly fractional) timesteps, float64, 1-D.
+def _train_steps(unet: nn.Module) -> int:
+    return getattr(getattr(unet, "config", None), "num_train_timesteps", None) or 1000
 
-    Fractional t interpolates log sigma linearly between neighbouring trained timesteps (the inverse
-    of k-diffusion's ``sigma_to_t``); t is clamped to [0, T-1].
-    """
-    log_sigmas = sigmas_from_alphas_cumprod(abar).log()
-    t = torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64).reshape(-1).clamp(0, len(abar) - 1)
-    lo = t.floor().long().clamp(max=len(abar) - 2)
+
+def _interpolate(log_sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """exp of log sigma interpolated linearly at (fractional) timesteps t, clamped to [0, T-1]; t's device."""
+    last = log_sigmas.shape[0] - 1
+    t = t.detach().to(torch.float64).reshape(-1).clamp(0, last)
+    lo = t.floor().long().clamp(max=last - 1)
     w = t - lo
     return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
 
 
-def _timestep_to_sigma(unet: nn.Module, t: Any) -> torch.Tensor:
+def sigma_at_timestep(abar: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """sigma_t = sqrt(1/abar_t - 1) at (possibly fractional) timesteps, float64, 1-D, on t's device.
+
+    Fractional t interpolates log sigma linearly between neighbouring trained timesteps (the inverse
+    of k-diffusion's ``sigma_to_t``); t is clamped to [0, T-1].
+    """
+    t = torch.as_tensor(t)
+    return _interpolate(sigmas_from_alphas_cumprod(abar).log().to(t.device), t)
+
+
+class _SigmaTable:
+    """log sigma_t of one UNet's schedule, as Python numbers and per device, made once (not per call)."""
+
+    def __init__(self, abar: torch.Tensor, attached: torch.Tensor | None, steps: int):
+        self.attached, self.steps = attached, steps  # what the table was made from
+        self.cpu = sigmas_from_alphas_cumprod(abar).log()
+        self.numbers = self.cpu.tolist()
+        self.devices: dict[torch.device, torch.Tensor] = {self.cpu.device: self.cpu}
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        table = self.devices.get(device)
+        if table is None:
+            table = self.devices[device] = self.cpu.to(device)
+        return table
+
+    def at(self, t: float) -> float:
+        """sigma at a timestep given as a Python number (same interpolation as :func:`sigma_at_timestep`)."""
+        last = len(self.numbers) - 1
+        t = min(max(t, 0.0), float(last))
+        lo = min(int(math.floor(t)), last - 1)
+        w = t - lo
+        return math.exp((1 - w) * self.numbers[lo] + w * self.numbers[lo + 1])
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sigma_table(unet: nn.Module) -> _SigmaTable:
+    """The table of ``unet``'s current schedule (remade only when :func:`attach_schedule` changed it)."""
+    attached, steps = _SCHEDULES.get(unet), _train_steps(unet)
+    table = _TABLES.get(unet)
+    if table is None or table.attached is not attached or (attached is None and table.steps != steps):
+        abar = attached if attached is not None else unet_schedule(unet)[0]
+        table = _TABLES[unet] = _SigmaTable(abar, attached, steps)
+    return table
+
+
+def _timestep_to_sigma(unet: nn.Module, t: Any) -> float | torch.Tensor:
+    """sigma of a timestep argument: a Python number for a number, else a float64 tensor on t's device.
+
+    Never reads a tensor on the host (this runs in a hook, once per network call).
+    """
+    number = isinstance(t, numbers.Real) and not isinstance(t, torch.Tensor)
     if getattr(unet.config, "time_embedding_type", None) == "fourier":
-        return torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-    abar, attached = unet_schedule(unet)
-    if not attached and unet not in _WARNED:
+        return float(t) if number else torch.as_tensor(t).detach().to(torch.float64).reshape(-1)
+    if unet not in _SCHEDULES and unet not in _WARNED:
         _WARNED.add(unet)
         warnings.warn(f"no noise schedule attached to this {type(unet).__name__}: sigma-dependent rules assume DDPM's "
-                      f"linear betas 1e-4..0.02 over {len(abar)} steps; call skiptune.adapters.diffusers."
+                      f"linear betas 1e-4..0.02 over {_train_steps(unet)} steps; call skiptune.adapters.diffusers."
                       "attach_schedule(unet, pipe.scheduler) to use the pipeline's", stacklevel=3)
-    return sigma_at_timestep(abar, t)
+    table = _sigma_table(unet)
+    if number:
+        return table.at(float(t))
+    t = torch.as_tensor(t)
+    return _interpolate(table.on(t.device), t)
 
 
 # --- the adapter ---------------------------------------------------------------------------------
@@ -287,11 +343,15 @@ class DiffusersUNetAdapter(Adapter):
     def attach_sigma(self, net) -> list[RemovableHandle]:
         unet = diffusers_unet(net)
         open_scopes: list = []
+        table = _sigma_table(unet)  # made now, outside the network call
+        for p in unet.parameters():
+            table.on(p.device)
+            break
 
         def publish(module, args, kwargs):
             scope = None
             t = args[1] if len(args) > 1 else kwargs.get("timestep")
-            if current_sigma() is None and t is not None:
+            if current_publication() is None and t is not None:
                 scope = publish_sigma(_timestep_to_sigma(unet, t))
                 scope.__enter__()
             open_scopes.append(scope)

@@ -72,3 +72,6 @@ class EDMUNetAdapter(Adapter):
         def join_hook(module, args):
             return fn(*args)
         return [_unet(net).joins[site.name.removeprefix("dec.")].register_forward_pre_hook(join_hook)]
+
+    def sigma_argument(self, net) -> bool:
+        return _unet(net) is not net  # a preconditioner: forward(x, sigma, class_labels=None, ...)

@@ -65,3 +65,6 @@ class UViTAdapter(Adapter):
         """Hook replacing the join's inputs ``(x, skip)`` by ``fn(x, skip)`` (token tensors [N, L, D])."""
         join = _uvit(net).get_submodule(site.name).skip_join
         return [join.register_forward_pre_hook(lambda module, args: fn(*args))]
+
+    def sigma_argument(self, net) -> bool:
+        return _uvit(net) is not net  # UViTPrecond: forward(x, sigma, class_labels=None, ...)

@@ -25,6 +25,25 @@ for ``sigma = lognormal``: one EDM training draw ln sigma_j ~ N(-1.2, 1.2^2) per
 weighted by omega(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM's lambda), the
 aggregate of Table 8. All rules see the same images, noise and sigmas, so differences to the
 baseline are paired per image.
+
+Normalisation. The paper writes squared l2 norms (sums over the dimensions) weighted by omega_t, and
+its tables show the weighting: Table 9's ResNet-101 loss is 99.93 at sigma = 0.002 and 12.69 at
+sigma = 80, which an unweighted loss cannot be (the denoiser is nearly exact at sigma = 0.002), but
+lambda(0.002) = 250,004 and lambda(80) = 4.0 make them 4.0e-4 and 3.2 before weighting. Its Table 8
+pixel loss, 0.5238, is the size of EDM's per-element weighted training loss (as a sum over the
+12,288 dimensions of a 64x64x3 image it would mean 4.3e-5 per dimension). So every row carries the
+loss in three normalisations, which differ only by a constant factor per (space, sigma), so that
+paired differences and relative changes (``rel_diff``) are the same in all three:
+
+- ``loss``: the mean over dimensions as above (unweighted at a fixed sigma);
+- ``loss_weighted`` = lambda(sigma) * ``loss`` at a fixed sigma (Table 9's form; the log-normal
+  aggregate is weighted already, so there it equals ``loss``);
+- ``loss_sum`` = ``dims`` * ``loss_weighted``: the squared norm summed over the ``dims`` dimensions of
+  the space (C*H*W pixels, C*H*W/4 per Haar band, the feature width), the paper's ||.||_2^2.
+
+The summary gives the pixel/feature balance of the weighted aggregate, L_feature / L_pixel of the
+baseline, with means and with sums, beside the paper's Table 8 ratios (Inception-V3 4.3466 / 0.5238 =
+8.30, ResNet-101 58.9, CLIP 24.1): this is the balance of the Table 12 hybrid loss L_pixel + L_feature.
 """
 
 from __future__ import annotations
@@ -213,7 +232,9 @@ def run_dsm(net: nn.Module, images: torch.Tensor, config: DsmConfig, *, extracto
                                                       sigma_data, spaces, clean_feats, config.batch))
     first = units[(rule_list[0], sig[0])]  # units read back from the store have their keys sorted: fix the order
     names = [k for k in ("pixel", *BANDS) if k in first] + list(spaces)
-    rows, summary = _rows(names, sig, rule_list, units)
+    npix = int(images[0].numel())
+    dims = {"pixel": npix, **dict.fromkeys(BANDS, npix // 4), **{k: int(v.shape[1]) for k, v in clean_feats.items()}}
+    rows, summary = _rows(names, sig, rule_list, units, dims, sigma_data)
     notes = _notes(n, config, [s for s in sig if s != LOGNORMAL], sigma_data, feat_cfg, rule_list[0])
     return AnalysisResult(NAME, stored, rows, summary, notes)
 
@@ -225,17 +246,23 @@ def _clean_features(images: torch.Tensor, spaces: dict, batch: int) -> dict[str,
                               for sl in batches(len(images), batch)]) for k, (ext, f) in spaces.items()}
 
 
-def _rows(names: list[str], sig: list, rule_list: list[str], units: dict) -> tuple[list[dict], dict]:
+def _rows(names: list[str], sig: list, rule_list: list[str], units: dict, dims: dict[str, int],
+          sigma_data: float) -> tuple[list[dict], dict]:
     """One row per (space, sigma, rule), the tuned rules with their paired difference to the baseline (the first
-    rule); the summary: weighted differences of the log-normal aggregate and the count of lowered feature losses."""
+    rule); the summary: weighted differences of the log-normal aggregate, the count of lowered feature losses and
+    the pixel/feature balance of the aggregate."""
     base = rule_list[0]
     rows, summary = [], {}
     for space in names:
         for s in sig:
+            weight = 1.0 if s == LOGNORMAL else float(edm_weight(torch.tensor(float(s), dtype=torch.float64),
+                                                                 sigma_data))
             b = units[(base, s)][space]
             for r in rule_list:
                 v = units[(r, s)][space]
                 row = {"space": space, "sigma": s, "rule": r, **interval(v, "loss")}
+                row |= {"weight": weight if s != LOGNORMAL else "per image", "dims": dims[space],
+                        "loss_weighted": weight * row["loss"], "loss_sum": weight * dims[space] * row["loss"]}
                 if r != base:
                     diff = [x - y for x, y in zip(v, b, strict=True)]
                     row |= interval(diff, "diff")
@@ -249,7 +276,27 @@ def _rows(names: list[str], sig: list, rule_list: list[str], units: dict) -> tup
                 and row["sigma"] != LOGNORMAL]
         if feat:
             summary[f"feature losses lowered at [{r}]"] = f"{sum(row['diff'] < 0 for row in feat)}/{len(feat)} sigmas"
+    summary.update(feature_pixel_balance(rows, base))
     return rows, summary
+
+
+#: seed 003 Table 8, baseline EDM: L_feature / L_pixel of the weighted aggregate for each feature network
+PAPER_BALANCE = {"inception-v3": 4.3466 / 0.5238, "resnet-101": 30.8421 / 0.5238, "clip-vit": 12.6432 / 0.5238}
+
+
+def feature_pixel_balance(rows: list[dict], base: str) -> dict[str, float]:
+    """L_feature / L_pixel of the baseline's weighted aggregate per feature space, with means over dimensions
+    (``mean``) and with sums (``sum``, the paper's squared norms); empty without the aggregate or features."""
+    agg = {row["space"]: row for row in rows if row["sigma"] == LOGNORMAL and row["rule"] == base}
+    if "pixel" not in agg:
+        return {}
+    pix = agg["pixel"]
+    out = {}
+    for space, row in agg.items():
+        if space.startswith("feature:"):
+            out[f"{space} / pixel, aggregate, means"] = row["loss"] / pix["loss"]
+            out[f"{space} / pixel, aggregate, sums"] = row["loss_sum"] / pix["loss_sum"]
+    return out
 
 
 def _notes(n: int, config: DsmConfig, fixed: list[float], sigma_data: float, feat_cfg: dict, base: str) -> list[str]:
@@ -264,8 +311,10 @@ def _notes(n: int, config: DsmConfig, fixed: list[float], sigma_data: float, fea
         "Haar coefficients of D - y (their mean equals pixel); feature:<net> = mean over feature dims of "
         "(f(D) - f(y))^2 with f: " + (", ".join(f"{k} = {c['extractor']} '{c['feature']}'"
                                                   for k, c in feat_cfg.items()) or "none") + ".",
-        f"Baseline rule: {base}. diff = tuned - baseline per image (paired), rel_diff = diff / baseline loss; "
-        "intervals: 95% Student-t over images.",
+        f"Baseline rule: {base}. diff = tuned - baseline per image (paired, in the units of loss), rel_diff = diff / "
+        "baseline loss; intervals: 95% Student-t over images. loss_weighted = lambda(sigma) loss at a fixed sigma (the "
+        "form of Table 9), loss_sum = dims x loss_weighted (the paper's squared norms, summed over the space's dims).",
+        "Paper's balance L_feature / L_pixel of Table 8 (baseline): Inception-V3 8.30, ResNet-101 58.9, CLIP 24.1.",
         "Paper (EDM ImageNet-64, rho 0.8 vs 1): pixel 0.5238 -> 0.5253 (up), Inception-V3 4.3466 -> 4.3219, "
         "ResNet-101 30.8421 -> 30.7297, CLIP 12.6432 -> 12.4550 (down, Table 8); ResNet-101 gain largest at "
         "sigma 17.5 (Table 9); all Haar bands up slightly (Table 14).",

@@ -13,10 +13,22 @@ feature-space score-matching loss it lowers. Two experiments, both repeated here
   (Inception-V3 features in the paper): FID first improves slightly (2.60 -> 2.51 at 10 Mimg),
   then deteriorates (6.03 at 60 Mimg).
 
-Here: sigma ~ EDM training log-normal (ln sigma ~ N(-1.2, 1.2^2)), lambda(sigma) the EDM weighting,
-per-sample pixel loss = mean over pixels, feature loss = mean over feature dims of the registered
-feature network's FID feature (differentiable through
-:meth:`~skiptune.metrics.FeatureExtractor.float_features`); Adam with cosine learning-rate decay;
+The paper's losses (Sec. 5.1, Sec. 5.3):
+
+    L_pixel   = E_t omega_t E_x ||x_theta(x_t, t) - x||_2^2,
+    L_feature = E_t omega_t E_x ||f(x_theta(x_t, t)) - f(x)||_2^2,
+    L_hybrid  = L_pixel + L_feature                                  (Table 12, f = Inception-V3).
+
+Here: sigma ~ EDM training log-normal (ln sigma ~ N(-1.2, 1.2^2)), omega = lambda(sigma) the EDM
+weighting (``weighting='edm'``; the paper's Table 9 values imply such a weighting, see
+:mod:`skiptune.analysis.dsm`), f the registered feature network's FID feature (differentiable through
+:meth:`~skiptune.metrics.FeatureExtractor.float_features`). ``reduction`` sets how ||.||^2 is taken:
+``mean`` over the dimensions (pixels, feature dims; EDM's per-element training loss, the size of the
+paper's Table 8 L_pixel = 0.52) or ``sum`` (the squared norm as the paper writes it). The two give the
+pixel and feature terms of L_hybrid different weights: with ``sum`` the ratio L_feature / L_pixel is
+(feature dims / pixel dims) times its ``mean`` value; ``feature_weight`` rescales the feature term.
+
+Training: Adam with cosine learning-rate decay;
 raw rho is projected onto rho >= 0.001 after each step (rules need rho > 0). The learned rho
 becomes a ``sites:`` rule, and FIDs of every variant are computed by :func:`skiptune.runs.sweep.run_sweep`
 with the same seeds (so differences to the baseline are paired).
@@ -67,6 +79,8 @@ NAME = "finetune"
 HELP = "learn per-site rho (raw / sigmoid) or all weights by feature-space score matching; compare FID (Tables 11, 12)"
 PARAMS = ("raw", "sigmoid")
 LOSSES = ("feature", "pixel", "hybrid")
+#: how a squared error is reduced over the dimensions of a space (see the module doc)
+REDUCTIONS = ("mean", "sum")
 RHO_FLOOR = 1e-3
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -228,11 +242,13 @@ class FidConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Every setting of :func:`run_finetune`: the loss ``weighting`` over sigma (``edm`` lambda(sigma) or
-    ``none``), the ``seed`` of the training draws, and the parts. The defaults are those of ``skiptune
+    ``none``), the ``seed`` of the training draws, the ``reduction`` of squared errors over dimensions
+    (``mean`` or ``sum``, see the module doc), and the parts. The defaults are those of ``skiptune
     analyze finetune``. (The command line sets both ``feature_weight`` fields from ``--feature-weight``.)"""
 
     weighting: str = "edm"
     seed: int = 0
+    reduction: str = "mean"
     rho: RhoFitConfig = field(default_factory=RhoFitConfig)
     full: FullFinetuneConfig = field(default_factory=FullFinetuneConfig)
     fid: FidConfig = field(default_factory=FidConfig)
@@ -240,6 +256,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.weighting not in ("edm", "none"):
             raise InputError(f"FinetuneConfig.weighting: unknown weighting {self.weighting!r}; use edm or none")
+        if self.reduction not in REDUCTIONS:
+            raise InputError(f"FinetuneConfig.reduction: unknown reduction {self.reduction!r}; use mean or sum")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise InputError(f"FinetuneConfig.seed must be an integer, got {self.seed!r}")
         for name, cls in (("rho", RhoFitConfig), ("full", FullFinetuneConfig), ("fid", FidConfig)):
@@ -249,23 +267,30 @@ class FinetuneConfig:
 
 # -- losses ------------------------------------------------------------------------------------------------------------
 
-def make_loss(kind: str, extractor=None, feature: str | None = None, feature_weight: float = 1.0) -> LossFn:
-    """Per-sample loss ``(denoised, clean) -> [N]``: ``pixel`` = mean (D - y)^2 over pixels, ``feature`` =
-    mean (f(D) - f(y))^2 over feature dims, ``hybrid`` = pixel + feature_weight * feature (seed 003, Sec. 5.3)."""
+def make_loss(kind: str, extractor=None, feature: str | None = None, feature_weight: float = 1.0,
+              reduction: str = "mean") -> LossFn:
+    """Per-sample loss ``(denoised, clean) -> [N]``: ``pixel`` = (D - y)^2 over pixels, ``feature`` = (f(D) - f(y))^2
+    over feature dims, ``hybrid`` = pixel + feature_weight * feature (seed 003, Sec. 5.3), each averaged over its
+    dimensions (``reduction='mean'``) or summed (``'sum'``, the squared l2 norms the paper writes)."""
     if kind not in LOSSES:
         raise InputError(f"unknown loss {kind!r}; use one of {', '.join(LOSSES)}")
+    if reduction not in REDUCTIONS:
+        raise InputError(f"unknown reduction {reduction!r}; use mean or sum")
     if kind != "pixel" and extractor is None:
         raise InputError(f"the {kind} loss needs a feature network")
     feature = feature or (extractor.feature_for("fid") if extractor is not None else None)
 
+    def reduce(sq):
+        return sq.sum(1) if reduction == "sum" else sq.mean(1)
+
     def pixel(d, y):
-        return (d - y).pow(2).flatten(1).mean(1)
+        return reduce((d - y).pow(2).flatten(1))
 
     def feat(d, y):
         f_d = extractor.float_features(d, features=[feature])[feature]
         with torch.no_grad():
             f_y = extractor.float_features(y, features=[feature])[feature]
-        return (f_d - f_y).pow(2).mean(1).to(d.device)
+        return reduce((f_d - f_y).pow(2).flatten(1)).to(d.device)
 
     if kind == "pixel":
         return pixel
@@ -445,7 +470,13 @@ class _Job:
         return {k: self.record[k] for k in keys}
 
     def loss(self, kind: str, feature_weight: float) -> LossFn:
-        return make_loss(kind, self.scorer.extractor, self.scorer.feature, feature_weight)
+        return make_loss(kind, self.scorer.extractor, self.scorer.feature, feature_weight, self.config.reduction)
+
+    def loss_unit(self) -> dict:
+        """What determines every training loss of a unit: ``reduction`` is named only when it is not the mean (so
+        the units stored before the option existed are the mean's)."""
+        unit = self.unit("model", "data", "seed", "features", "weighting")
+        return unit | ({"reduction": self.config.reduction} if self.config.reduction != "mean" else {})
 
     def fids(self, model: nn.Module, rules: Sequence[str]) -> dict[str, list[float]]:
         """FID per seed set of every rule at every NFE, keyed ``"rule|nfe"``. The points are keyed by the
@@ -491,7 +522,8 @@ def _record(net: nn.Module, images: torch.Tensor, config: FinetuneConfig, scorer
     return {"model": model_id or state_dict_sha256(net), "data": tensor_sha256(images), "n": len(images),
             "seed": config.seed,
             "features": {"extractor": ext.name, "feature": scorer.feature, "weights_sha256": ext.weights_sha256},
-            "weighting": config.weighting, "rho": config.rho.record(), "full": config.full.record(),
+            "weighting": config.weighting, **({"reduction": config.reduction} if config.reduction != "mean" else {}),
+            "rho": config.rho.record(), "full": config.full.record(),
             "fid": config.fid.record(), "compare_rules": compare}
 
 
@@ -500,7 +532,7 @@ def _fit_rhos(job: _Job) -> dict[str, dict]:
     cfg, rho = job.config, job.config.rho
     fits = {}
     for p in rho.params:
-        unit = job.unit("model", "data", "seed", "features", "weighting") | rho.unit(p)
+        unit = job.loss_unit() | rho.unit(p)
         fits[p] = cached(job.store, "finetune-rho", unit, lambda p=p: fit_rho(
             job.net, job.images, job.loss(rho.loss, rho.feature_weight), param=p, steps=rho.steps, batch=rho.batch,
             lr=rho.lr, init=rho.init(p), rho_max=rho.sigmoid_max, weighting=cfg.weighting, seed=cfg.seed,
@@ -513,7 +545,7 @@ def _finetune_full(job: _Job) -> dict | None:
     cfg, full = job.config, job.config.full
     if not full.steps:
         return None
-    unit = job.unit("model", "data", "seed", "features", "weighting", "full", "fid")
+    unit = job.loss_unit() | job.unit("full", "fid")
     return cached(job.store, "finetune-full", unit, lambda: finetune_weights(
         job.net, job.images, job.loss("hybrid", full.feature_weight), steps=full.steps, batch=full.batch, lr=full.lr,
         weighting=cfg.weighting, seed=cfg.seed, labels=job.labels, checkpoints=full.checkpoint_steps,
@@ -563,7 +595,8 @@ def _notes(job: _Job) -> list[str]:
     sets = fid.sets
     return [
         f"Training images: {len(job.images)}; draws (image, ln sigma ~ N(-1.2, 1.2^2), noise) from a generator seeded "
-        f"{cfg.seed}; loss weighting: {'EDM lambda(sigma)' if cfg.weighting == 'edm' else 'none'}; feature network "
+        f"{cfg.seed}; loss weighting: {'EDM lambda(sigma)' if cfg.weighting == 'edm' else 'none'}; squared errors "
+        f"{'summed' if cfg.reduction == 'sum' else 'averaged'} over each space's dimensions; feature network "
         f"{job.scorer.extractor.name} ('{job.scorer.feature}').",
         f"rho fits: {rho.loss} loss, Adam lr {rho.lr:g} cosine-decayed over {rho.steps} steps of batch {rho.batch}; "
         f"raw starts at rho = {rho.init_raw:g} (projected onto rho >= {RHO_FLOOR:g}); sigmoid rho = "

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from skiptune.core.errors import InputError, SkiptuneError
+from skiptune.core.sigma import mark_uniform
 
 Denoiser = Callable[..., torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -105,7 +106,9 @@ def check_finite(t: torch.Tensor, what: str, step: int, sigma: float) -> None:
 class Evaluator:
     """Calls ``denoiser(x, sigma_vec, **extra_args)`` in its input dtype; counts calls (NFE).
 
-    ``sigma_vec`` is a float64 tensor of shape [batch] (one sigma per sample, k-diffusion style).
+    ``sigma_vec`` is a float64 tensor of shape [batch] (one sigma per sample, k-diffusion style),
+    marked with the step's sigma (:func:`skiptune.core.sigma.mark_uniform`): skip rules inside the
+    denoiser then use that Python number and never read the tensor back from the device.
     The output is returned in float64 and checked for NaN/inf.
     """
 
@@ -119,6 +122,8 @@ class Evaluator:
 
     def __call__(self, x: torch.Tensor, sigma: float, step: int) -> torch.Tensor:
         s = torch.full((self.batch,), sigma, dtype=torch.float64, device=self.device)
+        if isinstance(sigma, (int, float)):
+            mark_uniform(s, sigma)
         x_in = x if self.dtype is None else x.to(self.dtype)
         out = self.denoiser(x_in, s, **self.extra_args)
         self.nfe += 1

@@ -1,7 +1,9 @@
 """Denoiser wrappers to the EDM convention ``D(x, sigma, **cond) -> x0_hat``.
 
 Every wrapper publishes sigma (:func:`skiptune.core.sigma.publish_sigma`) around the network call, so
-sigma-dependent Skip-Tuning rules see the current noise level whatever sampler is used, and exposes
+sigma-dependent Skip-Tuning rules see the current noise level whatever sampler is used (as a Python
+number when the sampler's sigma is one value for the batch, see :func:`~skiptune.core.sigma.mark_uniform`;
+nothing is read back from the device), and exposes
 ``sigma_min`` / ``sigma_max`` where the model defines them, and ``input_dtype`` (the dtype in which
 the samplers should pass x).
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from skiptune.core.errors import InputError
-from skiptune.core.sigma import publish_sigma
+from skiptune.core.sigma import mark_uniform, publish_sigma, uniform_value
 from skiptune.sampling.grids import sigmas_from_alphas_cumprod
 
 
@@ -37,13 +39,19 @@ def _param_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> tor
 
 
 def _sigma_tensor(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """sigma as a float64 tensor of shape [B] (a scalar is broadcast over the batch)."""
+    """sigma as a float64 tensor of shape [B] (a scalar is broadcast over the batch).
+
+    When sigma is one value known on the host (a number, or a tensor the sampler marked), the result
+    is marked with it (:func:`~skiptune.core.sigma.mark_uniform`), so that skip rules use that number
+    instead of reading the tensor.
+    """
+    value = uniform_value(sigma)
     s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
     if s.numel() == 1:
         s = s.expand(x.shape[0])
     if s.shape[0] != x.shape[0]:
         raise InputError(f"sigma has {s.shape[0]} values for a batch of {x.shape[0]}")
-    return s
+    return s if value is None or uniform_value(s) == value else mark_uniform(s, value)
 
 
 def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -223,6 +231,8 @@ class CFGDenoiser(nn.Module):
                     raise InputError(f"batched CFG needs tensor conditioning with batch dim for {key!r}")
                 both[key] = torch.cat([c, u])
             s = _sigma_tensor(sigma, x)
-            d = self.denoiser(torch.cat([x, x]), torch.cat([s, s]), **both)
+            value = uniform_value(s)
+            s2 = torch.cat([s, s])
+            d = self.denoiser(torch.cat([x, x]), s2 if value is None else mark_uniform(s2, value), **both)
             d_c, d_u = d[:b], d[b:]
         return d_u + self.scale * (d_c - d_u)

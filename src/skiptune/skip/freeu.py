@@ -44,6 +44,7 @@ from torch import nn
 
 from skiptune.adapters import find_adapter
 from skiptune.core.errors import InputError, StateError
+from skiptune.skip.core import hooks_changed
 
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ORDER = ("b1", "b2", "s1", "s2")
@@ -110,9 +111,14 @@ class FreeUConfig:
         return text + (f",threshold={self.threshold}" if self.threshold != 1 else "")
 
 
-def _low_frequencies(n: int, threshold: int, device) -> torch.Tensor:
-    """FFT indices of the frequencies -threshold..threshold-1 on an axis of length n (each once)."""
-    return torch.tensor(sorted({k % n for k in range(-threshold, threshold)}), device=device)
+def _low_frequencies(n: int, threshold: int) -> list[slice]:
+    """FFT indices of the frequencies -threshold..threshold-1 on an axis of length n, as slices.
+
+    Slices rather than an index tensor: building the mask then sends nothing from the host to the device.
+    """
+    if 2 * threshold >= n:
+        return [slice(None)]
+    return [slice(0, threshold), slice(n - threshold, n)]
 
 
 def fourier_lowpass(x: torch.Tensor, scale: float, threshold: int = 1) -> torch.Tensor:
@@ -126,8 +132,9 @@ def fourier_lowpass(x: torch.Tensor, scale: float, threshold: int = 1) -> torch.
     freq = torch.fft.fftn(work, dim=(-2, -1))
     h, w = freq.shape[-2:]
     mask = torch.ones(h, w, dtype=work.dtype, device=x.device)
-    rows, cols = _low_frequencies(h, threshold, x.device), _low_frequencies(w, threshold, x.device)
-    mask[rows[:, None], cols[None, :]] = scale
+    for rows in _low_frequencies(h, threshold):
+        for cols in _low_frequencies(w, threshold):
+            mask[rows, cols] = scale
     return torch.fft.ifftn(freq * mask, dim=(-2, -1)).real.to(x.dtype)
 
 
@@ -151,6 +158,7 @@ class FreeU:
 
     def __init__(self, net: nn.Module, config: FreeUConfig | str):
         self.config = config if isinstance(config, FreeUConfig) else FreeUConfig.parse(config)
+        self._structure: tuple | None = None
         adapter = find_adapter(net)
         sites, stages = adapter.sites(net), adapter.stages(net)
         if net in _ACTIVE:
@@ -159,6 +167,7 @@ class FreeU:
         self._handles = []
         #: names of the joins FreeU acts on, with their stage
         self.sites: list[tuple[str, int]] = []
+        hooked: list[str] = []
         try:
             for site, stage in zip(sites, stages, strict=True):
                 factors = self.config.factors(stage)
@@ -167,10 +176,14 @@ class FreeU:
                 self.sites.append((site.name, stage))
                 if factors != (1.0, 1.0):
                     self._handles += adapter.attach_join(net, site, _join_transform(*factors, self.config.threshold))
+                    hooked.append(site.name)
         except BaseException:
             self.remove()
             raise
         _ACTIVE[net] = self
+        if self._handles:
+            self._structure = ("freeu", id(net), tuple(hooked))
+            hooks_changed(self, self._structure)
 
     def remove(self) -> None:
         """Detach all hooks (idempotent)."""
@@ -180,6 +193,9 @@ class FreeU:
         net = self._net()
         if net is not None and _ACTIVE.get(net) is self:
             del _ACTIVE[net]
+        if self._structure is not None:
+            self._structure = None
+            hooks_changed(self, None)
 
     @property
     def active(self) -> bool:

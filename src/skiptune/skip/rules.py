@@ -53,7 +53,13 @@ class Rule:
     sigma_dependent: bool = False
 
     def factor(self, i: int, k: int, sigma: Sigma) -> Factor:
-        """rho for site ``i`` of ``k`` (0 = innermost) at ``sigma`` (float, 1-D tensor, or None)."""
+        """rho for site ``i`` of ``k`` (0 = innermost) at ``sigma`` (float, 1-D tensor, or None).
+
+        For a tensor sigma the result is a tensor on its device (one rho per sample) or a number; it
+        must be computed with tensor operations only, never by reading sigma's values on the host
+        (``float()``, ``bool()``, ``.item()``, a Python ``if`` on a tensor): the hooks call this at
+        every site of every network call, and on a GPU each such read waits for the device.
+        """
         raise NotImplementedError
 
     def check(self, num_sites: int) -> None:
@@ -279,9 +285,13 @@ class Window(Rule):
     def factor(self, i, k, sigma):
         _need_sigma(self, sigma)
         inner = self.inner.factor(i, k, sigma)
-        if isinstance(sigma, torch.Tensor):
+        if isinstance(sigma, torch.Tensor):  # per sample, on sigma's device, without reading it
             inside = (sigma >= self.lo) & (sigma <= self.hi)
-            return torch.where(inside, torch.as_tensor(inner, dtype=torch.float64), torch.ones((), dtype=torch.float64))
+            if isinstance(inner, torch.Tensor):
+                inner = inner.to(torch.float64)
+            else:
+                inner = torch.full_like(sigma, inner, dtype=torch.float64)
+            return torch.where(inside, inner, 1.0)
         return inner if self.lo <= float(sigma) <= self.hi else 1.0
 
     @property
@@ -394,3 +404,185 @@ def as_rule(rule: RuleLike) -> Rule:
     if isinstance(rule, str):
         return parse_rule(rule)
     raise InputError(f"expected a skiptune Rule or rule string such as 'layer:0.7', got {rule!r}")
+
+
+# -- ramps over the sampling step index and over a model's diffusion time -------------------------------------------
+#
+# Seed 003 (Sec. 5.2, Fig. 11, Table 10) interpolates rho linearly "over time 0 to T" without saying which time. The
+# sigma ramps above are linear in sigma (EDM's t = sigma) or in log sigma (the time an EDM or VE network is
+# conditioned on: c_noise = ln(sigma)/4, ln(sigma/2)). The two kinds below add the other readings: the position of
+# the evaluation in the sampler's grid (``StepRamp``) and the VP SDE time (``VPTimeRamp``: the time a VP-trained
+# network is conditioned on, c_noise = (M - 1) t(sigma)). Both keep the existing rules and their strings as they
+# are; :func:`parse_rule` is extended below to read them.
+
+# Grid sigmas are kept to 6 significant digits, so that a rule equals the rule parsed from its string.
+_GRID_DIGITS = 6
+
+
+def _ramp_value(direction: str, rho0: float, pos: Factor) -> Factor:
+    """rho at position ``pos`` in [0, 1] (0 = time 0, the data end; 1 = time T, the noise end)."""
+    if direction == "up":
+        return rho0 + (1.0 - rho0) * pos
+    return 1.0 + (rho0 - 1.0) * pos
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("up", "down"):
+        raise InputError(f"ramp direction must be 'up' or 'down', got {direction!r}")
+
+
+@dataclass(frozen=True)
+class StepRamp(Rule):
+    """rho linear in the sampling step index (seed 003, Table 10, reading "time" as the step counter).
+
+    ``grid``: the sampler's positive sigmas s_0 > s_1 > ... > s_{M-1} (the sigmas at which steps start,
+    the final 0 left out). At s_j the position is ``pos = (M - 1 - j) / (M - 1)``: 0 at the last
+    (smallest) sigma, 1 at the first; between grid sigmas (Heun's churned sigma, a solver's intermediate
+    point) pos is interpolated linearly in log sigma, and it is clamped to [0, 1] outside the grid. Then
+    ``up``: rho = rho_0 + (1 - rho_0) pos, ``down``: rho = 1 + (rho_0 - 1) pos, at every site.
+
+    The rule reads only the published sigma, so it needs no step counter from the sampler: it locates
+    sigma in the grid it was built with. String: ``ramp:up:0.7:step:80,17.5152,2.51521,0.169811,0.002``.
+    """
+
+    direction: str
+    rho0: float
+    grid: tuple[float, ...]
+    sigma_dependent = True
+
+    def __post_init__(self):
+        _check_direction(self.direction)
+        object.__setattr__(self, "rho0", _check_rho(self.rho0, "ramp rho_0"))
+        try:
+            grid = tuple(float(f"{float(s):.{_GRID_DIGITS}g}") for s in self.grid)
+        except (TypeError, ValueError):
+            raise InputError(f"step ramp grid must be a sequence of sigmas, got {self.grid!r}") from None
+        grid = tuple(s for s in grid if s != 0.0)  # a sampler's final sigma = 0 is not a step start
+        if len(grid) < 2:
+            raise InputError(f"a step ramp needs at least 2 positive grid sigmas, got {self.grid!r}")
+        decreasing = all(a > b for a, b in zip(grid, grid[1:], strict=False))
+        if not (decreasing and all(math.isfinite(s) and s > 0 for s in grid)):
+            raise InputError(f"step ramp grid must be finite sigmas > 0, strictly decreasing, got {self.grid!r}")
+        object.__setattr__(self, "grid", grid)
+
+    def position(self, sigma: Sigma) -> Factor:
+        """pos in [0, 1] of ``sigma`` in the grid (0 at its smallest sigma, 1 at its largest)."""
+        _need_sigma(self, sigma)
+        m = len(self.grid)
+        logs = [math.log(s) for s in reversed(self.grid)]  # increasing
+        if isinstance(sigma, torch.Tensor):
+            table = torch.tensor(logs, dtype=torch.float64, device=sigma.device)
+            s = sigma.to(torch.float64).clamp_min(1e-30).log().clamp(table[0], table[-1])
+            hi = torch.searchsorted(table, s).clamp(1, m - 1)
+            lo = hi - 1
+            frac = (s - table[lo]) / (table[hi] - table[lo])
+            return (lo.to(torch.float64) + frac) / (m - 1)
+        s = min(max(math.log(max(float(sigma), 1e-30)), logs[0]), logs[-1])
+        hi = next(j for j in range(1, m) if s <= logs[j])
+        frac = (s - logs[hi - 1]) / (logs[hi] - logs[hi - 1])
+        return (hi - 1 + frac) / (m - 1)
+
+    def factor(self, i, k, sigma):
+        return _ramp_value(self.direction, self.rho0, self.position(sigma))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rho0 == 1.0
+
+    def __str__(self):
+        return f"ramp:{self.direction}:{self.rho0:g}:step:" + ",".join(f"{s:g}" for s in self.grid)
+
+
+@dataclass(frozen=True)
+class VPTimeRamp(Rule):
+    """rho linear in the VP SDE time t(sigma) (seed 003, Table 10, reading "time" as a VP model's time).
+
+    t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d, the inverse of
+    sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (EDM Table 1; beta_min 0.1, beta_d 19.9, the
+    continuous limit of DDPM's linear betas 1e-4..0.02 over 1000 steps). pos = (t(sigma) - t(sigma_min)) /
+    (t(sigma_max) - t(sigma_min)) clamped to [0, 1]; ``up`` / ``down`` as for :class:`Ramp`. A range left
+    as None is filled from the sampler, else :data:`DEFAULT_SIGMA_RANGE`. String:
+    ``ramp:down:0.78:vp`` or ``ramp:down:0.78:0.002:80:vp``.
+    """
+
+    direction: str
+    rho0: float
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    sigma_dependent = True
+    beta_min = 0.1  # EDM's VP schedule (class constants: the string form does not carry them)
+    beta_d = 19.9
+
+    def __post_init__(self):
+        _check_direction(self.direction)
+        object.__setattr__(self, "rho0", _check_rho(self.rho0, "ramp rho_0"))
+        lo, hi = self.sigma_min, self.sigma_max
+        if (lo is None) != (hi is None):
+            raise InputError("give both ramp sigma_min and sigma_max, or neither")
+        if lo is not None:
+            lo, hi = float(lo), float(hi)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+                raise InputError(f"ramp sigma range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
+            object.__setattr__(self, "sigma_min", lo)
+            object.__setattr__(self, "sigma_max", hi)
+
+    def with_sigma_range(self, lo, hi):
+        if self.sigma_min is not None:
+            return self
+        return VPTimeRamp(self.direction, self.rho0, lo, hi)
+
+    def vp_time(self, sigma: Sigma) -> Factor:
+        """t(sigma) of the VP SDE (float or float64 tensor)."""
+        b0, bd = self.beta_min, self.beta_d
+        if isinstance(sigma, torch.Tensor):
+            s = sigma.to(torch.float64)
+            return ((b0 * b0 + 2 * bd * torch.log1p(s * s)).sqrt() - b0) / bd
+        return (math.sqrt(b0 * b0 + 2 * bd * math.log1p(float(sigma) ** 2)) - b0) / bd
+
+    def factor(self, i, k, sigma):
+        _need_sigma(self, sigma)
+        lo, hi = (self.sigma_min, self.sigma_max) if self.sigma_min is not None else DEFAULT_SIGMA_RANGE
+        t_lo, t_hi = self.vp_time(lo), self.vp_time(hi)
+        t = self.vp_time(sigma)
+        if isinstance(t, torch.Tensor):
+            pos = ((t - t_lo) / (t_hi - t_lo)).clamp(0.0, 1.0)
+        else:
+            pos = min(max((t - t_lo) / (t_hi - t_lo), 0.0), 1.0)
+        return _ramp_value(self.direction, self.rho0, pos)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rho0 == 1.0
+
+    def __str__(self):
+        text = f"ramp:{self.direction}:{self.rho0:g}"
+        if self.sigma_min is not None:
+            text += f":{self.sigma_min:g}:{self.sigma_max:g}"
+        return text + ":vp"
+
+
+_parse_rule_without_time_ramps = parse_rule
+
+
+def parse_rule(text: str) -> Rule:  # noqa: F811 -- extends the parser above with the step and VP-time ramps
+    """Read the compact rule syntax (module docstring), plus ``ramp:DIR:R0:step:S0,S1,...`` (:class:`StepRamp`)
+    and ``ramp:DIR:R0[:SMIN:SMAX]:vp`` (:class:`VPTimeRamp`)."""
+    if isinstance(text, str) and "*" not in text and not text.strip().startswith("window:"):
+        name, _, rest = text.strip().partition(":")
+        args = rest.split(":") if rest else []
+        if name == "ramp" and len(args) == 4 and args[2] == "step":
+            try:
+                return StepRamp(args[0], float(args[1]), tuple(float(v) for v in args[3].split(",")))
+            except ValueError as exc:
+                if isinstance(exc, InputError):
+                    raise
+                raise InputError(f"rule {text!r}: a value is not a number ({exc})") from None
+        if name == "ramp" and len(args) in (3, 5) and args[-1] == "vp":
+            try:
+                lo, hi = (float(args[2]), float(args[3])) if len(args) == 5 else (None, None)
+                return VPTimeRamp(args[0], float(args[1]), lo, hi)
+            except ValueError as exc:
+                if isinstance(exc, InputError):
+                    raise
+                raise InputError(f"rule {text!r}: a value is not a number ({exc})") from None
+    return _parse_rule_without_time_ramps(text)

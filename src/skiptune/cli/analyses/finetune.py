@@ -6,6 +6,7 @@ from skiptune.analysis.base import AnalysisResult
 from skiptune.analysis.context import AnalysisContext
 from skiptune.analysis.finetune import (
     LOSSES,
+    REDUCTIONS,
     FidConfig,
     FinetuneConfig,
     FullFinetuneConfig,
@@ -39,6 +40,9 @@ def add_arguments(p) -> None:
     p.add_argument("--full-lr", type=float, default=2e-4)
     p.add_argument("--feature-weight", type=float, default=1.0, help="weight of L_feature in the hybrid loss")
     p.add_argument("--weighting", choices=("edm", "none"), default="edm", help="loss weighting over sigma")
+    p.add_argument("--reduction", choices=REDUCTIONS, default="mean",
+                   help="squared errors averaged over each space's dimensions (default) or summed (the paper's "
+                        "||.||^2; changes the pixel/feature balance of the hybrid loss)")
     p.add_argument("--compare-rules", default="const:0.7", help="hand-set rules to compare, ';'-separated (or empty)")
     p.add_argument("--sampler", default="heun")
     p.add_argument("--nfe", default="9", help="comma-separated NFEs for the FIDs (default 9, Table 11's 5 steps)")
@@ -61,7 +65,8 @@ def config_from_args(args) -> FinetuneConfig:
     fid = FidConfig(sampler=args.sampler, nfes=tuple(_ints(args.nfe)), seeds=args.seeds, seed_sets=args.seed_sets,
                     batch=args.fid_batch,
                     compare_rules=tuple(r.strip() for r in args.compare_rules.split(";") if r.strip()))
-    return FinetuneConfig(weighting=args.weighting, seed=args.seed, rho=rho, full=full, fid=fid)
+    return FinetuneConfig(weighting=args.weighting, seed=args.seed, reduction=args.reduction, rho=rho, full=full,
+                          fid=fid)
 
 
 def run(args, ctx: AnalysisContext) -> AnalysisResult:
