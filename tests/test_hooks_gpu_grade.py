@@ -309,7 +309,9 @@ def test_compiled_network_does_not_recompile_when_rho_changes(fresh_dynamo):
         for sigma in ([0.01, 0.01], [5.0, 5.0], [80.0, 80.0], [0.2, 40.0]):
             check(torch.tensor(sigma))
         assert backend.graphs == graphs, "a new sigma recompiled"
-    # a sampler run through the compiled network: one graph for its float64 sigma, then none per step
+    # a sampler run through the compiled network: one graph for its float64 sigma, then none per step. The grid's
+    # sigmas are exact in float32, so the graph (rho from the float32 sigma the preconditioner publishes) and
+    # the eager hooks (rho from the sampler's float) agree exactly
     den = EDMDenoiser(cnet)
     x64 = x.to(torch.float64) * 80
     with torch.no_grad(), skip_tuning(net, "ramp:down:0.7"):
