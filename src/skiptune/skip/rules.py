@@ -187,6 +187,19 @@ def _need_sigma(rule: Rule, sigma: Sigma) -> None:
                            "skiptune.skip.publish_sigma(sigma)")
 
 
+
+def _set_sigma_range(rule: Rule) -> None:
+    """Check a ramp's optional ``sigma_min``/``sigma_max`` (both or neither, 0 < min < max) and store them as floats."""
+    lo, hi = rule.sigma_min, rule.sigma_max
+    if (lo is None) != (hi is None):
+        raise InputError("give both ramp sigma_min and sigma_max, or neither")
+    if lo is not None:
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+            raise InputError(f"ramp sigma range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
+        object.__setattr__(rule, "sigma_min", lo)
+        object.__setattr__(rule, "sigma_max", hi)
+
 @dataclass(frozen=True)
 class Ramp(Rule):
     """Time-dependent rho (seed 003, Sec. 5.2, Table 10), the same at every site.
@@ -211,15 +224,7 @@ class Ramp(Rule):
         object.__setattr__(self, "rho0", _check_rho(self.rho0, "ramp rho_0"))
         if self.space not in ("sigma", "log"):
             raise InputError(f"ramp space must be 'sigma' or 'log', got {self.space!r}")
-        lo, hi = self.sigma_min, self.sigma_max
-        if (lo is None) != (hi is None):
-            raise InputError("give both ramp sigma_min and sigma_max, or neither")
-        if lo is not None:
-            lo, hi = float(lo), float(hi)
-            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-                raise InputError(f"ramp sigma range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
-            object.__setattr__(self, "sigma_min", lo)
-            object.__setattr__(self, "sigma_max", hi)
+        _set_sigma_range(self)
 
     def with_sigma_range(self, lo, hi):
         if self.sigma_min is not None:
@@ -516,15 +521,7 @@ class VPTimeRamp(Rule):
     def __post_init__(self):
         _check_direction(self.direction)
         object.__setattr__(self, "rho0", _check_rho(self.rho0, "ramp rho_0"))
-        lo, hi = self.sigma_min, self.sigma_max
-        if (lo is None) != (hi is None):
-            raise InputError("give both ramp sigma_min and sigma_max, or neither")
-        if lo is not None:
-            lo, hi = float(lo), float(hi)
-            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-                raise InputError(f"ramp sigma range must satisfy 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
-            object.__setattr__(self, "sigma_min", lo)
-            object.__setattr__(self, "sigma_max", hi)
+        _set_sigma_range(self)
 
     def with_sigma_range(self, lo, hi):
         if self.sigma_min is not None:
