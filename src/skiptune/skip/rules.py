@@ -243,10 +243,7 @@ class Ramp(Rule):
             if self.space == "log":
                 s, lo, hi = math.log(max(s, 1e-30)), math.log(lo), math.log(hi)
             pos = min(max((s - lo) / (hi - lo), 0.0), 1.0)
-        # pos = 0 at sigma_min, 1 at sigma_max
-        if self.direction == "up":
-            return self.rho0 + (1.0 - self.rho0) * pos
-        return 1.0 + (self.rho0 - 1.0) * pos
+        return _ramp_value(self.direction, self.rho0, pos)  # pos = 0 at sigma_min, 1 at sigma_max
 
     @property
     def is_identity(self) -> bool:
@@ -469,14 +466,18 @@ class StepRamp(Rule):
         if not (decreasing and all(math.isfinite(s) and s > 0 for s in grid)):
             raise InputError(f"step ramp grid must be finite sigmas > 0, strictly decreasing, got {self.grid!r}")
         object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "_logs", [math.log(s) for s in reversed(grid)])  # increasing; not a field
+        object.__setattr__(self, "_tables", {})  # the log grid on each device it was asked on
 
     def position(self, sigma: Sigma) -> Factor:
         """pos in [0, 1] of ``sigma`` in the grid (0 at its smallest sigma, 1 at its largest)."""
         _need_sigma(self, sigma)
         m = len(self.grid)
-        logs = [math.log(s) for s in reversed(self.grid)]  # increasing
+        logs = self._logs
         if isinstance(sigma, torch.Tensor):
-            table = torch.tensor(logs, dtype=torch.float64, device=sigma.device)
+            table = self._tables.get(sigma.device)
+            if table is None:  # built once per device, not at every site of every call
+                table = self._tables[sigma.device] = torch.tensor(logs, dtype=torch.float64, device=sigma.device)
             s = sigma.to(torch.float64).clamp_min(1e-30).log().clamp(table[0], table[-1])
             hi = torch.searchsorted(table, s).clamp(1, m - 1)
             lo = hi - 1
