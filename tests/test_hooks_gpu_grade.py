@@ -416,3 +416,46 @@ def test_half_precision_networks_under_every_rule_mode_and_freeu(case, dtype):
             if rule == STRONG:  # the rule acts in this precision: a hook doing nothing would give err = effect
                 effect = ((want - plain).norm() / plain.norm()).item()
                 assert err < effect / 4, f"{what}: error {err:.3g} against an effect of the rule of {effect:.3g}"
+
+
+# --- feature-cache policies --------------------------------------------------------------------------
+
+CACHED = ["ddpmpp-tiny", "adm-tiny", "uvit-imagenet256-huge-tiny"]
+
+
+def cache_policies(case: Case) -> list[str]:
+    deep = [f"deepcache:keys=0:branch={b}" for b in sorted({0, case.k - 1})]
+    return deep if "uvit" in case.name else ["encoder:keys=0", *deep]
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_cache_policies_read_nothing_back(name):
+    """Key and partial passes, alone and with a sigma-dependent rule: no host read inside the network call."""
+    from skiptune.skip import feature_cache
+
+    case = get_case(name)
+    plain = run_strict(case)
+    for policy in cache_policies(case):
+        for rule in ("none", "layer:0.7*ramp:down:0.9"):
+            with feature_cache(case.net, policy) as fc, skip_tuning(case.net, rule):
+                out = run_strict(case)
+            assert fc.stats.partial >= 2, policy
+            assert not torch.equal(out, plain), f"{policy} with {rule} changed nothing"
+
+
+@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_cache_policies_in_half_precision(name, dtype):
+    """A cached run in half precision stays within the precision's tolerance of the float32 cached run."""
+    from skiptune.skip import feature_cache
+
+    case = get_case(name)
+    tol = tolerance(case.net, dtype)
+    for policy in cache_policies(case):
+        with torch.no_grad(), feature_cache(case.net, policy), skip_tuning(case.net, "const:0.8"):
+            want = sample("heun", case.denoiser, case.x, GRID, extra_args=case.extra)
+        for label, net, den in precision_paths(case, dtype):
+            with torch.no_grad(), feature_cache(net, policy), skip_tuning(net, "const:0.8"):
+                got = sample("heun", den, case.x, GRID, extra_args=case.extra)
+            err = ((got - want).norm() / want.norm()).item()
+            assert got.dtype == torch.float64 and err <= tol, f"{name}, {label}, {policy}: {err:.3g} > {tol:.3g}"

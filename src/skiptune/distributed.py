@@ -225,7 +225,7 @@ def gather_generated(part: Any, d: Dist) -> Any:
     if not d.enabled:
         return part
     payload = None if part is None else (part.images.cpu(), None if part.labels is None else part.labels.cpu(),
-                                         list(part.seeds), part.nfe, part.seconds)
+                                         list(part.seeds), part.nfe, part.seconds, part.cache)
     parts = d.gather_object(payload)
     if not d.is_main:
         return None
@@ -234,4 +234,16 @@ def gather_generated(part: Any, d: Dist) -> Any:
     got = [p for p in parts if p is not None]
     labels = None if got[0][1] is None else torch.cat([p[1] for p in got])
     return Generated(torch.cat([p[0] for p in got]), labels, [s for p in got for s in p[2]], got[0][3],
-                     max(p[4] for p in got), processes=d.world_size)
+                     max(p[4] for p in got), processes=d.world_size, cache=_merge_cache([p[5] for p in got]))
+
+
+def _merge_cache(records: list) -> dict | None:
+    """The cache records of all ranks as one: call counts summed, the per-sample schedule of rank 0, timing dropped."""
+    records = [r for r in records if r]
+    if not records:
+        return None
+    keep = ("policy", "full_per_sample", "partial_per_sample")
+    out = {k: records[0][k] for k in keep}
+    for k in ("full_calls", "partial_calls", "trajectories"):
+        out[k] = sum(r[k] for r in records)
+    return out

@@ -78,6 +78,12 @@ class Adapter:
         (e.g. a foreign pipeline passing a timestep). Default: none; the preconditioner publishes it."""
         return []
 
+    def staged(self, net: nn.Module, kind: str) -> nn.Module:
+        """The module whose forward runs in stages (:mod:`skiptune.nets.staged`) for a cache policy of ``kind``
+        (``encoder`` or ``deep``); an InputError when this architecture cannot run that policy."""
+        raise InputError(f"{self.name} cannot run feature-cache policies (its forward has no stages to skip); "
+                         "drop --cache for this model")
+
     def sigma_argument(self, net: nn.Module) -> bool:
         """Whether ``net`` is called as ``net(x, sigma, ...)`` with sigma the noise level itself (EDM's
         convention, our preconditioners), so that the sigma of a call can be read from its arguments.

@@ -73,5 +73,8 @@ class EDMUNetAdapter(Adapter):
             return fn(*args)
         return [_unet(net).joins[site.name.removeprefix("dec.")].register_forward_pre_hook(join_hook)]
 
+    def staged(self, net, kind: str) -> nn.Module:
+        return _unet(net)
+
     def sigma_argument(self, net) -> bool:
         return _unet(net) is not net  # a preconditioner: forward(x, sigma, class_labels=None, ...)

@@ -66,5 +66,16 @@ class UViTAdapter(Adapter):
         join = _uvit(net).get_submodule(site.name).skip_join
         return [join.register_forward_pre_hook(lambda module, args: fn(*args))]
 
+    def staged(self, net, kind: str) -> nn.Module:
+        uvit = _uvit(net)
+        if kind == "encoder":
+            raise InputError("U-ViT takes its time step only as an input token: with the encoder's output and skips "
+                             "cached, a partial pass would repeat the key step's noise prediction exactly; use the "
+                             "deep-feature cache (deepcache) for U-ViT")
+        if any(blk.skip_join is None for blk in uvit.out_blocks):
+            raise InputError("this U-ViT has no long skips (skip=False): there is no shallow branch to rerun; drop "
+                             "--cache for this model")
+        return uvit
+
     def sigma_argument(self, net) -> bool:
         return _uvit(net) is not net  # UViTPrecond: forward(x, sigma, class_labels=None, ...)

@@ -71,6 +71,26 @@ def add_guidance_option(p) -> None:
                         "with a null label (U-ViT); each evaluation then runs the network twice")
 
 
+def add_cache_option(p) -> None:
+    """``--cache POLICY``: a feature-cache policy (Faster Diffusion encoder propagation, DeepCache)."""
+    p.add_argument("--cache", default=None, metavar="POLICY",
+                   help="reuse features across evaluations: encoder:N (Faster Diffusion: every N-th evaluation runs "
+                        "the whole network, the others only the decoder), deepcache:N[:branch=B] (DeepCache: the "
+                        "others rerun only the shallow branch down to skip B, 0 = outermost), or keys=0-3,5,.. "
+                        "instead of N for hand-set key evaluations; default none")
+
+
+def cache_from_args(args) -> str | None:
+    """The canonical policy of ``--cache`` (a UsageError naming the syntax when it does not parse)."""
+    from skiptune.core.errors import InputError
+    from skiptune.skip import canonical_cache
+
+    try:
+        return canonical_cache(args.cache)
+    except InputError as exc:
+        raise UsageError(f"--cache {args.cache}: {exc}") from None
+
+
 def spec_from_args(args):
     from skiptune.experiment.generate import SamplingSpec
 
@@ -92,6 +112,7 @@ def register(sub) -> None:
     p.add_argument("--class", dest="class_label", type=int, default=None, help="fixed class label (conditional nets)")
     p.add_argument("--freeu", default=None, metavar="B1,B2,S1,S2",
                    help="also apply FreeU with these factors (b1=..,b2=..,s1=..,s2=.. or 4 values); 0 is valid")
+    add_cache_option(p)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -119,6 +140,7 @@ def run(args) -> int:
 
     rule = as_rule(args.rule)
     args.freeu = FreeUConfig.parse(args.freeu) if args.freeu else None
+    args.cache = cache_from_args(args)
     spec = spec_from_args(args)
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
@@ -137,7 +159,8 @@ def run(args) -> int:
     mine = shard_batches(seeds, args.batch, d.rank, d.world_size)
     res = generate(net, mine, spec, rule=rule, mode=args.mode, batch_size=args.batch, class_label=args.class_label,
                    device=d.device, progress=not args.no_progress and d.is_main, freeu=args.freeu,
-                   precision=args.precision) if mine else None
+                   precision=args.precision, cache=args.cache, time_cache=args.cache is not None and
+                   d.device.type == "cpu") if mine else None
     res = gather_generated(res, d)
     if res is None:  # not the main process: rank 0 writes the results
         return 0
@@ -162,11 +185,26 @@ def run(args) -> int:
               f"-> {out}")
         print(f"latent model: no images written; decode latents / {scale:g} with the autoencoder the model was "
               "trained with (Stable Diffusion's KL-f8 VAE for the U-ViT ImageNet presets): --vae DIR")
+        if res.cache:
+            print(cache_summary(res.cache))
         print(json.dumps({"npz": str(out / "latents.npz")}))
         return 0
     print(f"{len(res.seeds)} images, {spec.sampler} NFE={res.nfe}, rule {rule}, {res.seconds:.1f}s -> {out}")
+    if res.cache:
+        print(cache_summary(res.cache))
     print(json.dumps({"grid": str(out / "grid.png"), "npz": str(out / "images.npz")}))
     return 0
+
+
+def cache_summary(record: dict) -> str:
+    """One line on what a cached run computed: full/partial evaluations and the measured full-network cost."""
+    line = (f"cache {record['policy']}: {record['full_per_sample']} full + {record['partial_per_sample']} partial "
+            "evaluations per sample")
+    if "partial_cost" in record:
+        per = record["full_per_sample"] + record["partial_per_sample"] * record["partial_cost"]
+        line += (f"; a partial pass costs {record['partial_cost']:.2f} of a full one (timed), so "
+                 f"{per:.1f} full-network equivalents per sample")
+    return line
 
 
 def _decoder(args, net):
@@ -206,7 +244,7 @@ def _run_config(args, loaded, spec, rule, res) -> dict:
     model = {"source": loaded.source, "loader": loaded.loader, "sha256": loaded.sha256, "extra": loaded.extra}
     return {"command": "sample", "model": model, "network": loaded.network, "sampling": spec.config(loaded.net),
             "rule": str(rule), "mode": args.mode,
-            "freeu": str(args.freeu) if args.freeu else None, "seeds": args.seeds,
+            "freeu": str(args.freeu) if args.freeu else None, "cache": res.cache, "seeds": args.seeds,
             "class_label": args.class_label, "batch": args.batch, "device": args.device, "precision": args.precision,
             "processes": res.processes, "seconds": round(res.seconds, 3)}
 

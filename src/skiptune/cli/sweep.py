@@ -16,7 +16,7 @@ from skiptune.cli import (
     scoring_features,
     with_flags,
 )
-from skiptune.cli.sample import add_end_option, add_guidance_option
+from skiptune.cli.sample import add_cache_option, add_end_option, add_guidance_option, cache_from_args
 from skiptune.core.errors import MissingFileError
 
 
@@ -78,6 +78,7 @@ def register(sub) -> None:
     p.add_argument("--grid", default="edm")
     add_end_option(p)
     add_guidance_option(p)
+    add_cache_option(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="network precision (recorded in each run's config)")
     p.add_argument("--out", default=None, help="folder for the FID-vs-rho plot, summary CSV and image grids")
@@ -93,6 +94,7 @@ def register(sub) -> None:
     p.add_argument("--nfe", type=int, default=9)
     add_end_option(p)
     add_guidance_option(p)
+    add_cache_option(p)
     p.add_argument("--template", default="layer:{rho}", help="rule with one {rho}, e.g. ramp:down:{rho}")
     p.add_argument("--lo", type=float, default=0.5)
     p.add_argument("--hi", type=float, default=1.5)
@@ -117,6 +119,7 @@ def run_sweep_cmd(args) -> int:
     from skiptune.report.plots import plot_fid_vs_rho, write_best_grids
     from skiptune.report.tables import sweep_summary, write_sweep_csv
     from skiptune.runs.sweep import SweepSpec, expand_rules, paired_to_baseline, run_sweep, seed_sets
+    from skiptune.skip import check_cache
 
     if args.out:  # a folder the results cannot go to fails before the sweep, not after it
         check_writable_folder(args.out, "--out")
@@ -124,7 +127,8 @@ def run_sweep_cmd(args) -> int:
                      samplers=list(parse_list(args.samplers, flag="--samplers", what="sampler names")),
                      nfes=list(parse_list(args.nfe, int, flag="--nfe", what="integers")),
                      seed_sets=seed_sets(args.seeds, args.seed_sets), mode=args.mode, grid=args.grid,
-                     batch=args.batch, precision=args.precision, end=args.end, guidance=args.guidance)
+                     batch=args.batch, precision=args.precision, end=args.end, guidance=args.guidance,
+                     cache=cache_from_args(args))
     for s in spec.samplers:  # validate every sampler/NFE pair before any work
         for n in spec.nfes:
             SamplingSpec(s, nfe=n, grid=args.grid, end=args.end, guidance=args.guidance)
@@ -136,6 +140,7 @@ def run_sweep_cmd(args) -> int:
     loaded = open_from_args(args)
     net = loaded.net
     check_guidance(net, spec.guidance)  # before the reference is computed
+    check_cache(net, spec.cache)
     scorer = load_scorer(args, progress=not args.no_progress and d.is_main, resolution=image_resolution(net))
     # only rank 0 opens the store: no shared file system or file locking across nodes is needed
     with open_store(args.db) if d.is_main else nullcontext() as store:
@@ -151,7 +156,7 @@ def run_sweep_cmd(args) -> int:
         plot_fid_vs_rho(rows, out / "fid_vs_rho.png", diffs=diffs)
         write_sweep_csv(rows, diffs, out / "sweep.csv")
         grids = write_best_grids(net, rows, out, seeds=args.grid_seeds, grid=args.grid, mode=args.mode,
-                                 device=str(d.device), end=args.end)
+                                 device=str(d.device), end=args.end, cache=spec.cache)
         print(f"plot, CSV and {len(grids)} baseline-vs-best image grids (seeds {args.grid_seeds}) in {out}")
     return 0
 
@@ -160,17 +165,20 @@ def run_search_cmd(args) -> int:
     from skiptune.experiment import ModelRef, Point, SamplingSpec, open_store, score_stored
     from skiptune.experiment.generate import check_guidance
     from skiptune.runs.search import search_rho
+    from skiptune.skip import check_cache
 
     sampling = SamplingSpec(args.sampler, nfe=args.nfe, end=args.end,
                             guidance=args.guidance)  # a sampler/NFE pair that cannot work fails here
+    cache = cache_from_args(args)
     check_db(args.db)  # a store that cannot be used fails before models and references are loaded
     check_weights(args.weights)
     scoring_features(args.features, args.ref)
     loaded = open_from_args(args)
     net = loaded.net
     check_guidance(net, sampling.guidance)  # before the reference is computed
+    check_cache(net, cache)
     scorer = load_scorer(args, resolution=image_resolution(net))
-    base = Point(ModelRef.of(loaded), sampling, "none", "0", scorer.spec(), batch=args.batch)
+    base = Point(ModelRef.of(loaded), sampling, "none", "0", scorer.spec(), batch=args.batch, cache=cache)
 
     def point(rule: str, n: int, seed_set: int) -> Point:
         # seed set k holds seeds k*n_max .. k*n_max + n_max - 1 and rungs use its first n: the final rung's

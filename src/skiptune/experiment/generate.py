@@ -38,7 +38,7 @@ from skiptune.sampling import (
 )
 from skiptune.sampling import steps_for_nfe as _steps_for_nfe
 from skiptune.sampling.samplers import check_sampler_options
-from skiptune.skip import FreeU, FreeUConfig, as_rule, skip_tuning
+from skiptune.skip import CachePolicy, FeatureCache, FreeU, FreeUConfig, as_rule, skip_tuning
 
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
 #: network precision: float32, or mixed precision (autocast) for the network call only
@@ -178,6 +178,9 @@ class Generated:
     nfe: int
     seconds: float
     processes: int = 1  # ranks that produced these images (torchrun)
+    #: with a cache policy: network calls, full and partial (:meth:`~skiptune.skip.CacheStats.to_dict`),
+    #: and ``full_per_sample`` / ``partial_per_sample`` evaluations of one trajectory
+    cache: dict | None = None
 
 
 def check_class_label(class_label: int | None, label_dim: int) -> None:
@@ -221,14 +224,16 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
              mode: str = "concat", batch_size: int = 64, class_label: int | None = None,
              device: str | torch.device = "cpu", progress: bool = False,
              on_batch: Callable[[list[int], torch.Tensor], None] | None = None,
-             freeu: FreeUConfig | str | None = None, precision: str = "fp32") -> Generated:
+             freeu: FreeUConfig | str | None = None, precision: str = "fp32",
+             cache: CachePolicy | str | None = None, time_cache: bool = False) -> Generated:
     """Sample one image per seed; latents ``sigma_max * z`` with z ~ N(0, I) from the seed's generator.
 
     Class-conditional nets get a label per seed, uniform from the seed's generator (or
     ``class_label`` for all; an unconditional net refuses a ``class_label``). The rule is attached for the
     whole run and detached afterwards, and so is FreeU (:mod:`skiptune.skip.freeu`) when ``freeu`` gives its
     factors. ``precision`` ``bf16`` or ``fp16`` runs the network under autocast (the sampler state stays
-    float64).
+    float64). ``cache`` attaches a feature-cache policy (:mod:`skiptune.skip.cache`), reset at every batch;
+    ``time_cache`` times its full and partial calls (a synchronisation per call on CUDA).
     """
     seeds = parse_seeds(seeds)
     if not seeds:
@@ -258,8 +263,12 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
         hooks.enter_context(skip_tuning(net, rule, mode=mode, sigma_range=spec.sigma_range(net)))
         if freeu is not None:
             hooks.enter_context(FreeU(net, freeu))
+        # guidance runs the network twice per evaluation (conditional, unconditional): two caches
+        cached = hooks.enter_context(FeatureCache(net, cache, streams=1 if spec.guidance is None else 2,
+                                                  timing=time_cache))
         for i in range(0, len(seeds), batch_size):
             batch = seeds[i:i + batch_size]
+            cached.reset()
             noise = SeedNoise(batch, device=device)
             x = noise.randn(shape).to(torch.float64) * float(sigmas[0])
             lab = _labels_for(noise, label_dim, class_label)
@@ -273,7 +282,17 @@ def generate(net: nn.Module, seeds: str | Sequence[int], spec: SamplingSpec, *, 
                 labels.append(lab.cpu())
             bar.update(len(batch))
     bar.close()
-    return Generated(torch.cat(out), torch.cat(labels) if labels else None, seeds, nfe, time.perf_counter() - t0)
+    return Generated(torch.cat(out), torch.cat(labels) if labels else None, seeds, nfe, time.perf_counter() - t0,
+                     cache=_cache_record(cached, nfe))
+
+
+def _cache_record(cached: FeatureCache, nfe: int) -> dict | None:
+    """What a cached run computed: its calls, and the full/partial evaluations of one trajectory."""
+    if cached.policy is None:
+        return None
+    full = cached.policy.full_evaluations(nfe)
+    return {"policy": str(cached.policy), **cached.stats.to_dict(), "full_per_sample": full,
+            "partial_per_sample": nfe - full}
 
 
 def _warn_cpu_autocast(precision: str, device: torch.device) -> None:

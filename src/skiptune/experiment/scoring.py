@@ -57,11 +57,11 @@ def score(net: nn.Module, point: Point, scorer: Scorer, *, device: str | torch.d
         raise InputError("the scorer does not measure what the point says (feature network or reference differ)")
     check_decoder(net, point, decoder)
     g = generate(net, point.seeds, point.sampling, rule=point.rule, mode=point.mode, batch_size=point.batch,
-                 device=device, precision=point.precision, progress=progress)
+                 device=device, precision=point.precision, progress=progress, cache=point.cache)
     images = to_uint8(g.images if decoder is None else decoder.decode(g.images, batch_size=point.batch))
     fid = scorer.fid(images, batch_size=point.batch)
     metric = Metric(fid, feature_net=scorer.extractor.name, feature_checksum=scorer.extractor.weights_sha256,
-                    n_samples=len(g.seeds), details={"nfe": g.nfe})
+                    n_samples=len(g.seeds), details={"nfe": g.nfe, **({"cache": g.cache} if g.cache else {})})
     return Scored(point, {"fid": metric}, images, g)
 
 

@@ -26,7 +26,7 @@ from skiptune.core.errors import InputError
 from skiptune.experiment.generate import PRECISIONS, SamplingSpec
 from skiptune.io import LoadedModel
 from skiptune.sampling import parse_seeds, sampler_fields
-from skiptune.skip import Rule, canonical_rule
+from skiptune.skip import Rule, canonical_cache, canonical_rule
 from skiptune.store import config_key
 
 #: the ``kind`` of a generated-and-scored point in stored configs
@@ -142,8 +142,10 @@ class Point:
     batch: int = 250
     precision: str = "fp32"
     decoder: DecoderRef | None = None  # latent models: the autoencoder that decodes the samples
+    cache: str | None = None  # feature-cache policy (skiptune.skip.cache), canonical; None: every pass is full
 
     def __post_init__(self):
+        object.__setattr__(self, "cache", canonical_cache(self.cache))
         if self.decoder is not None and not isinstance(self.decoder, DecoderRef):
             raise InputError(f"a point's decoder must be a DecoderRef, got {type(self.decoder).__name__}")
         for name, cls in (("model", ModelRef), ("sampling", SamplingSpec), ("scoring", ScoringSpec)):
@@ -194,6 +196,8 @@ class Point:
             cfg["sigma_max"] = s.sigma_max
         if self.precision != "fp32":  # float32 runs keep the keys they always had
             cfg["precision"] = self.precision
+        if self.cache is not None:  # uncached runs keep the keys they always had
+            cfg["cache"] = self.cache
         return cfg
 
     def key(self) -> str:

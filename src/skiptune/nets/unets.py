@@ -25,9 +25,10 @@ from skiptune.nets.layers import (
     SkipJoin,
     UNetBlock,
 )
+from skiptune.nets.staged import Keep, StagedUNet, stop_encoder
 
 
-class _SkipUNet(nn.Module):
+class _SkipUNet(StagedUNet, nn.Module):
     """Shared plumbing: the decoder's skip joins and the encoder/decoder traversal."""
 
     enc: nn.ModuleDict
@@ -50,7 +51,8 @@ class _SkipUNet(nn.Module):
             self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attention(idx), **bk)
         return cout
 
-    def _encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _encode(self, x: torch.Tensor, emb: torch.Tensor, pushes: int | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         aux = x
         for name, block in self.enc.items():
@@ -61,16 +63,44 @@ class _SkipUNet(nn.Module):
             elif "aux_residual" in name:
                 x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
             else:
+                if stop_encoder(skips, pushes):
+                    break
                 x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
                 skips.append(x)
         return x, skips
 
-    def _decode_block(self, name: str, block: nn.Module, x: torch.Tensor, skips: list[torch.Tensor],
-                      emb: torch.Tensor) -> torch.Tensor:
-        join = self.joins[name] if name in self.joins else None
-        if join is not None:
-            x = join(x, skips.pop())
-        return block(x, emb)
+    def _decode(self, x: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor, start: int | None = None,
+                keep: Keep | None = None) -> torch.Tensor:
+        """The decoder (see :mod:`skiptune.nets.staged`); returns the output of its ``aux`` path if it has one."""
+        joins = list(self.joins)
+        first = None if start is None else joins[start]
+        kept = None if keep is None else joins[keep[0]]
+        aux = None
+        tmp = None
+        for name, block in self.dec.items():
+            if first is not None:
+                if name != first:
+                    if "aux" in name:
+                        raise InputError("this UNet's decoder accumulates an output path across levels "
+                                         "(decoder_type='skip'), which a partial pass cannot resume; cache "
+                                         "policies need decoder_type='standard'")
+                    continue
+                first = None
+            if "aux_up" in name:
+                aux = block(aux)
+            elif "aux_norm" in name:
+                tmp = block(x)
+            elif "aux_conv" in name:
+                tmp = block(F.silu(tmp))
+                aux = tmp if aux is None else tmp + aux
+            else:
+                if name == kept:
+                    keep[1](x)
+                join = self.joins[name] if name in self.joins else None
+                if join is not None:
+                    x = join(x, skips.pop())
+                x = block(x, emb)
+        return x if aux is None else aux
 
     def _embed_labels(self, emb: torch.Tensor, class_labels: torch.Tensor | None, scale: float) -> torch.Tensor:
         tmp = class_labels
@@ -166,20 +196,7 @@ class SongUNet(_SkipUNet):
             emb = emb + self.map_augment(augment_labels)
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
 
-        x, skips = self._encode(x, emb)
-        aux = None
-        tmp = None
-        for name, block in self.dec.items():
-            if "aux_up" in name:
-                aux = block(aux)
-            elif "aux_norm" in name:
-                tmp = block(x)
-            elif "aux_conv" in name:
-                tmp = block(F.silu(tmp))
-                aux = tmp if aux is None else tmp + aux
-            else:
-                x = self._decode_block(name, block, x, skips, emb)
-        return aux
+        return self._stages(x, emb, self._encode, self._decode)
 
 
 class DhariwalUNet(_SkipUNet):
@@ -242,9 +259,7 @@ class DhariwalUNet(_SkipUNet):
         if self.map_label is not None:
             emb = self._embed_labels(emb, class_labels, 1.0)
         emb = F.silu(emb)
-        x, skips = self._encode(x, emb)
-        for name, block in self.dec.items():
-            x = self._decode_block(name, block, x, skips, emb)
+        x = self._stages(x, emb, self._encode, self._decode)
         return self.out_conv(F.silu(self.out_norm(x)))
 
 

@@ -29,6 +29,7 @@ from skiptune.core.errors import InputError
 from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod, vp_sigma, vp_sigma_inv
 from skiptune.core.sigma import publish_sigma
 from skiptune.nets.layers import SkipJoin
+from skiptune.nets.staged import Keep, StagedUNet, stop_encoder
 
 
 class TokenSkipJoin(SkipJoin):
@@ -138,7 +139,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class UViT(nn.Module):
+class UViT(StagedUNet, nn.Module):
     """The U-ViT noise-prediction network ``eps = net(x, timesteps, y)``.
 
     Tokens: ``[label] + [time] + patches`` (the label token only when ``num_classes > 0``), plus a
@@ -204,6 +205,31 @@ class UViT(nn.Module):
         b, p, c, h = x.shape[0], self.patch_size, self.in_chans, self.tokens_per_side
         return x.reshape(b, h, h, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * p, h * p)
 
+    def _encode(self, x: torch.Tensor, emb: None, pushes: int | None = None) -> tuple[torch.Tensor, list]:
+        """The in-blocks, each pushing its tokens (time and label enter as tokens: ``emb`` is unused)."""
+        skips = []
+        for blk in self.in_blocks:
+            if stop_encoder(skips, pushes):
+                break
+            x = blk(x)
+            skips.append(x)
+        return x, skips
+
+    def _decode(self, x: torch.Tensor, skips: list, emb: None, start: int | None = None,
+                keep: Keep | None = None) -> torch.Tensor:
+        """The mid block, then the out-blocks, the first taking the last skip pushed (the innermost).
+        Sites are the out-blocks, 0 = the first; ``start``/``keep`` as in :mod:`skiptune.nets.staged`."""
+        if start is None:
+            x = self.mid_block(x)
+        for i, blk in enumerate(self.out_blocks):
+            if start is not None and i < start:
+                continue
+            if keep is not None and i == keep[0]:
+                keep[1](x)
+            skip = skips.pop()
+            x = blk(x, skip if blk.skip_linear is not None else None)
+        return x
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             raise InputError(f"this U-ViT takes {self.img_size}x{self.img_size} inputs, got {tuple(x.shape[-2:])}")
@@ -221,14 +247,7 @@ class UViT(nn.Module):
             raise InputError("this U-ViT is unconditional (num_classes <= 0): do not pass labels")
         x = torch.cat([*(tok.expand(b, -1, -1) for tok in tokens), x], dim=1) + self.pos_embed.to(x.dtype)
 
-        skips = []
-        for blk in self.in_blocks:
-            x = blk(x)
-            skips.append(x)
-        x = self.mid_block(x)
-        for blk in self.out_blocks:  # the first out_block takes the last skip pushed: the innermost
-            skip = skips.pop()
-            x = blk(x, skip if blk.skip_linear is not None else None)
+        x = self._stages(x, None, self._encode, self._decode)
         x = self.decoder_pred(self.norm(x))[:, self.extras:]
         return self.final_layer(self.unpatchify(x))
 

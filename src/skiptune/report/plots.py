@@ -95,7 +95,8 @@ def plot_side_by_side(panels: Sequence[tuple[str, torch.Tensor]], path: str | os
 
 
 def write_best_grids(net, rows: Sequence, out: str | os.PathLike, *, seeds: str = "0-31", grid: str = "edm",
-                     mode: str = "concat", device: str = "cpu", end: str | None = None) -> list[Path]:
+                     mode: str = "concat", device: str = "cpu", end: str | None = None,
+                     cache: str | None = None) -> list[Path]:
     """Per (sampler, NFE) of a sweep: the baseline and the best rule side by side, same seeds (seed 003, Fig. 5)."""
     from skiptune.experiment import SamplingSpec, generate, to_uint8
     from skiptune.runs.sweep import best_rows
@@ -105,7 +106,7 @@ def write_best_grids(net, rows: Sequence, out: str | os.PathLike, *, seeds: str 
         panels = []
         for r in dict.fromkeys([base.rule if base else "none", best.rule]):
             g = generate(net, seeds, SamplingSpec(s, nfe=n, grid=grid, end=end), rule=r, mode=mode, batch_size=32,
-                         device=device)
+                         device=device, cache=cache)
             panels.append((f"{s} NFE {n}, {r}\nseeds {seeds}, row by row", to_uint8(g.images)))
         paths.append(plot_side_by_side(panels, Path(out) / f"grid_{s}_{n}.png"))
     return paths

@@ -93,6 +93,7 @@ class SweepSpec:
     precision: str = "fp32"
     end: str | None = None  # where grids end (SamplingSpec.end); None: each sampler's reference convention
     guidance: float | None = None  # classifier-free guidance W (SamplingSpec.guidance)
+    cache: str | None = None  # feature-cache policy (skiptune.skip.cache) of every point
 
     def __post_init__(self):
         self.rules = list(dict.fromkeys(str(canonical_rule(r)) for r in self.rules))
@@ -103,7 +104,7 @@ class SweepSpec:
         return [((s, n, r, k), Point(model, SamplingSpec(s, nfe=n, grid=self.grid, end=self.end, guidance=self.guidance,
                                                          options=dict(self.sampler_options.get(s, {}))),
                                      canonical_rule(r), seeds, scoring, mode=self.mode, batch=self.batch,
-                                     precision=self.precision, decoder=decoder))
+                                     precision=self.precision, decoder=decoder, cache=self.cache))
                 for s in self.samplers for n in self.nfes for r in self.rules
                 for k, seeds in enumerate(self.seed_sets)]
 
