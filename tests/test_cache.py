@@ -312,3 +312,51 @@ def test_sweep_cli_stores_the_policy_in_the_point(tmp_path):
     assert fids[("deepcache:2", "none")] != fids[(None, "none")]
     details = [r.metrics["fid"].details for r in runs if r.config.get("cache")]
     assert all(d["cache"]["full_per_sample"] == 2 and d["cache"]["partial_per_sample"] == 1 for d in details)
+
+
+# --- diffusers UNet2DModel ---------------------------------------------------------------------------
+
+def diffusers_denoiser(**kw):
+    pytest.importorskip("diffusers")
+    from diffusers_models import tiny_unet2d
+    from skiptune.io.diffusers import DiffusersDenoiser
+    from skiptune.sampling import alphas_cumprod
+
+    return DiffusersDenoiser(tiny_unet2d(**kw), alphas_cumprod(1000, "linear"))
+
+
+@pytest.mark.parametrize("kw", [{}, {"layers": 2, "num_class_embeds": 5}], ids=["uncond", "class-2-layers"])
+def test_diffusers_stages_match_diffusers_and_the_hook_oracle(kw):
+    den = diffusers_denoiser(**kw)
+    n = len(skip_sites(den))
+    lab = {"class_labels": torch.tensor([1, 3])} if kw else {}
+    g = torch.Generator().manual_seed(9)
+    x1, x2 = (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    s1, s2 = torch.tensor([5.0, 5.0], dtype=torch.float64), torch.tensor([1.5, 1.5], dtype=torch.float64)
+    with torch.no_grad():
+        plain = den(x2, s2, **lab)
+        with feature_cache(den, "encoder:1"):  # every pass full, through the staged forward
+            staged = den(x2, s2, **lab)
+    torch.testing.assert_close(staged, plain, rtol=0, atol=1e-6)
+    layers = kw.get("layers", 1)
+    # up blocks pop layers + 1 skips each: branches at their first resnets are layers, 2 layers + 1, ...
+    branches = [b for b in range(n) if (b - layers) % (layers + 1) == 0]
+    assert branches
+    for text in ["encoder:keys=0", *(f"deepcache:keys=0:branch={b}" for b in branches)]:
+        policy = CachePolicy.parse(text)
+        with torch.no_grad(), feature_cache(den, policy):
+            den(x1, s1, **lab)
+            got = den(x2, s2, **lab)
+        want = oracle(den, policy, lambda: den(x1, s1, **lab), lambda: den(x2, s2, **lab))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=text)
+        assert (got - plain).abs().max() > 1e-4, text
+    with pytest.raises(InputError, match="branches available here: " + ", ".join(map(str, branches))):
+        feature_cache(den, f"deepcache:2:branch={branches[0] - 1 if branches[0] else branches[0] + 1}")
+
+
+def test_diffusers_refusals():
+    pytest.importorskip("diffusers")
+    from diffusers_models import tiny_unet2d_cond
+
+    with pytest.raises(InputError, match="UNet2DConditionModel .* is not staged yet"):
+        feature_cache(tiny_unet2d_cond(), "encoder:2")

@@ -420,10 +420,13 @@ def test_half_precision_networks_under_every_rule_mode_and_freeu(case, dtype):
 
 # --- feature-cache policies --------------------------------------------------------------------------
 
-CACHED = ["ddpmpp-tiny", "adm-tiny", "uvit-imagenet256-huge-tiny"]
+CACHED = ["ddpmpp-tiny", "adm-tiny", "uvit-imagenet256-huge-tiny",
+          pytest.param("diffusers-unet2d", marks=pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers missing"))]
 
 
 def cache_policies(case: Case) -> list[str]:
+    if case.unet is not None:  # diffusers: partial passes resume at an up block's first resnet (branch 1 here)
+        return ["encoder:keys=0", "deepcache:keys=0:branch=1"]
     deep = [f"deepcache:keys=0:branch={b}" for b in sorted({0, case.k - 1})]
     return deep if "uvit" in case.name else ["encoder:keys=0", *deep]
 

@@ -49,6 +49,7 @@ from skiptune.adapters.base import (
 from skiptune.core.errors import InputError
 from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod
 from skiptune.core.sigma import current_publication, publish_sigma
+from skiptune.nets.staged import Keep, StagedUNet, stop_encoder
 
 INSTALL_HINT = "pip install 'skiptune[diffusers]'"
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -340,6 +341,9 @@ class DiffusersUNetAdapter(Adapter):
             return (torch.cat([u, d], dim=1),) + tuple(args[1:])
         return [self._resnet(net, site).register_forward_pre_hook(join_hook)]
 
+    def staged(self, net, kind: str):
+        return _stages_for(diffusers_unet(net))
+
     def attach_sigma(self, net) -> list[RemovableHandle]:
         unet = diffusers_unet(net)
         open_scopes: list = []
@@ -363,3 +367,106 @@ class DiffusersUNetAdapter(Adapter):
 
         return [unet.register_forward_pre_hook(publish, with_kwargs=True),
                 unet.register_forward_hook(unpublish, with_kwargs=True, always_call=True)]
+
+
+# --- stages, for feature-cache policies -----------------------------------------------------------
+
+class _UNet2DStages(StagedUNet):
+    """A diffusers ``UNet2DModel`` run in the stages of :mod:`skiptune.nets.staged`, from its own modules.
+
+    Its forward mirrors ``UNet2DModel.forward`` (time and class embedding, ``conv_in``, down blocks, mid block,
+    up blocks, output convolution) and is what :class:`~skiptune.io.diffusers.DiffusersDenoiser` calls while a
+    cache policy is attached; diffusers' forward itself is never replaced. Up blocks are diffusers modules that
+    pop several skips each, so a partial decoder pass can start only at an up block's first resnet
+    (:meth:`check_start`); the encoder runs whole down blocks and drops residuals beyond the ones asked for.
+    """
+
+    def __init__(self, unet: nn.Module):
+        self._unet = weakref.ref(unet)
+        self._joins = _layout(unet)
+
+    @property
+    def unet(self) -> nn.Module:
+        return self._unet()
+
+    def check_start(self, site: int) -> None:
+        """A partial pass may start (and a feature be kept) only where an up block begins."""
+        starts = [j.site.index for j in self._joins if j.layer == 0]
+        if site not in starts:
+            n = len(self._joins)
+            raise InputError(f"diffusers up blocks pop several skips each, so a partial pass can only resume at an up "
+                             f"block's first resnet; deepcache branches available here: "
+                             f"{', '.join(str(n - 1 - s) for s in sorted(starts, reverse=True))}")
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        unet = self.unet
+        cfg = unet.config
+        if cfg.center_input_sample:
+            sample = 2 * sample - 1.0
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
+        t = t * torch.ones(sample.shape[0], dtype=t.dtype, device=t.device)
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
+        if unet.class_embedding is not None:
+            if class_labels is None:
+                raise InputError("this UNet2DModel is class-conditional: pass class_labels")
+            if cfg.class_embed_type == "timestep":
+                class_labels = unet.time_proj(class_labels)
+            emb = emb + unet.class_embedding(class_labels).to(dtype=unet.dtype)
+        out = self._stages(sample, emb, self._encode, self._decode)
+        out = unet.conv_out(unet.conv_act(unet.conv_norm_out(out)))
+        if cfg.time_embedding_type == "fourier":
+            out = out / t.reshape(-1, *([1] * (out.dim() - 1)))
+        return out
+
+    def _encode(self, x: torch.Tensor, emb: torch.Tensor, pushes: int | None = None) -> tuple[torch.Tensor, list]:
+        unet = self.unet
+        h = unet.conv_in(x)
+        skips = [h]
+        for block in unet.down_blocks:
+            if stop_encoder(skips, pushes):
+                break
+            h, res = block(hidden_states=h, temb=emb)
+            skips += list(res)
+        return h, skips if pushes is None else skips[:pushes]
+
+    def _decode(self, h: torch.Tensor, skips: list, emb: torch.Tensor, start: int | None = None,
+                keep: Keep | None = None) -> torch.Tensor:
+        unet = self.unet
+        first = None if start is None else next(j.block for j in self._joins if j.site.index == start)
+        kept = None if keep is None else next(j.block for j in self._joins if j.site.index == keep[0])
+        if start is None and unet.mid_block is not None:
+            h = unet.mid_block(h, emb)
+        for b, block in enumerate(unet.up_blocks):
+            if first is not None and b < first:
+                continue
+            if b == kept:
+                keep[1](h)
+            n = len(block.resnets)
+            res = tuple(skips[-n:])
+            del skips[-n:]
+            h = block(h, res, emb)
+        return h
+
+
+_STAGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def staged_unet(unet: nn.Module) -> _UNet2DStages | None:
+    """The stages of ``unet`` while a cache policy is attached to it (else None: call the UNet itself)."""
+    stages = _STAGED.get(unet)
+    return stages if stages is not None and stages.feature_cache is not None else None
+
+
+def _stages_for(unet: nn.Module) -> _UNet2DStages:
+    if type(unet).__name__ != "UNet2DModel":
+        raise InputError(f"feature-cache policies run on diffusers' UNet2DModel; a {type(unet).__name__} (cross-"
+                         "attention conditioning) is not staged yet: drop --cache for this model")
+    for name, blocks in (("down_blocks", unet.down_blocks), ("up_blocks", unet.up_blocks)):
+        for i, block in enumerate(blocks):
+            if hasattr(block, "skip_conv"):
+                raise InputError(f"{name}.{i} is a {type(block).__name__}, whose extra output path a partial pass "
+                                 "cannot resume; drop --cache for this model")
+    if unet not in _STAGED:
+        _STAGED[unet] = _UNet2DStages(unet)
+    return _STAGED[unet]

@@ -31,6 +31,7 @@ from skiptune.adapters.diffusers import (
     attach_schedule,
     require_diffusers,
     schedule_from_config,
+    staged_unet,
 )
 from skiptune.core.errors import CheckpointError, InputError
 from skiptune.sampling.denoisers import VPDenoiser
@@ -73,7 +74,11 @@ class DiffusersDenoiser(VPDenoiser):
                              "[batch, tokens, cross_attention_dim]); pass them as a keyword to the denoiser")
         if class_labels is not None:
             cond["class_labels"] = class_labels
-        out = self.model(x_vp, t, return_dict=False, **cond)[0]
+        stages = staged_unet(self.model)  # a feature-cache policy is attached: run the UNet in its stages
+        if stages is not None:
+            out = stages.forward(x_vp, t, **cond)
+        else:
+            out = self.model(x_vp, t, return_dict=False, **cond)[0]
         return out[:, : self.img_channels]
 
 

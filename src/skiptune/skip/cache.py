@@ -322,6 +322,9 @@ class FeatureCache:
         if self.policy.kind == "deepcache" and self.policy.branch >= sites:
             raise InputError(f"deepcache branch {self.policy.branch} does not exist: this network has {sites} skips "
                              f"(branch 0 = the outermost .. {sites - 1} = the innermost)")
+        check_start = getattr(target, "check_start", None)  # stages that can resume only at some joins
+        if check_start is not None:
+            check_start(0 if self.policy.kind == "encoder" else sites - 1 - self.policy.branch)
         if target in _ACTIVE or getattr(target, "feature_cache", None) is not None:
             raise StateError("this network already has an active feature cache; remove it first")
         self._runner = _Runner(self.policy, sites, int(streams), timing, CacheStats(timed=timing))
