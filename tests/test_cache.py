@@ -354,9 +354,27 @@ def test_diffusers_stages_match_diffusers_and_the_hook_oracle(kw):
         feature_cache(den, f"deepcache:2:branch={branches[0] - 1 if branches[0] else branches[0] + 1}")
 
 
-def test_diffusers_refusals():
+def test_diffusers_conditional_unet_stages():
     pytest.importorskip("diffusers")
     from diffusers_models import tiny_unet2d_cond
+    from skiptune.io.diffusers import DiffusersDenoiser
+    from skiptune.sampling import alphas_cumprod
 
-    with pytest.raises(InputError, match="UNet2DConditionModel .* is not staged yet"):
-        feature_cache(tiny_unet2d_cond(), "encoder:2")
+    den = DiffusersDenoiser(tiny_unet2d_cond(levels=3), alphas_cumprod(1000, "linear"))
+    g = torch.Generator().manual_seed(10)
+    x1, x2 = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    ctx = {"encoder_hidden_states": torch.randn(2, 3, 8, generator=g)}
+    s1, s2 = torch.tensor([5.0, 5.0], dtype=torch.float64), torch.tensor([1.5, 1.5], dtype=torch.float64)
+    with torch.no_grad():
+        plain = den(x2, s2, **ctx)
+        with feature_cache(den, "encoder:1"):
+            staged = den(x2, s2, **ctx)
+    torch.testing.assert_close(staged, plain, rtol=0, atol=1e-6)
+    for text in ("encoder:keys=0", "deepcache:keys=0:branch=1"):
+        policy = CachePolicy.parse(text)
+        with torch.no_grad(), feature_cache(den, policy):
+            den(x1, s1, **ctx)
+            got = den(x2, s2, **ctx)
+        want = oracle(den, policy, lambda: den(x1, s1, **ctx), lambda: den(x2, s2, **ctx))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=text)
+        assert (got - plain).abs().max() > 1e-4, text

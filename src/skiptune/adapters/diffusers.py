@@ -372,10 +372,12 @@ class DiffusersUNetAdapter(Adapter):
 # --- stages, for feature-cache policies -----------------------------------------------------------
 
 class _UNet2DStages(StagedUNet):
-    """A diffusers ``UNet2DModel`` run in the stages of :mod:`skiptune.nets.staged`, from its own modules.
+    """A diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` run in the stages of :mod:`skiptune.nets.staged`,
+    from its own modules.
 
-    Its forward mirrors ``UNet2DModel.forward`` (time and class embedding, ``conv_in``, down blocks, mid block,
-    up blocks, output convolution) and is what :class:`~skiptune.io.diffusers.DiffusersDenoiser` calls while a
+    Its forward mirrors the UNet's (time, class and cross-attention conditioning, ``conv_in``, down blocks, mid
+    block, up blocks, output convolution; not ControlNet residuals, added embeddings or attention masks) and is
+    what :class:`~skiptune.io.diffusers.DiffusersDenoiser` calls while a
     cache policy is attached; diffusers' forward itself is never replaced. Up blocks are diffusers modules that
     pop several skips each, so a partial decoder pass can start only at an up block's first resnet
     (:meth:`check_start`); the encoder runs whole down blocks and drops residuals beyond the ones asked for.
@@ -398,45 +400,72 @@ class _UNet2DStages(StagedUNet):
                              f"block's first resnet; deepcache branches available here: "
                              f"{', '.join(str(n - 1 - s) for s in sorted(starts, reverse=True))}")
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, **other) -> torch.Tensor:
         unet = self.unet
         cfg = unet.config
+        if other:
+            raise InputError(f"a cached diffusers UNet takes class_labels and encoder_hidden_states only, not "
+                             f"{', '.join(sorted(other))}; drop --cache for this call")
+        up = 2 ** len([b for b in unet.up_blocks if getattr(b, "upsamplers", None) is not None])
+        if any(d % up for d in sample.shape[-2:]):
+            raise InputError(f"a cached diffusers UNet needs a sample size divisible by {up}, got "
+                             f"{tuple(sample.shape[-2:])}")
         if cfg.center_input_sample:
             sample = 2 * sample - 1.0
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         t = t * torch.ones(sample.shape[0], dtype=t.dtype, device=t.device)
-        emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
-        if unet.class_embedding is not None:
-            if class_labels is None:
-                raise InputError("this UNet2DModel is class-conditional: pass class_labels")
-            if cfg.class_embed_type == "timestep":
-                class_labels = unet.time_proj(class_labels)
-            emb = emb + unet.class_embedding(class_labels).to(dtype=unet.dtype)
-        out = self._stages(sample, emb, self._encode, self._decode)
-        out = unet.conv_out(unet.conv_act(unet.conv_norm_out(out)))
-        if cfg.time_embedding_type == "fourier":
+        if self.conditional:
+            emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=t), None)
+            class_emb = unet.get_class_embed(sample=sample, class_labels=class_labels)
+            if class_emb is not None:
+                emb = torch.cat([emb, class_emb], dim=-1) if cfg.class_embeddings_concat else emb + class_emb
+            if unet.time_embed_act is not None:
+                emb = unet.time_embed_act(emb)
+        else:
+            emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
+            if unet.class_embedding is not None:
+                if class_labels is None:
+                    raise InputError("this UNet2DModel is class-conditional: pass class_labels")
+                if cfg.class_embed_type == "timestep":
+                    class_labels = unet.time_proj(class_labels)
+                emb = emb + unet.class_embedding(class_labels).to(dtype=unet.dtype)
+        out = self._stages(sample, (emb, encoder_hidden_states), self._encode, self._decode)
+        if unet.conv_norm_out is not None:
+            out = unet.conv_act(unet.conv_norm_out(out))
+        out = unet.conv_out(out)
+        if getattr(cfg, "time_embedding_type", None) == "fourier":
             out = out / t.reshape(-1, *([1] * (out.dim() - 1)))
         return out
 
-    def _encode(self, x: torch.Tensor, emb: torch.Tensor, pushes: int | None = None) -> tuple[torch.Tensor, list]:
+    @property
+    def conditional(self) -> bool:
+        return type(self.unet).__name__ == "UNet2DConditionModel"
+
+    @staticmethod
+    def _context(block: nn.Module, ctx: torch.Tensor | None) -> dict:
+        return {"encoder_hidden_states": ctx} if getattr(block, "has_cross_attention", False) else {}
+
+    def _encode(self, x: torch.Tensor, emb: tuple, pushes: int | None = None) -> tuple[torch.Tensor, list]:
         unet = self.unet
+        temb, ctx = emb
         h = unet.conv_in(x)
         skips = [h]
         for block in unet.down_blocks:
             if stop_encoder(skips, pushes):
                 break
-            h, res = block(hidden_states=h, temb=emb)
+            h, res = block(hidden_states=h, temb=temb, **self._context(block, ctx))
             skips += list(res)
         return h, skips if pushes is None else skips[:pushes]
 
-    def _decode(self, h: torch.Tensor, skips: list, emb: torch.Tensor, start: int | None = None,
+    def _decode(self, h: torch.Tensor, skips: list, emb: tuple, start: int | None = None,
                 keep: Keep | None = None) -> torch.Tensor:
         unet = self.unet
+        temb, ctx = emb
         first = None if start is None else next(j.block for j in self._joins if j.site.index == start)
         kept = None if keep is None else next(j.block for j in self._joins if j.site.index == keep[0])
         if start is None and unet.mid_block is not None:
-            h = unet.mid_block(h, emb)
+            h = unet.mid_block(h, temb, **self._context(unet.mid_block, ctx))
         for b, block in enumerate(unet.up_blocks):
             if first is not None and b < first:
                 continue
@@ -445,7 +474,7 @@ class _UNet2DStages(StagedUNet):
             n = len(block.resnets)
             res = tuple(skips[-n:])
             del skips[-n:]
-            h = block(h, res, emb)
+            h = block(hidden_states=h, temb=temb, res_hidden_states_tuple=res, **self._context(block, ctx))
         return h
 
 
@@ -459,9 +488,11 @@ def staged_unet(unet: nn.Module) -> _UNet2DStages | None:
 
 
 def _stages_for(unet: nn.Module) -> _UNet2DStages:
-    if type(unet).__name__ != "UNet2DModel":
-        raise InputError(f"feature-cache policies run on diffusers' UNet2DModel; a {type(unet).__name__} (cross-"
-                         "attention conditioning) is not staged yet: drop --cache for this model")
+    cfg = unet.config
+    if getattr(cfg, "addition_embed_type", None) is not None or getattr(unet, "encoder_hid_proj", None) is not None:
+        raise InputError(f"this {type(unet).__name__} takes added conditioning (addition_embed_type "
+                         f"{cfg.addition_embed_type!r} or an encoder_hid_proj), which cached passes do not stage; "
+                         "drop --cache for this model")
     for name, blocks in (("down_blocks", unet.down_blocks), ("up_blocks", unet.up_blocks)):
         for i, block in enumerate(blocks):
             if hasattr(block, "skip_conv"):
