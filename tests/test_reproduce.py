@@ -60,7 +60,7 @@ def test_list_covers_the_tables_and_says_what_each_row_needs(capsys):
         assert f"Table {t}:" in out
     assert "edm-imagenet64/unipc/39" in out and "paper 2.21 -> 1.57" in out
     assert "uvit-imagenet256/50-steps" in out and "runs on imagenet256_uvit_huge.pth" in out
-    assert "ldm-imagenet256/5-steps" in out and "needs CompVis LDM checkpoints" in out
+    assert "ldm-imagenet256/5-steps" in out and "runs on cin256-v2.ckpt" in out
 
 
 def test_every_preset_row_appears_with_the_papers_numbers():

@@ -31,7 +31,8 @@ def register(sub) -> None:
                    help="feature network (default: the one recorded in --ref, else inception-v3: the paper's)")
     p.add_argument("--weights", default=None, help="weights file of the feature network")
     p.add_argument("--vae", default=None, metavar="DIR",
-                   help="autoencoder folder (diffusers save_pretrained) that decodes a latent model's samples")
+                   help="autoencoder folder (diffusers save_pretrained) that decodes a latent model's samples, or a "
+                        "latent-diffusion .ckpt (default for a latent-diffusion --checkpoint: its own first stage)")
     p.add_argument("--vae-scale", type=float, default=None, help="latent scale of --vae (default: its config's)")
     p.add_argument("--samples", type=int, default=50000, metavar="N",
                    help="samples per seed set (the paper: 50000)")
@@ -115,7 +116,9 @@ def _family(args, net, rows) -> str:
     return args.family
 
 
-def _decoder(args, net):
+def _decoder(args, net, loaded=None):
+    if args.vae is None and loaded is not None and loaded.loader == "ldm":
+        args.vae = args.checkpoint  # a latent-diffusion checkpoint decodes with its own first stage
     if args.vae is None:
         if getattr(net, "latent_scale_factor", None) is not None:
             raise UsageError("this is a latent model: its samples are latents and FID needs images; pass --vae DIR "
@@ -153,7 +156,7 @@ def _run(args, table, rows, loaded, family) -> int:
     net = loaded.net
     fam = FAMILIES[family]
     check_guidance(net, fam.guidance)
-    decoder = _decoder(args, net)
+    decoder = _decoder(args, net, loaded)
     if args.features is None and not Path(args.ref).suffix == ".npz":
         raise UsageError("--ref is a data set: give --features too (the paper's FID uses inception-v3)")
     scoring_features(args.features, args.ref)

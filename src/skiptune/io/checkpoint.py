@@ -20,6 +20,7 @@ from skiptune.core.assets import SHIPPED_MODELS, asset_path
 from skiptune.core.checksums import state_dict_sha256
 from skiptune.core.errors import CheckpointError, InputError, MissingFileError
 from skiptune.io.edm_pickle import load_edm_pickle
+from skiptune.io.ldm import is_ldm_state, load_ldm, read_ldm_checkpoint
 from skiptune.io.openai_unet import is_openai_unet_state, load_openai_unet
 from skiptune.io.uvit import file_contents, is_uvit_state, load_strict, load_uvit, read_state_dict
 from skiptune.nets.presets import build_network, build_preset, preset_config, preset_names, preset_seed
@@ -125,7 +126,7 @@ class LoadedModel:
     """A network as loaded, with what describes it.
 
     ``net``: the denoiser in eval mode; ``source``: what was asked for (a path, preset or shipped name);
-    ``loader``: how it was read (``preset``, ``skiptune``, ``state-dict``, ``uvit``, ``openai-unet``,
+    ``loader``: how it was read (``preset``, ``skiptune``, ``state-dict``, ``uvit``, ``openai-unet``, ``ldm``,
     ``edm-pickle``, ``diffusers``); ``network``: ``{'class_name', 'kwargs'}`` to rebuild it (empty for a diffusers
     folder); ``extra``: the checkpoint's metadata (e.g. the training step and data set of a skiptune
     checkpoint; for a preset ``{'init_seed': N}``, the seed of its random weights; empty for other
@@ -159,7 +160,9 @@ def open_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
     ``trust_code``; ``key`` picks the entry, default ``ema``), or a raw state dict
     (``.safetensors``/``.pt``/``.pth``) when ``arch`` names the preset it belongs to. A public
     U-ViT ``.pth`` state dict needs no ``arch`` when exactly one U-ViT preset matches its shapes, nor does a
-    guided-diffusion / consistency_models ``.pt`` when exactly one OpenAI UNet preset does.
+    guided-diffusion / consistency_models ``.pt`` when exactly one OpenAI UNet preset does, nor a CompVis
+    latent-diffusion ``.ckpt`` when exactly one LDM preset does (:mod:`skiptune.io.ldm`; its first stage decodes
+    through ``load_decoder(the .ckpt)``).
     A folder written by diffusers' ``save_pretrained`` (a ``UNet2DModel``/``UNet2DConditionModel``, or a
     pipeline with ``unet/`` and ``scheduler/``) loads as a :class:`~skiptune.io.diffusers.DiffusersDenoiser`
     (needs ``pip install 'skiptune[diffusers]'``).
@@ -191,7 +194,12 @@ def open_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
     suffix = path.suffix.lower()
     if arch is not None:
         preset_config(arch)  # an unknown preset fails before the file is read
-        state = _load_state(path) if suffix == ".safetensors" else read_state_dict(path)
+        if suffix == ".ckpt":
+            state = read_ldm_checkpoint(path)
+        else:
+            state = _load_state(path) if suffix == ".safetensors" else read_state_dict(path)
+        if is_ldm_state(state):  # a latent-diffusion checkpoint: model.diffusion_model.*, cond_stage_model.*, ...
+            return _described(load_ldm(path, arch, state=state), spec, "ldm")
         if is_uvit_state(state):  # the public U-ViT naming, without our wrapper's "model." prefix
             return _described(load_uvit(path, arch, state=state), spec, "uvit")
         if is_openai_unet_state(state):  # guided-diffusion / consistency_models naming, likewise
@@ -202,10 +210,12 @@ def open_model(spec: str | os.PathLike, *, arch: str | None = None, trust_code: 
         return _described(net, spec, "skiptune", cfg.get("extra", {}))
     if suffix in (".pkl", ".pickle"):
         return _described(load_edm_pickle(path, key=key, trust_code=trust_code), spec, "edm-pickle")
+    if suffix == ".ckpt":  # a CompVis latent-diffusion checkpoint
+        return _described(load_ldm(path), spec, "ldm")
     if suffix in (".pt", ".pth"):  # a raw state dict: only U-ViT's and OpenAI UNets' can be recognised without arch
         state = read_state_dict(path)
         if is_openai_unet_state(state):
             return _described(load_openai_unet(path, state=state), spec, "openai-unet")
         return _described(load_uvit(path, state=state), spec, "uvit")
     raise CheckpointError(f"{path}: unsupported file type {suffix!r}; expected a skiptune .safetensors checkpoint, "
-                          "an EDM network .pkl, or a state dict with arch=PRESET")
+                          "an EDM network .pkl, a latent-diffusion .ckpt, or a state dict with arch=PRESET")

@@ -30,8 +30,13 @@ def is_openai_unet_state(state: dict) -> bool:
     return all(k in state for k in OPENAI_UNET_KEYS)
 
 
+#: the denoisers whose inner network is the whole of a public .pt state dict (an LDM checkpoint also holds its
+#: conditioning and first stage: skiptune.io.ldm)
+_BARE_UNET_CLASSES = frozenset(OPENAI_PRECOND_CLASSES) - {"LDMPrecond"}
+
+
 def openai_unet_presets() -> list[str]:
-    return sorted(name for name, (cls, _) in PRESETS.items() if cls in OPENAI_PRECOND_CLASSES)
+    return sorted(name for name, (cls, _) in PRESETS.items() if cls in _BARE_UNET_CLASSES)
 
 
 def _preset_shapes(name: str) -> dict[str, tuple[int, ...]]:
@@ -73,7 +78,7 @@ def load_openai_unet(path: str | os.PathLike, arch: str | None = None,
         raise CheckpointError(f"{path}: not an OpenAI UNet state dict (no {', '.join(missing)})")
     if arch is None:
         arch = infer_openai_unet_preset(state, path)
-    elif preset_config(arch)[0] not in OPENAI_PRECOND_CLASSES:
+    elif preset_config(arch)[0] not in _BARE_UNET_CLASSES:
         raise CheckpointError(f"{path} holds OpenAI UNet weights (guided-diffusion / consistency_models) but preset "
                               f"{arch} is not an OpenAI UNet; use one of {', '.join(openai_unet_presets())}")
     net = build_preset(arch)

@@ -5,7 +5,9 @@ scaled space; the image is ``autoencoder.decode(z / scale)``. :func:`load_decode
 ``save_pretrained`` writes (``config.json`` and ``diffusion_pytorch_model.safetensors``; e.g. a download
 of ``stabilityai/sd-vae-ft-ema``, the Stable Diffusion VAE that U-ViT's ImageNet models use) and returns
 a :class:`LatentDecoder`. A pipeline folder is accepted too: its ``vae/`` (or ``vqvae/``) subfolder is
-used.
+used. So is a CompVis latent-diffusion ``.ckpt`` file: its ``first_stage_model`` is converted for diffusers'
+``VQModel`` / ``AutoencoderKL`` (:func:`skiptune.io.ldm.load_ldm_decoder`), so ``--vae model.ckpt`` decodes an
+LDM's samples with its own first stage.
 
 Safety. Nothing is downloaded (``local_files_only=True``) and no code from the folder runs: the
 model class is one of diffusers' own, chosen from ``config.json``'s ``_class_name``, and the weights
@@ -199,9 +201,9 @@ def _autoencoder_folder(path: Path) -> Path:
     if not path.is_dir():
         from skiptune.io.uvit import file_contents
 
-        raise CheckpointError(f"{path} is a file ({file_contents(path)}), not a folder: {_FOLDER_HINT}. An original "
-                              "(non-diffusers) checkpoint can be converted with diffusers' "
-                              "scripts/convert_vae_pt_to_diffusers.py")
+        raise CheckpointError(f"{path} is a file ({file_contents(path)}), not a folder: {_FOLDER_HINT}, or a CompVis "
+                              "latent-diffusion .ckpt (its first stage decodes). Another original (non-diffusers) "
+                              "checkpoint can be converted with diffusers' scripts/convert_vae_pt_to_diffusers.py")
     if (path / "config.json").is_file():
         return path
     if (path / "model_index.json").is_file():
@@ -320,6 +322,10 @@ def load_decoder(path: str | os.PathLike, *, kind: str = "auto", scale: float | 
     device, dtype = _device(device), _dtype(dtype)
     if scale is not None:
         scale = _check_scale(scale, str(path))
+    if path.is_file() and path.suffix.lower() == ".ckpt":  # a latent-diffusion checkpoint: its own first stage
+        from skiptune.io.ldm import load_ldm_decoder
+
+        return load_ldm_decoder(path, kind=kind, scale=scale, device=device, dtype=dtype)
     folder = _autoencoder_folder(path)
     config_path = folder / "config.json"
     config = _read_config(config_path)

@@ -1,4 +1,5 @@
-"""The OpenAI diffusion UNet (improved-diffusion, guided-diffusion, consistency_models) and its denoisers.
+"""The OpenAI diffusion UNet (improved-diffusion, guided-diffusion, consistency_models, latent-diffusion) and its
+denoisers.
 
 The network is the ADM UNet of Nichol & Dhariwal 2021 and Dhariwal & Nichol 2021 in its original
 layout, an independent implementation of the same maths whose module and parameter names are those
@@ -20,8 +21,14 @@ says whether the attention's ``qkv``/``proj_out`` are 1-D convolutions over flat
 (guided-diffusion and improved-diffusion: weights [3C, C, 1]) or 2-D 1x1 convolutions
 (consistency_models: weights [3C, C, 1, 1]).
 
-Two wrappers make it an EDM-convention denoiser ``D(x, sigma) -> x0``:
-:class:`ADMPrecond` (discrete-time eps- or v-prediction over 1000 linear or cosine betas) and
+CompVis latent-diffusion (LDM) extends the same ``UNetModel`` with ``use_spatial_transformer``: every attention
+block becomes a :class:`SpatialTransformer` (``norm``, ``proj_in``, ``transformer_blocks.K.{attn1, ff, attn2,
+norm1, norm2, norm3}``, ``proj_out``) whose ``attn2`` attends to a conditioning ``context`` [N, L, context_dim],
+passed to :meth:`OpenAIUNet.forward` as ``context``.
+
+Three wrappers make it an EDM-convention denoiser ``D(x, sigma) -> x0``:
+:class:`ADMPrecond` (discrete-time eps- or v-prediction over 1000 linear, cosine or LDM's scaled-linear betas),
+:class:`LDMPrecond` (ADMPrecond on latents, with LDM's class embedder ``cond_stage_model`` making the context) and
 :class:`CMPrecond` (the consistency-model / EDM parameterization of consistency_models).
 """
 
@@ -51,10 +58,10 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
-def _norm(channels: int) -> GroupNorm32:
+def _norm(channels: int, eps: float = 1e-5) -> GroupNorm32:
     if channels % 32:
         raise InputError(f"the OpenAI UNet normalises with 32 groups: widths must be multiples of 32, got {channels}")
-    return GroupNorm32(32, channels)
+    return GroupNorm32(32, channels, eps=eps)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -70,11 +77,18 @@ class TimestepBlock(nn.Module):
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """Layers applied in turn; :class:`TimestepBlock` layers also receive the embedding."""
+    """Layers applied in turn; :class:`TimestepBlock` layers also receive the embedding, :class:`SpatialTransformer`
+    layers the context."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
+                context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
         return x
 
 
@@ -221,6 +235,113 @@ class AttentionBlock(nn.Module):
         return f"heads={self.num_heads}, new_order={self.new_order}"
 
 
+# --- the spatial transformer of latent diffusion (CompVis ldm/modules/attention.py) ----------------------------
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of the tokens x [N, L, query_dim] over ``context`` [N, M, context_dim] (over x itself
+    when None): ``to_out(softmax(q k^T / sqrt(dim_head)) v)`` with q = ``to_q`` x, k = ``to_k`` c, v = ``to_v`` c
+    (bias-free linear maps to ``heads * dim_head`` channels, split into heads) and ``to_out`` = (linear, dropout)."""
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(query_dim if context_dim is None else context_dim, inner, bias=False)
+        self.to_v = nn.Linear(query_dim if context_dim is None else context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        b, n, _ = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [b, len, heads * d] -> [b, heads, len, d]
+            return t.reshape(b, t.shape[1], self.heads, self.dim_head).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context)))
+        return self.to_out(a.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+
+
+class GEGLU(nn.Module):
+    """``a * gelu(g)`` with ``(a, g)`` the two halves of ``proj(x)`` (Shazeer 2020); exact (erf) GELU."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """``net`` = (GEGLU to ``mult * dim`` channels, dropout, linear back to ``dim``)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer block: ``x += attn1(norm1(x))`` (self-attention), ``x += attn2(norm2(x), context)``
+    (cross-attention; self-attention when the context is None), ``x += ff(norm3(x))``."""
+
+    def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0, context_dim: int | None = None):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """A transformer over the pixels of an image conditioned on a context (LDM's ``SpatialTransformer``):
+    ``x + proj_out(blocks(proj_in(norm(x))))``, the pixels read as tokens [N, H W, heads * d_head] between the 1x1
+    convolutions ``proj_in`` and ``proj_out`` (zero-initialised); ``norm`` is a 32-group GroupNorm with eps 1e-6.
+
+    The transformer is computed in float32 whatever the torso's dtype (the public ``convert_to_fp16`` of LDM leaves
+    it, like everything else, in float32) and its output cast back to the input's dtype.
+    """
+
+    def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, dropout: float = 0.0,
+                 context_dim: int | None = None):
+        super().__init__()
+        inner = n_heads * d_head
+        self.in_channels = in_channels
+        self.context_dim = context_dim
+        self.norm = _norm(in_channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(in_channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim)
+                                                 for _ in range(depth)])
+        self.proj_out = _zero(nn.Conv2d(inner, in_channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        x_in = x.float()
+        tokens = self.proj_in(self.norm(x_in)).flatten(2).transpose(1, 2)
+        context = None if context is None else context.float()
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        out = self.proj_out(tokens.transpose(1, 2).reshape(b, -1, h, w))
+        return (out + x_in).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"context_dim={self.context_dim}"
+
+
 # --- the UNet -------------------------------------------------------------------------------------------------
 
 
@@ -235,6 +356,12 @@ class OpenAIUNet(nn.Module):
     ``use_fp16`` is recorded but, as in the public code, the weights stay float32 until
     :meth:`convert_to_fp16` turns the convolutions of the input, middle and output blocks to float16
     (time and class embeddings, normalisations and the attention itself stay in float32).
+
+    Latent diffusion's options: ``use_spatial_transformer`` puts a :class:`SpatialTransformer` of
+    ``transformer_depth`` blocks wherever the attention would be, attending to a context of width ``context_dim``
+    (``forward(..., context=[N, L, context_dim])``); its heads are ``num_heads``, or ``width // num_head_channels``
+    when ``num_head_channels`` is given, each ``width // heads`` wide (the public code's ``legacy=True``; the
+    decoder's transformers, unlike its attention blocks, ignore ``num_heads_upsample``).
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -243,10 +370,17 @@ class OpenAIUNet(nn.Module):
                  num_classes: int | None = None, use_checkpoint: bool = False, use_fp16: bool = False,
                  num_heads: int = 1, num_head_channels: int = -1, num_heads_upsample: int = -1,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False,
-                 use_new_attention_order: bool = False, attention_conv_dims: int = 1):
+                 use_new_attention_order: bool = False, attention_conv_dims: int = 1,
+                 use_spatial_transformer: bool = False, transformer_depth: int = 1, context_dim: int | None = None):
         super().__init__()
         if dims != 2:
             raise InputError(f"only 2-D images are supported (dims=2), got dims={dims}")
+        if use_spatial_transformer != (context_dim is not None):
+            raise InputError("use_spatial_transformer and context_dim go together: the transformers attend to a "
+                             f"context of width context_dim (got use_spatial_transformer={use_spatial_transformer}, "
+                             f"context_dim={context_dim})")
+        if use_spatial_transformer and (int(transformer_depth) != transformer_depth or transformer_depth < 1):
+            raise InputError(f"transformer_depth must be an integer >= 1, got {transformer_depth}")
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
         self.image_size = image_size
@@ -257,6 +391,7 @@ class OpenAIUNet(nn.Module):
         self.attention_resolutions = tuple(attention_resolutions)
         self.channel_mult = tuple(channel_mult)
         self.num_classes = num_classes
+        self.context_dim = context_dim
         self.use_fp16 = use_fp16
         self.use_checkpoint = use_checkpoint  # recorded only: inference never checkpoints
         emb_dim = model_channels * 4
@@ -265,6 +400,11 @@ class OpenAIUNet(nn.Module):
             return ResBlock(cin, emb_dim, dropout, out_channels=cout, use_scale_shift_norm=use_scale_shift_norm, **kw)
 
         def attn(ch, heads):
+            if use_spatial_transformer:
+                heads = num_heads if num_head_channels == -1 else ch // num_head_channels
+                if heads < 1 or ch % heads:
+                    raise InputError(f"transformer width {ch} cannot be split into {heads} heads")
+                return SpatialTransformer(ch, heads, ch // heads, depth=int(transformer_depth), context_dim=context_dim)
             return AttentionBlock(ch, num_heads=heads, num_head_channels=num_head_channels,
                                   new_order=use_new_attention_order, conv_dims=attention_conv_dims)
 
@@ -317,8 +457,10 @@ class OpenAIUNet(nn.Module):
 
     def _torso_convs(self):
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
+            # the spatial transformers stay float32 (see SpatialTransformer)
+            kept = {id(m) for t in part.modules() if isinstance(t, SpatialTransformer) for m in t.modules()}
             for m in part.modules():
-                if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                if isinstance(m, (nn.Conv1d, nn.Conv2d)) and id(m) not in kept:
                     yield m
 
     def convert_to_fp16(self) -> OpenAIUNet:
@@ -339,27 +481,40 @@ class OpenAIUNet(nn.Module):
             return y.to(self.label_emb.weight.dtype) @ self.label_emb.weight
         return self.label_emb(y.reshape(-1).long())
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _check_context(self, context: torch.Tensor | None) -> None:
+        if self.context_dim is None:
+            if context is not None:
+                raise InputError("this network has no spatial transformers: it takes no context")
+            return
+        if context is None or context.ndim != 3 or context.shape[2] != self.context_dim:
+            got = "none" if context is None else f"shape {list(context.shape)}"
+            raise InputError(f"this network's transformers attend to a context [N, L, {self.context_dim}]; got {got}")
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         if (y is not None) != (self.num_classes is not None):
             raise InputError("pass labels y if and only if the network is class-conditional "
                              f"(num_classes={self.num_classes})")
+        self._check_context(context)
         emb = self.time_embed(self.time_features(timesteps.reshape(-1)))
         if y is not None:
             emb = emb + self.embed_labels(y)
         h = x.to(self.dtype)
         hs = []
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = block(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb, context)
         for join, block in zip(self.joins, self.output_blocks, strict=True):
-            h = block(join(h, hs.pop()), emb)
+            h = block(join(h, hs.pop()), emb, context)
         return self.out(h.to(x.dtype))
 
 
 # --- denoisers ------------------------------------------------------------------------------------------------
 
 PREDICTIONS = ("eps", "v")
+#: the beta schedules of :class:`ADMPrecond`
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 
 class _OpenAIPrecond(nn.Module):
@@ -408,8 +563,10 @@ class ADMPrecond(_OpenAIPrecond):
     """A discrete-time model of improved-/guided-diffusion as an EDM-convention denoiser.
 
     Schedule: ``num_timesteps`` betas, ``linear`` (Ho et al.: linspace(0.1, 20, T) / T, i.e. 1e-4..0.02 for
-    T = 1000) or ``cosine`` (Nichol & Dhariwal: abar(t) = cos^2((t/T + 0.008) / 1.008 pi/2), betas clipped at
-    0.999); abar_t = prod_{s<=t} (1 - beta_s) and the trained levels sigma_t = sqrt(1/abar_t - 1), t = 0..T-1.
+    T = 1000; ``linear_start``/``linear_end`` replace those ends), ``cosine`` (Nichol & Dhariwal: abar(t) =
+    cos^2((t/T + 0.008) / 1.008 pi/2), betas clipped at 0.999) or ``scaled_linear`` (latent diffusion's "linear",
+    ``make_beta_schedule``: linspace(sqrt(linear_start), sqrt(linear_end), T)^2, by default LDM's 0.0015..0.0195);
+    abar_t = prod_{s<=t} (1 - beta_s) and the trained levels sigma_t = sqrt(1/abar_t - 1), t = 0..T-1.
 
     With x = y + sigma n the network sees ``x / sqrt(1 + sigma^2)`` (the DDPM state) and the integer
     timestep t whose log sigma_t is *nearest* to log sigma (sigma is rounded for the time input only;
@@ -420,18 +577,27 @@ class ADMPrecond(_OpenAIPrecond):
     """
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, schedule: str = "linear",
-                 num_timesteps: int = 1000, learn_sigma: bool = False, prediction: str = "eps", **unet_kwargs):
-        if schedule not in ("linear", "cosine"):
-            raise InputError(f"unknown schedule {schedule!r}; use 'linear' or 'cosine'")
+                 num_timesteps: int = 1000, learn_sigma: bool = False, prediction: str = "eps",
+                 linear_start: float | None = None, linear_end: float | None = None, **unet_kwargs):
+        if schedule not in SCHEDULES:
+            raise InputError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if prediction not in PREDICTIONS:
             raise InputError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if schedule == "cosine" and (linear_start is not None or linear_end is not None):
+            raise InputError("linear_start/linear_end set the ends of a linear schedule; the cosine schedule has none")
         super().__init__(img_resolution, img_channels, label_dim, learn_sigma, unet_kwargs)
         self.schedule = schedule
         self.prediction = prediction
         self.num_timesteps = int(num_timesteps)
         with torch.device("cpu"):  # a fixed schedule, also when the network is built on the meta device
             scale = 1000 / self.num_timesteps
-            abar = alphas_cumprod(self.num_timesteps, schedule, 1e-4 * scale, 0.02 * scale)
+            if schedule == "scaled_linear":
+                start = 0.0015 if linear_start is None else float(linear_start)
+                end = 0.0195 if linear_end is None else float(linear_end)
+            else:
+                start = 1e-4 * scale if linear_start is None else float(linear_start)
+                end = 0.02 * scale if linear_end is None else float(linear_end)
+            abar = alphas_cumprod(self.num_timesteps, schedule, start, end)
             sig = sigmas_from_alphas_cumprod(abar)
         self.register_buffer("alphas_cumprod", abar, persistent=False)
         self.register_buffer("sigmas", sig, persistent=False)
@@ -468,6 +634,78 @@ class ADMPrecond(_OpenAIPrecond):
     def extra_repr(self) -> str:
         return (f"schedule={self.schedule}, T={self.num_timesteps}, prediction={self.prediction}, "
                 f"sigma=[{self.sigma_min:.4g}, {self.sigma_max:.4g}], label_dim={self.label_dim}")
+
+
+class ClassEmbedder(nn.Module):
+    """Latent diffusion's class conditioning (``cond_stage_model``): the ``embedding`` row of each label as a
+    one-token context [N, 1, embed_dim]. Labels are integer indices [N] or rows of class weights [N, n]
+    (n <= n_classes; ``y @ embedding.weight[:n]``, so one-hot rows give the rows of their labels exactly)."""
+
+    def __init__(self, n_classes: int, embed_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(n_classes, embed_dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():
+            rows = y.to(self.embedding.weight.dtype) @ self.embedding.weight[: y.shape[1]]
+        else:
+            rows = self.embedding(y.reshape(-1).long())
+        return rows[:, None, :]
+
+
+class LDMPrecond(ADMPrecond):
+    """A CompVis latent diffusion model (``LatentDiffusion`` with ``conditioning_key: crossattn``) as an
+    EDM-convention denoiser of its latents: :class:`ADMPrecond`'s discrete-time eps-prediction on LDM's
+    ``scaled_linear`` betas (``linear_start``/``linear_end``; LDM's configs: 0.0015, 0.0195, T = 1000), the UNet
+    with spatial transformers, and for a class-conditional model (``label_dim`` > 0) the class embedder
+    ``cond_stage_model`` whose row of each label is the transformers' context.
+
+    ``null_label=True``: the embedder has one more row, ``label_dim``, trained as "no class" (cin256-v2's class
+    1000, what its classifier-free guidance feeds the unconditional pass); it is used when no labels are given.
+    ``latent_scale_factor``: the model's latents are the first stage's latents times this factor (LDM's
+    ``scale_factor``; 1.0 for cin256-v2). The state dict is that of the checkpoint's ``model.diffusion_model.*``
+    and ``cond_stage_model.*`` with ``diffusion_model.`` dropped (:mod:`skiptune.io.ldm`).
+    """
+
+    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, null_label: bool = False,
+                 latent_scale_factor: float = 1.0, schedule: str = "scaled_linear", num_timesteps: int = 1000,
+                 prediction: str = "eps", linear_start: float | None = None, linear_end: float | None = None,
+                 **unet_kwargs):
+        if label_dim < 0 or (null_label and not label_dim):
+            raise InputError(f"label_dim must be >= 0 (and > 0 with null_label), got {label_dim}")
+        context_dim = unet_kwargs.get("context_dim")
+        if label_dim and context_dim is None:
+            raise InputError("a class-conditional LDM embeds its classes as the context of its spatial transformers: "
+                             "give context_dim (and use_spatial_transformer=True)")
+        if not float(latent_scale_factor) > 0:
+            raise InputError(f"latent_scale_factor must be > 0, got {latent_scale_factor}")
+        super().__init__(img_resolution, img_channels, label_dim=0, schedule=schedule, num_timesteps=num_timesteps,
+                         prediction=prediction, linear_start=linear_start, linear_end=linear_end, **unet_kwargs)
+        self.label_dim = label_dim
+        self.null_label = null_label
+        self.latent_scale_factor = float(latent_scale_factor)
+        if label_dim:
+            self.cond_stage_model = ClassEmbedder(label_dim + (1 if null_label else 0), context_dim)
+
+    def labels(self, class_labels: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+        """Integer indices [N] or class weights [N, label_dim] (float); the null label when None and trained."""
+        if not self.label_dim:
+            return None
+        if class_labels is None:
+            if not self.null_label:
+                raise InputError("this LDM is class-conditional without a null label: pass class_labels")
+            return torch.full((n,), self.label_dim, dtype=torch.long, device=device)
+        return super().labels(class_labels, n, device)
+
+    def _run(self, x_in: torch.Tensor, c_noise: torch.Tensor, sigma: torch.Tensor, class_labels) -> torch.Tensor:
+        y = self.labels(class_labels, x_in.shape[0], x_in.device)
+        context = None if y is None else self.cond_stage_model(y)
+        with publish_sigma(sigma):
+            out = self.model(x_in, c_noise, context=context)
+        return out[:, : self.img_channels].to(torch.float32)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, null_label={self.null_label}, latent_scale_factor={self.latent_scale_factor:g}"
 
 
 class CMPrecond(_OpenAIPrecond):
@@ -518,7 +756,9 @@ class CMPrecond(_OpenAIPrecond):
 
 
 #: the denoiser classes of this module, by name (for presets and checkpoints)
-OPENAI_PRECOND_CLASSES: dict[str, type[nn.Module]] = {"ADMPrecond": ADMPrecond, "CMPrecond": CMPrecond}
+OPENAI_PRECOND_CLASSES: dict[str, type[nn.Module]] = {"ADMPrecond": ADMPrecond, "CMPrecond": CMPrecond,
+                                                       "LDMPrecond": LDMPrecond}
 
-__all__ = ["OPENAI_PRECOND_CLASSES", "ADMPrecond", "AttentionBlock", "CMPrecond", "Downsample", "GroupNorm32",
-           "OpenAIUNet", "ResBlock", "TimestepEmbedSequential", "Upsample"]
+__all__ = ["OPENAI_PRECOND_CLASSES", "SCHEDULES", "ADMPrecond", "AttentionBlock", "BasicTransformerBlock",
+           "CMPrecond", "ClassEmbedder", "CrossAttention", "Downsample", "GroupNorm32", "LDMPrecond", "OpenAIUNet",
+           "ResBlock", "SpatialTransformer", "TimestepEmbedSequential", "Upsample"]

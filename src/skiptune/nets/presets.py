@@ -2,8 +2,9 @@
 
 Each preset is ``(precond class name, constructor kwargs)``. The full presets match the training
 configurations of the public EDM checkpoints (README of NVlabs/edm), of the public U-ViT
-ImageNet-256 models (configs/imagenet256_uvit_{large,huge}.py of baofff/U-ViT) and of the OpenAI
-ImageNet-64 UNets (README of openai/guided-diffusion, scripts/launch.sh of openai/consistency_models); each ``-tiny``
+ImageNet-256 models (configs/imagenet256_uvit_{large,huge}.py of baofff/U-ViT), of the OpenAI
+ImageNet-64 UNets (README of openai/guided-diffusion, scripts/launch.sh of openai/consistency_models) and of
+CompVis latent-diffusion's class-conditional ImageNet model (configs/latent-diffusion/cin256-v2.yaml); each ``-tiny``
 variant keeps the topology (levels, blocks per level, attention placement, skip count) with few
 channels and a small resolution, so that tests exercise exactly the same site structure.
 
@@ -40,6 +41,15 @@ _ADM = dict(model_type="DhariwalUNet")
 _OPENAI_IMAGENET64 = dict(img_resolution=64, img_channels=3, label_dim=1000, model_channels=192,
                           channel_mult=[1, 2, 3, 4], num_res_blocks=3, attention_resolutions=[2, 4, 8],
                           num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, use_fp16=True)
+# CompVis latent-diffusion cin256-v2 (configs/latent-diffusion/cin256-v2.yaml; the model.ckpt of the README's ImageNet
+# notebook): 64x64x3 latents of a VQ-f4 first stage, LatentDiffusion's default scale_factor 1.0, 1000 betas
+# linspace(sqrt(0.0015), sqrt(0.0195))^2, a class embedder of 1001 rows of width 512 (row 1000: the null class of its
+# classifier-free guidance) as the transformers' context; num_heads 1 (one head as wide as the block), no
+# num_head_channels; attention_resolutions are downsampling rates, as in the public config.
+_LDM_CIN256_V2 = dict(img_resolution=64, img_channels=3, label_dim=1000, null_label=True, latent_scale_factor=1.0,
+                      schedule="scaled_linear", linear_start=0.0015, linear_end=0.0195, num_timesteps=1000,
+                      model_channels=192, attention_resolutions=[8, 4, 2], num_res_blocks=2, channel_mult=[1, 2, 3, 5],
+                      num_heads=1, use_spatial_transformer=True, transformer_depth=1, context_dim=512)
 _UVIT_IMAGENET256 = dict(img_resolution=32, img_channels=4, label_dim=1000, null_label=True,
                          latent_scale_factor=0.18215, patch_size=2, num_heads=16, mlp_ratio=4, qkv_bias=False,
                          mlp_time_embed=False)
@@ -80,6 +90,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "cd-imagenet64": ("CMPrecond", dict(**_OPENAI_IMAGENET64, distillation=True, sigma_min=0.002, sigma_max=80.0,
                                         sigma_data=0.5, dropout=0.0, use_new_attention_order=True,
                                         attention_conv_dims=2)),
+    "ldm-imagenet256": ("LDMPrecond", _LDM_CIN256_V2),
 }
 
 _TINY = {
@@ -96,13 +107,16 @@ _TINY = {
                                   num_head_channels=16),
     "cd-imagenet64": dict(img_resolution=16, label_dim=10, model_channels=32, channel_mult=[1, 1, 1, 1],
                           num_head_channels=16),
+    "ldm-imagenet256": dict(img_resolution=16, label_dim=10, model_channels=32, channel_mult=[1, 1, 1, 1],
+                            context_dim=16),
 }
 for _name, _over in _TINY.items():
     _cls, _kw = PRESETS[_name]
     PRESETS[f"{_name}-tiny"] = (_cls, {**_kw, **_over})
 # Short aliases for the tiny variants.
 ALIASES = {"ddpmpp-tiny": "ddpmpp-cifar10-tiny", "ncsnpp-tiny": "ncsnpp-cifar10-tiny",
-           "adm-tiny": "adm-imagenet64-tiny", "uvit-tiny": "uvit-imagenet256-large-tiny"}
+           "adm-tiny": "adm-imagenet64-tiny", "uvit-tiny": "uvit-imagenet256-large-tiny",
+           "ldm-cin256-v2": "ldm-imagenet256"}
 
 
 def preset_names() -> list[str]:

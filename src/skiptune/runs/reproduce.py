@@ -30,9 +30,6 @@ from skiptune.skip import canonical_rule
 from skiptune.skip.presets import Preset, rule_presets
 from skiptune.store import Store
 
-#: what a family that skiptune cannot load yet needs
-NEEDS_LDM = "CompVis LDM checkpoints (the openai UNet with a spatial transformer and its first stage), not loaded yet"
-
 
 @dataclass(frozen=True)
 class Sanity:
@@ -84,8 +81,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                 "DPM-Solver ('fast', order 3, 50 steps, time-uniform in t over [1/1000, 1]), skiptune with the "
                 "multistep DPM-Solver++(3M) on the same time-uniform grid; the network's time input is the same "
                 "continuous 1000 t"),
-    Family("ldm-imagenet256", "cin256-v2.ckpt", "LDM, ImageNet 256x256 latents, class-conditional", (3, 64, 1000),
-           "LatentDiffusion", latent=True, needs=NEEDS_LDM),
+    Family("ldm-imagenet256", "cin256-v2.ckpt",
+           "LDM-4 (CompVis cin256-v2), ImageNet 256x256 latents, class-conditional", (3, 64, 1000), "LDMPrecond",
+           grid="discrete", guidance=1.5, latent=True, sampler="ddim",
+           sanity=Sanity("ddim", 250, 3.60, "Rombach et al. 2022 (latent diffusion), Table 3: LDM-4-G on ImageNet "
+                         "256, classifier-free guidance scale 1.5 (the CompVis README's FID 3.6, no sampler settings "
+                         "given there); run here with DDIM, eta 0, 250 steps"),
+           note="DDIM (eta 0) on DDIM's uniform timestep skip (grid 'discrete': t = 0, T/n, ...; LDM's DDIMSampler "
+                "uses the same skip shifted by one timestep), with LDM's guidance e_u + s (e_c - e_u), s = 1.5, which "
+                "is W = 1.5, the unconditional pass on the null class 1000"),
     Family("cd-edm-imagenet64", "cd_imagenet64_lpips.pt", "Consistency distillation of EDM, ImageNet 64x64 "
            "(openai/consistency_models; load with --arch cd-imagenet64)", (3, 64, 1000), "CMPrecond",
            sanity=Sanity("consistency", 1, 6.20, "Song et al. 2023 (consistency models), one-step CD on ImageNet "

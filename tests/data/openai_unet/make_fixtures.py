@@ -1,9 +1,10 @@
 """Make the openai UNet fixtures from the public code (see tests/data/README.md).
 
 Run with the public packages importable (``guided_diffusion`` of openai/guided-diffusion and ``cm`` of
-openai/consistency_models, plus ``einops``): ``python make_fixtures.py OUT_DIR``. Nothing of the public
-code is kept here; this file only builds their networks, fills them with :func:`weights` and records
-their outputs.
+openai/consistency_models, plus ``einops``): ``python make_fixtures.py OUT_DIR openai``; for the latent
+diffusion fixtures, ``ldm`` of CompVis/latent-diffusion and ``taming.modules.vqvae.quantize`` of
+CompVis/taming-transformers: ``python make_fixtures.py OUT_DIR ldm``. Nothing of the public code is kept
+here; this file only builds their networks, fills them with :func:`weights` and records their outputs.
 
 The weights are not stored: :func:`weights` makes them from the parameter names and shapes with an
 integer hash (splitmix64 of the running element index), so that any machine rebuilds them bit for bit
@@ -160,19 +161,145 @@ def make(name: str) -> dict:
     return {"tensors": {k: v.contiguous() for k, v in tensors.items()}, "meta": meta}
 
 
-def main(out_dir: str) -> None:
+# --- latent diffusion (CompVis/latent-diffusion) ------------------------------------------------------------------
+
+_LOSS = {"target": "torch.nn.Identity"}
+LDM_CONFIGS = {
+    # the cin256-v2 options (configs/latent-diffusion/cin256-v2.yaml) at 8x8 latents: one head as wide as the
+    # block, attention below the first level, 2 blocks per level, a class embedder with a null class (index 10),
+    # a VQ first stage and LatentDiffusion's default scale_factor 1.0
+    "ldm-cin-vq": dict(
+        linear_start=0.0015, linear_end=0.0195, num_timesteps_cond=1, timesteps=1000, first_stage_key="image",
+        cond_stage_key="class_label", image_size=8, channels=3, cond_stage_trainable=True,
+        conditioning_key="crossattn", use_ema=False, monitor=None,
+        unet_config={"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": dict(
+            image_size=8, in_channels=3, out_channels=3, model_channels=32, attention_resolutions=[2, 4],
+            num_res_blocks=2, channel_mult=[1, 2, 2], num_heads=1, use_spatial_transformer=True,
+            transformer_depth=1, context_dim=16)},
+        first_stage_config={"target": "ldm.models.autoencoder.VQModelInterface", "params": dict(
+            embed_dim=3, n_embed=16, lossconfig=_LOSS, ddconfig=dict(
+                double_z=False, z_channels=3, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+                num_res_blocks=1, attn_resolutions=[], dropout=0.0))},
+        cond_stage_config={"target": "ldm.modules.encoders.modules.ClassEmbedder", "params": dict(
+            n_classes=11, embed_dim=16, key="class_label")}),
+    # heads of 16 channels, 2 transformer blocks, scale-shift norm, resblock up/down, a KL first stage and a
+    # stored scale_factor (scale_by_std registers it as a buffer)
+    "ldm-kl": dict(
+        linear_start=0.0015, linear_end=0.0195, num_timesteps_cond=1, timesteps=1000, first_stage_key="image",
+        cond_stage_key="class_label", image_size=8, channels=4, cond_stage_trainable=True,
+        conditioning_key="crossattn", use_ema=False, monitor=None, scale_factor=0.5, scale_by_std=True,
+        unet_config={"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": dict(
+            image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
+            num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16, use_spatial_transformer=True,
+            transformer_depth=2, context_dim=24, use_scale_shift_norm=True, resblock_updown=True)},
+        first_stage_config={"target": "ldm.models.autoencoder.AutoencoderKL", "params": dict(
+            embed_dim=4, lossconfig=_LOSS, ddconfig=dict(
+                double_z=True, z_channels=4, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+                num_res_blocks=1, attn_resolutions=[], dropout=0.0))},
+        cond_stage_config={"target": "ldm.modules.encoders.modules.ClassEmbedder", "params": dict(
+            n_classes=10, embed_dim=24, key="class_label")}),
+}
+LDM_SEEDS = {"ldm-cin-vq": 11, "ldm-kl": 12}
+LDM_LABELS = {"ldm-cin-vq": [0, 4, 10], "ldm-kl": [0, 4, 9]}
+# configs/latent-diffusion/cin256-v2.yaml: the full networks, for their parameter names and shapes only
+CIN256_V2_UNET = dict(image_size=64, in_channels=3, out_channels=3, model_channels=192, attention_resolutions=[8, 4, 2],
+                      num_res_blocks=2, channel_mult=[1, 2, 3, 5], num_heads=1, use_spatial_transformer=True,
+                      transformer_depth=1, context_dim=512)
+CIN256_V2_FIRST_STAGE = dict(embed_dim=3, n_embed=8192, lossconfig=_LOSS, ddconfig=dict(
+    double_z=False, z_channels=3, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4],
+    num_res_blocks=2, attn_resolutions=[], dropout=0.0))
+
+
+def _install_ldm_stubs() -> None:
+    """latent-diffusion imports pytorch_lightning (its models are LightningModules; plain modules suffice to build
+    them and run their forward passes), torchvision's make_grid (logging only), omegaconf's ListConfig (a type
+    check in UNetModel) and clip / kornia (text and image encoders not used here): stand-ins for all of them."""
+    import torch.nn as nn
+
+    stubs = {
+        "pytorch_lightning": {"LightningModule": nn.Module},
+        "pytorch_lightning.utilities": {},
+        "pytorch_lightning.utilities.distributed": {"rank_zero_only": lambda f: f},
+        "torchvision": {}, "torchvision.utils": {"make_grid": None},
+        "omegaconf": {}, "omegaconf.listconfig": {"ListConfig": type("ListConfig", (list,), {})},
+        "clip": {}, "kornia": {},
+    }
+    for name, attrs in stubs.items():
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+
+
+def _shapes_sha256(names_shapes: list[tuple[str, list[int]]]) -> str:
+    return hashlib.sha256(json.dumps(names_shapes).encode()).hexdigest()
+
+
+def make_ldm(name: str) -> dict:
+    from ldm.models.diffusion.ddpm import LatentDiffusion
+
+    cfg = LDM_CONFIGS[name]
+    seed = LDM_SEEDS[name]
+    model = LatentDiffusion(**json.loads(json.dumps(cfg))).eval()
+    params = [(k, list(v.shape)) for k, v in model.named_parameters()]
+    state = weights(params, seed)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k not in state for k in missing)  # only buffers are left as they were
+    buffers = [(k, list(v.shape)) for k, v in model.state_dict().items() if k not in state]
+    unet = model.model.diffusion_model
+    params_of = cfg["unet_config"]["params"]
+    g = torch.Generator().manual_seed(seed)
+    n, c, res = 3, cfg["channels"], cfg["image_size"]
+    x = torch.randn(n, c, res, res, generator=g)
+    t = torch.tensor([0, 417, 999])
+    labels = torch.tensor(LDM_LABELS[name])
+    context3 = torch.randn(n, 3, params_of["context_dim"], generator=g)
+    z = torch.randn(2, c, res, res, generator=g)
+    with torch.no_grad():
+        context = model.get_learned_conditioning({"class_label": labels})
+        eps = model.apply_model(x, t, context)
+        tensors = {"x": x, "t": t, "labels": labels, "context": context, "eps": eps,
+                   "x0": model.predict_start_from_noise(x, t, eps),
+                   "context3": context3, "out_context3": unet(x, t, context=context3),
+                   "alphas_cumprod": model.alphas_cumprod, "z": z, "decoded": model.decode_first_stage(z)}
+    meta = {"name": name, "package": "ldm", "config": json.dumps(cfg), "seed": str(seed), "keys": json.dumps(params),
+            "buffers": json.dumps(buffers), "weights_sha256": state_sha256(state),
+            "scale_factor": str(float(model.scale_factor)), "torch": torch.__version__}
+    if name == "ldm-cin-vq":  # names and shapes of the full cin256-v2 networks (the UNet, the class embedder)
+        from ldm.models.autoencoder import VQModelInterface
+        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+        from ldm.modules.encoders.modules import ClassEmbedder
+
+        unet_full = UNetModel(**CIN256_V2_UNET)
+        full = [(f"model.diffusion_model.{k}", list(v.shape)) for k, v in unet_full.state_dict().items()]
+        full += [(f"cond_stage_model.{k}", list(v.shape))
+                 for k, v in ClassEmbedder(embed_dim=512, n_classes=1001, key="class_label").state_dict().items()]
+        meta.update(cin256_v2_sha256=_shapes_sha256(full), cin256_v2_tensors=str(len(full)),
+                    cin256_v2_parameters=str(sum(math.prod(s) for _, s in full)))
+        first = VQModelInterface(**json.loads(json.dumps(CIN256_V2_FIRST_STAGE)))
+        meta["cin256_v2_first_stage"] = json.dumps([(f"first_stage_model.{k}", list(v.shape))
+                                                    for k, v in first.state_dict().items()])
+    return {"tensors": {k: v.contiguous() for k, v in tensors.items()}, "meta": meta}
+
+
+def main(out_dir: str, which: str = "openai") -> None:
     from pathlib import Path
 
     from safetensors.torch import save_file
 
-    _install_stubs()
     torch.set_num_threads(1)
-    for name in CONFIGS:
-        fixture = make(name)
+    if which == "openai":
+        _install_stubs()
+        fixtures = {name: make(name) for name in CONFIGS}
+    elif which == "ldm":
+        _install_ldm_stubs()
+        fixtures = {name: make_ldm(name) for name in LDM_CONFIGS}
+    else:
+        raise SystemExit(f"unknown fixture set {which!r}: openai or ldm")
+    for name, fixture in fixtures.items():
         path = Path(out_dir) / f"{name}.safetensors"
         save_file(fixture["tensors"], str(path), metadata=fixture["meta"])
         print(path, path.stat().st_size)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
