@@ -23,7 +23,8 @@ from skiptune.skip import CachePolicy, canonical_cache, feature_cache, freeu, sk
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NETS = ["ddpmpp-cifar10-cond-tiny", "ncsnpp-cifar10-tiny", "adm-imagenet64-tiny", "uvit-imagenet256-huge-tiny"]
+NETS = ["ddpmpp-cifar10-cond-tiny", "ncsnpp-cifar10-tiny", "adm-imagenet64-tiny", "uvit-imagenet256-huge-tiny",
+        "adm-guided-imagenet64-tiny", "cd-imagenet64-tiny", "ldm-imagenet256-tiny"]
 _NETS: dict = {}
 
 

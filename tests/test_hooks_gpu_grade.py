@@ -420,7 +420,7 @@ def test_half_precision_networks_under_every_rule_mode_and_freeu(case, dtype):
 
 # --- feature-cache policies --------------------------------------------------------------------------
 
-CACHED = ["ddpmpp-tiny", "adm-tiny", "uvit-imagenet256-huge-tiny",
+CACHED = ["ddpmpp-tiny", "adm-tiny", "uvit-imagenet256-huge-tiny", *OPENAI,
           pytest.param("diffusers-unet2d", marks=pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers missing"))]
 
 

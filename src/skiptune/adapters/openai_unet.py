@@ -82,5 +82,8 @@ class OpenAIUNetAdapter(Adapter):
         join = _unet(net).joins[self._index(site)]
         return [join.register_forward_pre_hook(lambda module, args: fn(*args))]
 
+    def staged(self, net, kind: str) -> nn.Module:
+        return _unet(net)
+
     def sigma_argument(self, net) -> bool:
         return _unet(net) is not net  # ADMPrecond / CMPrecond: forward(x, sigma, class_labels=None)

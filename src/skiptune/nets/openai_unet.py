@@ -45,6 +45,7 @@ from skiptune.core.errors import InputError
 from skiptune.core.schedules import alphas_cumprod, sigmas_from_alphas_cumprod
 from skiptune.core.sigma import publish_sigma
 from skiptune.nets.layers import SkipJoin
+from skiptune.nets.staged import Keep, StagedUNet, stop_encoder
 from skiptune.nets.uvit import TimestepEmbedding
 
 # --- layers ---------------------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ class SpatialTransformer(nn.Module):
 # --- the UNet -------------------------------------------------------------------------------------------------
 
 
-class OpenAIUNet(nn.Module):
+class OpenAIUNet(StagedUNet, nn.Module):
     """The UNet of improved-diffusion / guided-diffusion / consistency_models (``UNetModel``), 2-D images.
 
     ``forward(x, timesteps, y=None)``: ``timesteps`` [N] (fractional allowed) enter through sinusoidal
@@ -499,15 +500,31 @@ class OpenAIUNet(nn.Module):
         emb = self.time_embed(self.time_features(timesteps.reshape(-1)))
         if y is not None:
             emb = emb + self.embed_labels(y)
-        h = x.to(self.dtype)
+        h = self._stages(x.to(self.dtype), (emb, context), self._encode, self._decode)
+        return self.out(h.to(x.dtype))
+
+    def _encode(self, h: torch.Tensor, emb: tuple, pushes: int | None = None) -> tuple[torch.Tensor, list]:
+        """The input blocks, each pushing its output (``emb`` is the embedding and the cross-attention context)."""
         hs = []
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            if stop_encoder(hs, pushes):
+                break
+            h = block(h, *emb)
             hs.append(h)
-        h = self.middle_block(h, emb, context)
-        for join, block in zip(self.joins, self.output_blocks, strict=True):
-            h = block(join(h, hs.pop()), emb, context)
-        return self.out(h.to(x.dtype))
+        return h, hs
+
+    def _decode(self, h: torch.Tensor, hs: list, emb: tuple, start: int | None = None,
+                keep: Keep | None = None) -> torch.Tensor:
+        """The middle block, then the output blocks; site i is ``output_blocks[i]`` (:mod:`skiptune.nets.staged`)."""
+        if start is None:
+            h = self.middle_block(h, *emb)
+        for i, (join, block) in enumerate(zip(self.joins, self.output_blocks, strict=True)):
+            if start is not None and i < start:
+                continue
+            if keep is not None and i == keep[0]:
+                keep[1](h)
+            h = block(join(h, hs.pop()), *emb)
+        return h
 
 
 # --- denoisers ------------------------------------------------------------------------------------------------
