@@ -126,6 +126,20 @@ def test_table6_on_an_edm_pickle_end_to_end_and_resumes(edm_pickle, tmp_path, mo
     assert main(argv) == 0 and calls == []  # a finished table costs nothing the second time
 
 
+def test_reproduce_with_a_cache_policy_stores_it_in_every_point(edm_pickle, tmp_path, capsys):
+    out = tmp_path / "t6c"
+    argv = ["reproduce", "6", "--checkpoint", str(edm_pickle), "--family", "edm-afhqv2-64", *SCORING,
+            "--rows", "edm-afhqv2-64/unipc/9", "--no-sanity", "--out", str(out)]
+    assert main([*argv, "--cache", "deepcache:3"]) == 0
+    assert "Feature cache `deepcache:3` on every row" in (out / "table6.md").read_text()
+    with open_store(out / "results.sqlite") as store:
+        runs = store.runs()
+    assert len(runs) == 2 and {r.config.get("cache") for r in runs} == {"deepcache:3"}
+    assert all(r.metrics["fid"].details["cache"]["full_per_sample"] == 3 for r in runs)
+    assert main([*argv, "--cache", "deepcache:3:branch=99"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_table7_on_a_uvit_state_dict_with_guidance_and_a_vae(uvit_and_vae, tmp_path, capsys):
     ckpt, vae = uvit_and_vae
     out = tmp_path / "t7"

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 from skiptune.cli import UsageError, check_db, check_weights, open_from_args, scoring_features
+from skiptune.cli.sample import add_cache_option, cache_from_args
 from skiptune.cli.sweep import image_resolution, load_scorer
 
 
@@ -40,6 +41,7 @@ def register(sub) -> None:
                    help="disjoint seed sets (seeds 0..n-1, n..2n-1, ...); with 2 or more every FID gets an interval")
     p.add_argument("--rows", default=None, help="comma-separated row names to run (default: all; see --list)")
     p.add_argument("--no-sanity", action="store_true", help="skip the sanity row (the authors' own FID)")
+    add_cache_option(p)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--device", default="cpu")
     p.add_argument("--db", default=None, help="results store (default: OUT/results.sqlite)")
@@ -152,10 +154,13 @@ def _run(args, table, rows, loaded, family) -> int:
     from skiptune.io.outputs import atomic_file
     from skiptune.report.reproduce import markdown, plot, write_csv
     from skiptune.runs.reproduce import FAMILIES, run_table
+    from skiptune.skip import check_cache
 
     net = loaded.net
     fam = FAMILIES[family]
     check_guidance(net, fam.guidance)
+    cache = cache_from_args(args)
+    check_cache(net, cache)
     decoder = _decoder(args, net, loaded)
     if args.features is None and not Path(args.ref).suffix == ".npz":
         raise UsageError("--ref is a data set: give --features too (the paper's FID uses inception-v3)")
@@ -168,7 +173,7 @@ def _run(args, table, rows, loaded, family) -> int:
     with open_store(db) if d.is_main else nullcontext() as store:
         results = run_table(rows, net, family, scorer=scorer, store=store, n=args.samples, seed_sets=args.seed_sets,
                             model=ModelRef.of(loaded), batch=args.batch, device=str(d.device), decoder=decoder,
-                            dist=d, progress=not args.no_progress and d.is_main)
+                            dist=d, progress=not args.no_progress and d.is_main, cache=cache)
     if not d.is_main:
         return 0
     out = Path(args.out)
@@ -179,6 +184,7 @@ def _run(args, table, rows, loaded, family) -> int:
               "(none with one set).",
               *([f"Decoder `{decoder.source}` (sha256 {decoder.sha256}, scale {decoder.scale:g})."] if decoder else []),
               *([f"Guidance W = {fam.guidance:g} ({fam.note})."] if fam.guidance else []),
+              *([f"Feature cache `{cache}` on every row: these are not the paper's settings."] if cache else []),
               *([f"Stand-in: the checkpoint is run as {family} (--family) without having its shape; these FIDs "
                  "are not comparable with the paper's."] if args.family and args.family != _detect(net) else [])]
     with atomic_file(out / f"table{table}.md", "--out") as tmp:
@@ -190,7 +196,8 @@ def _run(args, table, rows, loaded, family) -> int:
                                          "checkpoint": {"source": loaded.source, "sha256": loaded.sha256},
                                          "ref": args.ref, "features": scorer.extractor.name, "n": args.samples,
                                          "seed_sets": args.seed_sets, "rows": [r.name for r in rows],
-                                         "decoder": decoder.describe() if decoder else None, "db": db})
+                                         "decoder": decoder.describe() if decoder else None, "db": db,
+                                         "cache": cache})
     print(markdown(table, results, family, header=header))
     print(f"-> {out / f'table{table}.md'}, {out / f'table{table}.csv'}" + (f", {png}" if png else ""))
     return 0

@@ -292,9 +292,11 @@ def time_forward(net: nn.Module, *, batch: int, device: str | torch.device = "cp
 
 def run_table(rows: list[Row], net: nn.Module, family: str, *, scorer: Scorer, store: Store | None, n: int,
               seed_sets: int = 1, model: ModelRef | None = None, batch: int = 250, device: str = "cpu",
-              decoder: Any | None = None, dist: Any | None = None, progress: bool = True) -> list[RowResult]:
+              decoder: Any | None = None, dist: Any | None = None, progress: bool = True,
+              cache: str | None = None) -> list[RowResult]:
     """Score the rows of ``family`` (untuned and tuned over ``seed_sets`` paired sets of ``n`` seeds); rows of
-    other families or that cannot run yet come back without estimates."""
+    other families or that cannot run yet come back without estimates. ``cache`` is a feature-cache policy
+    (:mod:`skiptune.skip.cache`) applied to every row, stored in each point (a cached row is not the paper's)."""
     from skiptune.runs.sweep import seed_sets as make_sets
 
     if n < 2:
@@ -309,7 +311,7 @@ def run_table(rows: list[Row], net: nn.Module, family: str, *, scorer: Scorer, s
         rules = ["none", r.rule] if r.tuned else ["none"]
         sweep = SweepSpec(rules=rules, samplers=[spec.sampler], nfes=[spec.resolved_nfe], seed_sets=sets,
                           grid=spec.grid, batch=batch, sampler_options={spec.sampler: dict(spec.options)},
-                          end=spec.end, guidance=spec.guidance)
+                          end=spec.end, guidance=spec.guidance, cache=cache)
         res = run_sweep(net, sweep, store=store, scorer=scorer, model=model, progress=progress, device=device,
                         dist=dist, decoder=decoder)
         if dist is not None and getattr(dist, "enabled", False) and not dist.is_main:
