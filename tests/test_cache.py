@@ -326,6 +326,24 @@ def diffusers_denoiser(**kw):
     return DiffusersDenoiser(tiny_unet2d(**kw), alphas_cumprod(1000, "linear"))
 
 
+def check_diffusers_stages(den, x1, x2, cond: dict, policies: list[str]) -> None:
+    """Every pass full: the staged forward equals diffusers' own; each policy: the join-hook oracle."""
+    s1, s2 = torch.tensor([5.0, 5.0], dtype=torch.float64), torch.tensor([1.5, 1.5], dtype=torch.float64)
+    with torch.no_grad():
+        plain = den(x2, s2, **cond)
+        with feature_cache(den, "encoder:1"):
+            staged = den(x2, s2, **cond)
+    torch.testing.assert_close(staged, plain, rtol=0, atol=1e-6)
+    for text in policies:
+        policy = CachePolicy.parse(text)
+        with torch.no_grad(), feature_cache(den, policy):
+            den(x1, s1, **cond)
+            got = den(x2, s2, **cond)
+        want = oracle(den, policy, lambda: den(x1, s1, **cond), lambda: den(x2, s2, **cond))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=text)
+        assert (got - plain).abs().max() > 1e-4, text
+
+
 @pytest.mark.parametrize("kw", [{}, {"layers": 2, "num_class_embeds": 5}], ids=["uncond", "class-2-layers"])
 def test_diffusers_stages_match_diffusers_and_the_hook_oracle(kw):
     den = diffusers_denoiser(**kw)
@@ -333,24 +351,11 @@ def test_diffusers_stages_match_diffusers_and_the_hook_oracle(kw):
     lab = {"class_labels": torch.tensor([1, 3])} if kw else {}
     g = torch.Generator().manual_seed(9)
     x1, x2 = (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
-    s1, s2 = torch.tensor([5.0, 5.0], dtype=torch.float64), torch.tensor([1.5, 1.5], dtype=torch.float64)
-    with torch.no_grad():
-        plain = den(x2, s2, **lab)
-        with feature_cache(den, "encoder:1"):  # every pass full, through the staged forward
-            staged = den(x2, s2, **lab)
-    torch.testing.assert_close(staged, plain, rtol=0, atol=1e-6)
     layers = kw.get("layers", 1)
     # up blocks pop layers + 1 skips each: branches at their first resnets are layers, 2 layers + 1, ...
     branches = [b for b in range(n) if (b - layers) % (layers + 1) == 0]
     assert branches
-    for text in ["encoder:keys=0", *(f"deepcache:keys=0:branch={b}" for b in branches)]:
-        policy = CachePolicy.parse(text)
-        with torch.no_grad(), feature_cache(den, policy):
-            den(x1, s1, **lab)
-            got = den(x2, s2, **lab)
-        want = oracle(den, policy, lambda: den(x1, s1, **lab), lambda: den(x2, s2, **lab))
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=text)
-        assert (got - plain).abs().max() > 1e-4, text
+    check_diffusers_stages(den, x1, x2, lab, ["encoder:keys=0", *(f"deepcache:keys=0:branch={b}" for b in branches)])
     with pytest.raises(InputError, match="branches available here: " + ", ".join(map(str, branches))):
         feature_cache(den, f"deepcache:2:branch={branches[0] - 1 if branches[0] else branches[0] + 1}")
 
@@ -365,17 +370,4 @@ def test_diffusers_conditional_unet_stages():
     g = torch.Generator().manual_seed(10)
     x1, x2 = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
     ctx = {"encoder_hidden_states": torch.randn(2, 3, 8, generator=g)}
-    s1, s2 = torch.tensor([5.0, 5.0], dtype=torch.float64), torch.tensor([1.5, 1.5], dtype=torch.float64)
-    with torch.no_grad():
-        plain = den(x2, s2, **ctx)
-        with feature_cache(den, "encoder:1"):
-            staged = den(x2, s2, **ctx)
-    torch.testing.assert_close(staged, plain, rtol=0, atol=1e-6)
-    for text in ("encoder:keys=0", "deepcache:keys=0:branch=1"):
-        policy = CachePolicy.parse(text)
-        with torch.no_grad(), feature_cache(den, policy):
-            den(x1, s1, **ctx)
-            got = den(x2, s2, **ctx)
-        want = oracle(den, policy, lambda: den(x1, s1, **ctx), lambda: den(x2, s2, **ctx))
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=text)
-        assert (got - plain).abs().max() > 1e-4, text
+    check_diffusers_stages(den, x1, x2, ctx, ["encoder:keys=0", "deepcache:keys=0:branch=1"])

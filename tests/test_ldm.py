@@ -3,17 +3,15 @@ code, the full cin256-v2 names and shapes, Skip-Tuning sites, the .ckpt loader, 
 guidance with the null class, and the analyses on the family's tiny presets."""
 
 import argparse
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 from conftest import randomize
+from openai_fixtures import MAKER, load_fixture
 from skiptune.analysis.complexity import ComplexityConfig, run_complexity
 from skiptune.analysis.norms import NormsConfig, run_norms
 from skiptune.cli import main
@@ -28,34 +26,14 @@ from skiptune.nets import build_preset
 from skiptune.nets.openai_unet import LDMPrecond, OpenAIUNet, SpatialTransformer
 from skiptune.skip import Sites, skip_sites, skip_tuning
 
-DATA = Path(__file__).parent / "data" / "openai_unet"
 FIXTURES = ["ldm-cin-vq", "ldm-kl"]
 UNET = "model.diffusion_model."
-
-
-def _maker():
-    spec = importlib.util.spec_from_file_location("openai_unet_fixtures", DATA / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAKER = _maker()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_fixture(name):
     """(LatentDiffusion kwargs, metadata, parameters by public name, tensors) of a fixture."""
-    with safe_open(str(DATA / f"{name}.safetensors"), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
-    keys = [(k, list(s)) for k, s in json.loads(meta["keys"])]
-    state = MAKER.weights(keys, int(meta["seed"]))
-    assert MAKER.state_sha256(state) == meta["weights_sha256"]  # the very weights the public code ran with
+    meta, tensors, keys, state = load_fixture(name)
     return json.loads(meta["config"]), meta, state, tensors
 
 

@@ -1,16 +1,14 @@
 """The OpenAI UNet family (guided-diffusion, consistency_models): public naming and outputs, the denoisers,
 Skip-Tuning sites and modes, loading public state dicts."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from conftest import randomize
+from openai_fixtures import load_fixture
 from skiptune.cli.info import describe
 from skiptune.experiment import SamplingSpec, generate
 from skiptune.io import CheckpointError, load_checkpoint, load_model, open_model, save_checkpoint
@@ -18,34 +16,14 @@ from skiptune.nets import ADMPrecond, CMPrecond, build_preset
 from skiptune.nets.openai_unet import OpenAIUNet, ResBlock
 from skiptune.skip import Sites, skip_sites, skip_tuning
 
-DATA = Path(__file__).parent / "data" / "openai_unet"
 FIXTURES = ["gd-updown-legacy", "gd-conv-new", "gd-pool", "cm-cd"]
-
-
-def _maker():
-    spec = importlib.util.spec_from_file_location("openai_unet_fixtures", DATA / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAKER = _maker()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_fixture(name):
     """(public UNetModel kwargs, our extra kwargs, [(name, shape)], weights, tensors) of a fixture."""
-    with safe_open(str(DATA / f"{name}.safetensors"), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    meta, tensors, keys, state = load_fixture(name)
     cfg = json.loads(meta["config"])
-    keys = [(k, list(s)) for k, s in json.loads(meta["keys"])]
-    state = MAKER.weights(keys, int(meta["seed"]))
-    assert MAKER.state_sha256(state) == meta["weights_sha256"]  # the very weights the public code ran with
     # consistency_models: q, k, v split before the heads, with 2-D 1x1 convolutions
     extra = dict(use_new_attention_order=True, attention_conv_dims=2) if meta["package"] == "cm" else {}
     return cfg, extra, keys, state, tensors

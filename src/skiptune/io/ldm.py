@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from skiptune.core.errors import CheckpointError
+from skiptune.io.openai_unet import match_preset
 from skiptune.io.uvit import file_contents, load_strict
 from skiptune.nets.openai_unet import LDMPrecond
 from skiptune.nets.presets import PRESETS, build_preset, preset_config
@@ -109,14 +110,9 @@ def infer_ldm_preset(state: dict[str, torch.Tensor], path: str | os.PathLike = "
     """The single LDM preset whose denoiser has exactly the names and shapes of the checkpoint's UNet and
     conditioning."""
     shapes = {k: tuple(v.shape) for k, v in denoiser_state(state).items()}
-    found = [name for name in ldm_presets() if _preset_shapes(name) == shapes]
-    if len(found) == 1:
-        return found[0]
     width = shapes.get("model.input_blocks.0.0.weight", (0,))[0]
-    what = f"a latent-diffusion UNet (model_channels {width}, {len(shapes)} tensors)"
-    if not found:
-        raise CheckpointError(f"{path}: {what} matches no preset; {_fix()}")
-    raise CheckpointError(f"{path}: {what} matches several presets ({', '.join(found)}); name one with arch (--arch)")
+    return match_preset(shapes, ldm_presets(), _preset_shapes, path,
+                        f"a latent-diffusion UNet (model_channels {width}, {len(shapes)} tensors)", _fix())
 
 
 def _check_conditioning(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -50,17 +50,23 @@ def _fix() -> str:
             "or add a preset with its configuration to skiptune.nets.presets")
 
 
+def match_preset(shapes: dict[str, tuple[int, ...]], names: list[str], preset_shapes, path, what: str, fix: str) -> str:
+    """The single preset of ``names`` whose (``preset_shapes(name)``) parameter names and shapes are ``shapes``; a
+    CheckpointError describing the file as ``what`` and naming ``fix`` when none or several match."""
+    found = [name for name in names if preset_shapes(name) == shapes]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CheckpointError(f"{path}: {what} matches no preset; {fix}")
+    raise CheckpointError(f"{path}: {what} matches several presets ({', '.join(found)}); name one with arch (--arch)")
+
+
 def infer_openai_unet_preset(state: dict, path: str | os.PathLike = "state dict") -> str:
     """The single OpenAI UNet preset whose inner network has exactly these parameter names and shapes."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    found = [name for name in openai_unet_presets() if _preset_shapes(name) == shapes]
-    if len(found) == 1:
-        return found[0]
     width = shapes.get("input_blocks.0.0.weight", (0,))[0]
-    what = f"an OpenAI UNet state dict (model_channels {width}, {len(shapes)} tensors)"
-    if not found:
-        raise CheckpointError(f"{path}: {what} matches no preset; {_fix()}")
-    raise CheckpointError(f"{path}: {what} matches several presets ({', '.join(found)}); name one with arch (--arch)")
+    return match_preset(shapes, openai_unet_presets(), _preset_shapes, path,
+                        f"an OpenAI UNet state dict (model_channels {width}, {len(shapes)} tensors)", _fix())
 
 
 def load_openai_unet(path: str | os.PathLike, arch: str | None = None,
