@@ -44,27 +44,33 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from skiptune.nets.openai_unet import OPENAI_PRECOND_CLASSES
 from skiptune.nets.presets import build_network, build_preset, preset_config
 from skiptune.skip.presets import rule_presets
 
-NETWORKS = ("ddpmpp-afhqv2-64", "adm-imagenet64", "uvit-imagenet256-large", "uvit-imagenet256-huge")
+NETWORKS = ("ddpmpp-afhqv2-64", "adm-imagenet64", "uvit-imagenet256-large", "uvit-imagenet256-huge", "cd-imagenet64",
+            "ldm-imagenet256")
 
 #: network preset of each model family of the paper's rows; None where skiptune has no such network
 FAMILY_NETWORK = {
     "edm-imagenet64": "adm-imagenet64",
     "edm-afhqv2-64": "ddpmpp-afhqv2-64",
     "uvit-imagenet256": "uvit-imagenet256-huge",
-    # One-step students with the ADM ImageNet-64 layout (192 channels, mult 1-2-3-4, 3 blocks); skiptune
-    # has no loader for them, so their cost is estimated with the ADM preset.
-    "cd-edm-imagenet64": "~adm-imagenet64",
+    "cd-edm-imagenet64": "cd-imagenet64",
+    # Diff-Instruct's generator (no public checkpoint) has the ADM ImageNet-64 layout: estimated with it
     "di-edm-imagenet64": "~adm-imagenet64",
-    "ldm-imagenet256": None,
+    "ldm-imagenet256": "ldm-imagenet256",
 }
 
 A100_PEAK = "A100 dense peaks: 312 TFLOP/s FP16/BF16 tensor, 156 TF32 tensor, 19.5 FP32"
 SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
               layers_per_block=2, latent_channels=4, sample_size=256)
+#: LDM's VQ-f4 first stage of cin256-v2 (CompVis configs/autoencoder vq-f4: ch 128, ch_mult 1-2-4, 2 res blocks,
+#: z 3 channels, 8192 codes), as diffusers' VQModel; it decodes 3x64x64 latents to 256x256
+LDM_VQ = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
+              up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[128, 256, 512], layers_per_block=2,
+              latent_channels=3, num_vq_embeddings=8192, vq_embed_dim=3, norm_num_groups=32)
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------
@@ -86,6 +92,11 @@ def network_flops(name: str, batch: int) -> int:
         if cls == "UViTPrecond":
             y = torch.zeros(batch, dtype=torch.long) if net.label_dim else None
             return count_flops(lambda: net.model(x, torch.full((batch,), 500.0), y))
+        if cls in OPENAI_PRECOND_CLASSES:  # the openai UNet itself (its preconditioners read a schedule table)
+            unet = net.model
+            y = torch.zeros(batch, dtype=torch.long) if unet.num_classes else None
+            ctx = torch.randn(batch, 1, unet.context_dim) if getattr(unet, "context_dim", None) else None
+            return count_flops(lambda: unet(x, torch.full((batch,), 500.0), y, context=ctx))
         labels = torch.zeros(batch, net.label_dim) if net.label_dim else None
         return count_flops(lambda: net(x, torch.full((batch,), 1.3), labels))
 
@@ -100,16 +111,17 @@ def inception_flops() -> tuple[int, int]:
         return count_flops(lambda: net(x)), sum(p.numel() for p in net.parameters())
 
 
-def vae_decoder_flops() -> tuple[int, int] | None:
-    """(FLOPs, decoder parameters) of the SD KL-f8 decoder on one 4x32x32 latent, or None without diffusers."""
+def vae_decoder_flops(kind: str = "sd") -> tuple[int, int] | None:
+    """(FLOPs, decoder parameters) of the SD KL-f8 decoder on one 4x32x32 latent (``sd``) or of LDM's VQ-f4
+    decoder on one 3x64x64 latent (``ldm``), or None without diffusers."""
     try:
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL, VQModel
     except ImportError:
         return None
     with torch.device("meta"):
-        vae = AutoencoderKL(**SD_VAE)
-        z = torch.randn(1, 4, 32, 32)
-        flops = count_flops(lambda: vae.decode(z))
+        vae = AutoencoderKL(**SD_VAE) if kind == "sd" else VQModel(**LDM_VQ)
+        z = torch.randn(1, 4, 32, 32) if kind == "sd" else torch.randn(1, 3, 64, 64)
+        flops = count_flops(lambda: vae.decode(z, force_not_quantize=True) if kind == "ldm" else vae.decode(z))
     params = sum(p.numel() for m in (vae.post_quant_conv, vae.decoder) for p in m.parameters())
     return flops, params
 
@@ -179,7 +191,7 @@ class Row:
     sampler: str
     nfe: int | None
     forwards_per_eval: int  # 2 under classifier-free guidance (conditional + unconditional pass)
-    latent: bool
+    latent: str | None  # the decoder of a latent model's samples: "sd" (KL-f8) or "ldm" (VQ-f4)
     fid: str
     sets: int = 2
     note: str = ""
@@ -189,30 +201,33 @@ class Row:
 def paper_rows() -> list[Row]:
     rows = [
         # Sanity rows: the checkpoint authors' own settings and FIDs (a single sample set each).
-        Row("2,4,5,10", "sanity edm-imagenet64", "adm-imagenet64", "edm_sde 256 steps", 511, 1, False, "1.36", 1,
+        Row("2,4,5,10", "sanity edm-imagenet64", "adm-imagenet64", "edm_sde 256 steps", 511, 1, None, "1.36", 1,
             "EDM example.py: S_churn 40, S_min 0.05, S_max 50, S_noise 1.003", True),
-        Row("6", "sanity edm-afhqv2-64", "ddpmpp-afhqv2-64", "heun 40 steps", 79, 1, False, "1.96", 1,
+        Row("6", "sanity edm-afhqv2-64", "ddpmpp-afhqv2-64", "heun 40 steps", 79, 1, None, "1.96", 1,
             "EDM example.py: deterministic", True),
-        Row("7,10", "sanity uvit-imagenet256-huge", "uvit-imagenet256-huge", "dpm-solver++ 50", 50, 2, True,
+        Row("7,10", "sanity uvit-imagenet256-huge", "uvit-imagenet256-huge", "dpm-solver++ 50", 50, 2, "sd",
             "2.29", 1, "U-ViT eval_ldm_discrete.py: cfg scale 0.4, cond and uncond passes", True),
-        Row("-", "sanity uvit-imagenet256-large", "uvit-imagenet256-large", "dpm-solver 50", 50, 2, True,
+        Row("7,10", "sanity ldm-imagenet256", "ldm-imagenet256", "ddim 250 steps", 250, 2, "ldm", "3.60", 1,
+            "LDM paper Table 3: LDM-4-G, 250 DDIM steps, guidance 1.5", True),
+        Row("-", "sanity uvit-imagenet256-large", "uvit-imagenet256-large", "dpm-solver 50", 50, 2, "sd",
             "3.40", 1, "U-ViT eval_ldm.py: cfg scale 0.4; not the paper's UViT (its 2.32 baseline is U-ViT-H's)",
             True),
     ]
     # Table 5 quotes EDM's own Heun at 79 NFE (FID 2.22) as the ODE limit: one untuned set.
-    rows.append(Row("5", "edm-imagenet64/heun/79", "adm-imagenet64", "heun 40 steps", 79, 1, False, "2.22", 1,
+    rows.append(Row("5", "edm-imagenet64/heun/79", "adm-imagenet64", "heun 40 steps", 79, 1, None, "2.22", 1,
                     "untuned only"))
     for p in rule_presets().values():
         table = p.source.replace("Tables ", "").replace("Table ", "").replace(" and ", "/")
         network = FAMILY_NETWORK[p.family]
         fid = f"{p.baseline_fid:g} -> {p.tuned_fid:g}" if p.baseline_fid is not None else f"{p.tuned_fid:g}"
         steps = f" {p.steps} steps" if p.steps > 1 else ""
-        nfe, sampler, fwd, latent, note = p.nfe, f"{p.sampler}{steps}", 1, False, ""
+        nfe, sampler, fwd, latent, note = p.nfe, f"{p.sampler}{steps}", 1, None, ""
         if p.family == "uvit-imagenet256":
-            nfe, sampler, fwd, latent = p.steps, "dpm-solver++ (U-ViT's)", 2, True
+            nfe, sampler, fwd, latent = p.steps, "dpm-solver++ (U-ViT's)", 2, "sd"
             note = "sampler and guidance assumed to be U-ViT's own (the paper gives steps only)"
         elif p.family == "ldm-imagenet256":
-            sampler, note = f"? {p.steps} steps", "LDM: no skiptune network"
+            nfe, sampler, fwd, latent = p.steps, f"ddim{steps}", 2, "ldm"
+            note = "DDIM with guidance 1.5 assumed (skiptune reproduce's reading; the paper gives steps only)"
         elif p.nfe is None and p.family == "edm-imagenet64":
             nfe, sampler, note = 2 * p.steps - 1, f"heun {p.steps} steps (assumed)", "same FID as the Table 4 Heun row"
         if p.schedule != "layer":
@@ -277,13 +292,16 @@ def main() -> None:
                 rows1, "lrrrrrrr"))
 
     inc_flops, inc_params = inception_flops()
-    vae = vae_decoder_flops()
+    decoders = {"sd": vae_decoder_flops("sd"), "ldm": vae_decoder_flops("ldm")}
     rows2 = [["Inception-V3 (FID, pool3)", "1 image 299x299", f"{inc_params / 1e6:,.1f}", f"{inc_flops / 1e9:,.1f}"]]
-    rows2.append(["SD KL-f8 VAE decoder", "1 latent 4x32x32 -> 256x256",
-                  f"{vae[1] / 1e6:,.1f}" if vae else "-", f"{vae[0] / 1e9:,.1f}" if vae else "n/a (no diffusers)"])
+    for kind, name, shape in (("sd", "SD KL-f8 VAE decoder", "1 latent 4x32x32 -> 256x256"),
+                              ("ldm", "LDM VQ-f4 decoder (cin256-v2)", "1 latent 3x64x64 -> 256x256")):
+        d = decoders[kind]
+        rows2.append([name, shape, f"{d[1] / 1e6:,.1f}" if d else "-", f"{d[0] / 1e9:,.1f}" if d else
+                      "n/a (no diffusers)"])
     print("\nTable 2. Networks around the sampler (FLOPs per image)")
     print(table(["network", "input", "params (M)", "GFLOP"], rows2, "llrr"))
-    vae_flops = vae[0] if vae else 0
+    decoder_flops = {kind: d[0] if d else 0 for kind, d in decoders.items()}
 
     def gpu_hours(flops: float) -> float:
         return flops / (args.tflops * 1e12) / 3600
@@ -296,7 +314,7 @@ def main() -> None:
             continue
         net = nets[r.network.lstrip("~")]
         forwards = r.nfe * r.forwards_per_eval
-        per_image = forwards * net.flops1 + (vae_flops if r.latent else 0) + inc_flops
+        per_image = forwards * net.flops1 + (decoder_flops[r.latent] if r.latent else 0) + inc_flops
         sets = r.sets * args.seed_sets
         total = per_image * args.n * sets
         key = f"sanity ({r.name.removeprefix('sanity ')})" if r.sanity else r.table.split("/")[0]
@@ -306,7 +324,7 @@ def main() -> None:
         rows3.append([r.table, r.name, r.network, r.sampler, str(r.nfe), str(forwards), f"{per_image / 1e12:,.2f}",
                       str(sets), f"{total / 1e15:,.0f}", f"{gpu_hours(total):,.2f}", r.fid])
     print(f"\nTable 3. GPU cost per row: {args.n:,} samples per set, {args.tflops:g} TFLOP/s sustained per GPU assumed "
-          f"({A100_PEAK}); TFLOP/img = forwards x network + VAE decoder (latent rows) + Inception")
+          f"({A100_PEAK}); TFLOP/img = forwards x network + decoder (latent rows) + Inception")
     print(table(["table", "row", "network", "sampler", "NFE", "fwd/img", "TFLOP/img", "sets", "PFLOP", "GPU-h",
                  "paper FID"], rows3, "llllrrrrrrl"))
     for r in paper_rows():
