@@ -344,7 +344,7 @@ class HalfPath(nn.Module):
         return c_skip * x + c_out * f_x[:, : net.img_channels].to(torch.float32)
 
 
-BLOCKS = ("UNetBlock", "ResnetBlock2D", "Block")  # EDM UNets, diffusers, U-ViT
+BLOCKS = ("UNetBlock", "ResnetBlock2D", "Block", "ResBlock")  # EDM UNets, diffusers, U-ViT, openai UNet
 STRONG = "const:0.3"  # a rule whose effect every precision resolves (several times the rounding error)
 
 
@@ -373,6 +373,9 @@ def precision_paths(case: Case, dtype: torch.dtype):
 
         attach_schedule(unet, case.denoiser.alphas_cumprod)
         yield f"UNet in {dtype}", unet, DiffusersDenoiser(unet, case.denoiser.alphas_cumprod)
+        return
+    if case.name in OPENAI:  # their preconditioners compute in float32 around the network: autocast it
+        yield f"autocast to {dtype}", case.net, EDMDenoiser(case.net, autocast=dtype)
         return
     if "uvit" in case.name:
         net = copy.deepcopy(case.net).to(dtype)
