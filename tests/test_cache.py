@@ -371,3 +371,24 @@ def test_diffusers_conditional_unet_stages():
     x1, x2 = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
     ctx = {"encoder_hidden_states": torch.randn(2, 3, 8, generator=g)}
     check_diffusers_stages(den, x1, x2, ctx, ["encoder:keys=0", "deepcache:keys=0:branch=1"])
+
+
+def test_a_compiled_network_runs_a_cache_policy_exactly():
+    """torch.compile (eager backend: the graph capture without code generation) gives the eager cached result."""
+    import torch._dynamo
+
+    net = get_net("adm-imagenet64-tiny")
+    x, lab = inputs(net, 11)
+    x = x.double() * 80
+    sigmas = torch.tensor([80.0, 10.0, 2.0, 0.5, 0.0], dtype=torch.float64)
+    with torch.no_grad(), feature_cache(net, "deepcache:2"):
+        want = sample("heun", EDMDenoiser(net), x, sigmas, extra_args=lab)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="eager")
+    try:
+        with torch.no_grad(), feature_cache(net, "deepcache:2") as fc:
+            got = sample("heun", EDMDenoiser(compiled), x, sigmas, extra_args=lab)
+    finally:
+        torch._dynamo.reset()
+    assert fc.stats.full == 4 and fc.stats.partial == 3
+    assert torch.equal(got, want)

@@ -226,7 +226,28 @@ def test_table3_on_a_consistency_model_state_dict(tmp_path, capsys):
                  "cd-imagenet64-tiny", "--family", "cd-edm-imagenet64", *SCORING, "--out", str(out)]) == 0
     text = (out / "table3.md").read_text()
     assert "| cd-edm-imagenet64/onestep/1 | consistency | 1 | layer:0.91:0.96 | 6.85 |" in text
-    assert "di-edm-imagenet64/onestep/1" in text and "none is public" in text
+    assert "di-edm-imagenet64/onestep/1" in text and "needs a di-edm-imagenet64 checkpoint" in text
     with open_store(out / "results.sqlite") as store:
         runs = store.runs()
     assert len(runs) == 2 and {r.config["nfe"] for r in runs} == {1}  # sanity = untuned point; tuned
+
+
+def test_table3_di_row_drives_an_edm_generator_at_its_initial_sigma(tmp_path, capsys):
+    """Diff-Instruct's generator is an EDM network run once at sigma 5: shape-identical to EDM, so it is never
+    recognised from the file and needs --family; the row is one evaluation from 5 z."""
+    from conftest import randomize
+    from skiptune import load_model, save_checkpoint
+    from skiptune.runs.reproduce import detect_family
+
+    net = randomize(load_model("adm-imagenet64-tiny"), seed=4)
+    ckpt = save_checkpoint(net, tmp_path / "di.safetensors")
+    assert detect_family(net) is None
+    out = tmp_path / "t3di"
+    assert main(["reproduce", "3", "--checkpoint", str(ckpt), "--family", "di-edm-imagenet64", *SCORING,
+                 "--out", str(out)]) == 0
+    text = (out / "table3.md").read_text()
+    assert "| di-edm-imagenet64/onestep/1 (interpreted) | consistency | 1 | const:0.98 | 4.16 |" in text
+    with open_store(out / "results.sqlite") as store:
+        runs = store.runs()
+    assert len(runs) == 2 and {(r.config["nfe"], r.config["sigma_max"]) for r in runs} == {(1, 5.0)}
+

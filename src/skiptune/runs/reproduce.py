@@ -60,6 +60,8 @@ class Family:
     sanity: Sanity | None = None
     sampler: str | None = None  # for rows where the paper names none
     note: str = ""
+    sigma_max: float | None = None  # the sigma the sampler starts from, where it is not the network's own
+    recognised: bool = True  # False: never detected from a checkpoint's shape (pass --family)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -95,8 +97,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            sanity=Sanity("consistency", 1, 6.20, "Song et al. 2023 (consistency models), one-step CD on ImageNet "
                          "64x64; seed 003 Table 3 reproduces 6.85"),
            sampler="consistency"),
-    Family("di-edm-imagenet64", "Diff-Instruct generator of EDM ImageNet 64x64", "Diff-Instruct one-step generator",
-           (3, 64, 1000), "EDMPrecond", needs="a Diff-Instruct generator checkpoint, of which none is public"),
+    Family("di-edm-imagenet64", "a Diff-Instruct generator file (none is public; --family di-edm-imagenet64)",
+           "Diff-Instruct one-step generator "
+           "(an EDM ImageNet-64 network driven at its initial sigma; pass --family di-edm-imagenet64)", (3, 64, 1000),
+           "EDMPrecond", sampler="consistency", sigma_max=5.0, recognised=False,
+           sanity=Sanity("consistency", 1, 4.24, "seed 003 Table 3 (DI EDM*, the Diff-Instruct paper's FID)"),
+           note="one-step generation x = G(5 z) = D(5 z, 5): seed 003 Table 1 gives the DI generator's initial sigma "
+                "as 5; no DI generator checkpoint is public, so the rows run on a file you provide")
 )}
 
 #: Table 5 quotes EDM at 79 NFE untuned (Heun, 40 steps); the row is measured with the same checkpoint
@@ -149,9 +156,10 @@ class Row:
         fam = self.fam
         grid = (fam.sanity.grid if self.sanity and fam.sanity and fam.sanity.grid else fam.grid)
         opts = dict(fam.sanity.options) if self.sanity and fam.sanity else {}
+        common = dict(grid=grid, guidance=fam.guidance, options=opts, sigma_max=fam.sigma_max)
         if self.nfe is not None:
-            return SamplingSpec(self.sampler, nfe=self.nfe, grid=grid, guidance=fam.guidance, options=opts)
-        return SamplingSpec(self.sampler, steps=self.steps, grid=grid, guidance=fam.guidance, options=opts)
+            return SamplingSpec(self.sampler, nfe=self.nfe, **common)
+        return SamplingSpec(self.sampler, steps=self.steps, **common)
 
 
 def _tables_of(preset: Preset) -> list[str]:
@@ -224,7 +232,7 @@ def detect_family(net: nn.Module) -> str | None:
     info = DenoiserInfo.of(net)
     shape = (info.img_channels, info.img_resolution, info.label_dim)
     hits = [f.name for f in FAMILIES.values()
-            if f.shape == shape and f.network == type(net).__name__ and f.needs is None]
+            if f.shape == shape and f.network == type(net).__name__ and f.needs is None and f.recognised]
     return hits[0] if len(hits) == 1 else None
 
 
@@ -311,7 +319,7 @@ def run_table(rows: list[Row], net: nn.Module, family: str, *, scorer: Scorer, s
         rules = ["none", r.rule] if r.tuned else ["none"]
         sweep = SweepSpec(rules=rules, samplers=[spec.sampler], nfes=[spec.resolved_nfe], seed_sets=sets,
                           grid=spec.grid, batch=batch, sampler_options={spec.sampler: dict(spec.options)},
-                          end=spec.end, guidance=spec.guidance, cache=cache)
+                          end=spec.end, guidance=spec.guidance, cache=cache, sigma_max=spec.sigma_max)
         res = run_sweep(net, sweep, store=store, scorer=scorer, model=model, progress=progress, device=device,
                         dist=dist, decoder=decoder)
         if dist is not None and getattr(dist, "enabled", False) and not dist.is_main:

@@ -94,6 +94,7 @@ class SweepSpec:
     end: str | None = None  # where grids end (SamplingSpec.end); None: each sampler's reference convention
     guidance: float | None = None  # classifier-free guidance W (SamplingSpec.guidance)
     cache: str | None = None  # feature-cache policy (skiptune.skip.cache) of every point
+    sigma_max: float | None = None  # where sampling starts (SamplingSpec.sigma_max); None: the network's range
 
     def __post_init__(self):
         self.rules = list(dict.fromkeys(str(canonical_rule(r)) for r in self.rules))
@@ -102,6 +103,7 @@ class SweepSpec:
             -> list[tuple[tuple[str, int, str, int], Point]]:
         """Every ``((sampler, nfe, rule, seed set index), Point)`` of the grid (decoded by ``decoder``, if given)."""
         return [((s, n, r, k), Point(model, SamplingSpec(s, nfe=n, grid=self.grid, end=self.end, guidance=self.guidance,
+                                                         sigma_max=self.sigma_max,
                                                          options=dict(self.sampler_options.get(s, {}))),
                                      canonical_rule(r), seeds, scoring, mode=self.mode, batch=self.batch,
                                      precision=self.precision, decoder=decoder, cache=self.cache))
