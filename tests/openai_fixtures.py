@@ -2,8 +2,10 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 DATA = Path(__file__).parent / "data" / "openai_unet"
@@ -30,3 +32,11 @@ def load_fixture(name: str):
     state = MAKER.weights(keys, int(meta["seed"]))
     assert MAKER.state_sha256(state) == meta["weights_sha256"]
     return meta, tensors, keys, state
+
+
+def time_features(model_channels: int, t: torch.Tensor) -> torch.Tensor:
+    """The openai UNet's sinusoidal time features [cos, sin], written out for the hand-made reference passes."""
+    half = model_channels // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    arg = t[:, None] * freqs[None]
+    return torch.cat([arg.cos(), arg.sin()], 1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import randomize
-from openai_fixtures import MAKER, load_fixture
+from openai_fixtures import MAKER, load_fixture, time_features
 from skiptune.analysis.complexity import ComplexityConfig, run_complexity
 from skiptune.analysis.norms import NormsConfig, run_norms
 from skiptune.cli import main
@@ -246,10 +246,7 @@ def reference_forward(net, x, sigma, y, rhos):
     m = net.model
     s4 = sigma.reshape(-1, 1, 1, 1)
     t = net.timestep(sigma).float()
-    half = m.model_channels // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    arg = t[:, None] * freqs[None]
-    emb = m.time_embed(torch.cat([arg.cos(), arg.sin()], 1))
+    emb = m.time_embed(time_features(m.model_channels, t))
     context = net.cond_stage_model.embedding.weight[y][:, None, :]
 
     def run(block, h):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import randomize
-from openai_fixtures import load_fixture
+from openai_fixtures import load_fixture, time_features
 from skiptune.cli.info import describe
 from skiptune.experiment import SamplingSpec, generate
 from skiptune.io import CheckpointError, load_checkpoint, load_model, open_model, save_checkpoint
@@ -156,10 +156,7 @@ def reference_forward(net, x, sigma, y, rhos, mode="concat"):
     m = net.model
     s4 = sigma.reshape(-1, 1, 1, 1)
     t = net.timestep(sigma).float()
-    half = m.model_channels // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    arg = t[:, None] * freqs[None]
-    emb = m.time_embed(torch.cat([arg.cos(), arg.sin()], 1)) + m.label_emb(y)
+    emb = m.time_embed(time_features(m.model_channels, t)) + m.label_emb(y)
     h = 1 / (s4**2 + 1).sqrt() * x
     hs = []
     for block in m.input_blocks:
