@@ -72,7 +72,7 @@ class _SkipUNet(StagedUNet, nn.Module):
     def _decode(self, x: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor, start: int | None = None,
                 keep: Keep | None = None) -> torch.Tensor:
         """The decoder (see :mod:`skiptune.nets.staged`); returns the output of its ``aux`` path if it has one."""
-        joins = list(self.joins)
+        joins = list(self.joins) if start is not None or keep is not None else None  # only for a cached pass
         first = None if start is None else joins[start]
         kept = None if keep is None else joins[keep[0]]
         aux = None
